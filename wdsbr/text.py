@@ -1,0 +1,59 @@
+"""Transcript cleaning: the default Breton-aware `clean_text` and loading a replacement normaliser.
+
+Raw text stays in the shards; cleaning happens when labels are built and when WER is scored, so a new
+normaliser needs no re-sharding. A project plugs its own cleaner in with `--text-normalizer module:function`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import unicodedata
+from typing import Callable
+
+# Every apostrophe look-alike a Breton transcript is typed with, folded to ASCII "'":
+# ’ (U+2019) ‘ (U+2018) ʼ (U+02BC) ´ (U+00B4) ` (U+0060) ′ (U+2032) ʹ (U+02B9) ＇ (U+FF07)
+_APOSTROPHES = re.compile("[\u2019\u2018\u02bc\u00b4\u0060\u2032\u02b9\uff07]")
+# Hyphen look-alikes folded to ASCII "-": ‐ ‑ (U+2010, U+2011). Dashes (– —) are punctuation, removed.
+_HYPHENS = re.compile("[\u2010\u2011]")
+# A token is a run of letters/digits, joined by single apostrophes or hyphens *inside* the word:
+# "c'hoant", "war-lerc'h", "d'ar" stay whole; a leading/trailing quote or hyphen is punctuation.
+_WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
+
+
+def clean_text(text: str) -> str:
+    """Normalise a transcript for labels and scoring.
+
+    NFC, apostrophe variants to "'", lower case, punctuation removed except apostrophes and hyphens inside
+    a word (so the digraphs c'h and ch survive), whitespace collapsed.
+
+    >>> clean_text("C’hoant am eus!")
+    "c'hoant am eus"
+    >>> clean_text("Demat, Yann!")
+    'demat yann'
+    """
+    text = unicodedata.normalize("NFC", text)
+    text = _APOSTROPHES.sub("'", text)
+    text = _HYPHENS.sub("-", text)
+    text = text.lower()
+    return " ".join(_WORD.findall(text))
+
+
+def load_normalizer(spec: str | None) -> Callable[[str], str]:
+    """Resolve `--text-normalizer`: None or "default" is `clean_text`; "module:function" imports that callable.
+
+    Raises ValueError with a one-line explanation when the spec cannot be resolved.
+    """
+    if spec is None or spec in ("", "default", "clean_text"):
+        return clean_text
+    if ":" not in spec:
+        raise ValueError(f"--text-normalizer {spec!r}: expected 'default' or 'module:function' (e.g. mypkg.text:normalise)")
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"--text-normalizer {spec!r}: cannot import module {module_name!r} ({error})") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise ValueError(f"--text-normalizer {spec!r}: module {module_name!r} has no callable {attr!r}")
+    return function
