@@ -23,6 +23,10 @@ class AudioError(ValueError):
     """Audio that cannot be decoded or is unusable (empty, truncated, not audio)."""
 
 
+class EmptyAudioError(AudioError):
+    """Audio that decodes but holds no samples (an `AudioError`, so existing handlers still catch it)."""
+
+
 def decode_audio(source: str | Path | bytes | BinaryIO) -> tuple[np.ndarray, int]:
     """Decode a file path, bytes or file object to (float32 mono samples, native sample rate)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -33,11 +37,28 @@ def decode_audio(source: str | Path | bytes | BinaryIO) -> tuple[np.ndarray, int
         # libsndfile says e.g. "Format not recognised." or "Unspecified internal error."
         raise AudioError(f"unreadable audio: {error}".rstrip(".")) from None
     if samples.shape[0] == 0:
-        raise AudioError("audio has no samples (empty or truncated)")
+        raise EmptyAudioError("audio has no samples (empty or truncated)")
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     if not np.isfinite(mono).all():
         raise AudioError("audio contains NaN or infinite samples")
     return np.ascontiguousarray(mono, dtype=np.float32), int(sample_rate)
+
+
+def probe_seconds(source: str | Path | bytes | BinaryIO) -> float | None:
+    """Duration from the file header, without decoding; None when the header cannot be read or says nothing.
+
+    Lets a caller refuse an hour-long file before decoding it into memory. Headers can be approximate
+    (VBR mp3), so use it with a margin and measure the decoded samples for the real check.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
+    try:
+        info = sf.info(source)
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None
+    if info.samplerate <= 0 or info.frames <= 0:
+        return None
+    return info.frames / info.samplerate
 
 
 def resample(samples: np.ndarray, orig_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -1,0 +1,36 @@
+# wdsbr — set-up, demo, tests, benchmarks. `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch first and explicitly: a bare `torch` requirement can pull a multi-GB build you did not choose.
+# On a CUDA machine set TORCH to the wheel your driver wants, e.g. TORCH="torch==2.13.0 --index-url …/cu128".
+TORCH  ?= torch==2.13.0
+DEMO   := runs/demo
+
+.PHONY: help setup demo test bench clean
+help:
+	@echo "make demo   set up, shard the bundled sample corpus and stream a batch from it"
+	@echo "make test   set up and run the tests (CPU, offline)"
+	@echo "make bench  run the benchmarks in bench/ (JSON in bench/results/)"
+
+setup: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: setup
+	$(BIN)/python tools/shard_corpus.py sample/corpus $(DEMO)/shards --overwrite --samples-per-shard 16 --val-fraction 0.15 --test-fraction 0.1
+	$(BIN)/python tools/make_tiny_whisper.py $(DEMO)/tiny-whisper --texts sample/corpus
+	$(BIN)/python tools/peek_batch.py --model $(DEMO)/tiny-whisper --shards $(DEMO)/shards/train
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/bench_features.py
+	$(BIN)/python bench/bench_loader.py
+
+clean:
+	rm -rf $(DEMO) bench/results

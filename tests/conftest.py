@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny randomly-initialised Whisper with a local tokenizer, and speech-like audio.
+
+Nothing is downloaded: the model and tokenizer are built here, the audio is synthesised.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def speech_like(seconds: float, sample_rate: int = 16_000, seed: int = 0) -> np.ndarray:
+    """Voiced harmonics with a wandering pitch through two formants, noise bursts and pauses: not speech, but
+    with speech's spectral shape and dynamics (silence, loud vowels, hiss), so features are exercised."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    t = np.arange(n) / sample_rate
+    pitch = 120 + 60 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)) + 20 * rng.standard_normal()
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 20))
+    formants = sum(np.sin(2 * np.pi * f * t) for f in (rng.uniform(300, 800), rng.uniform(900, 2500)))
+    envelope = np.clip(np.sin(2 * np.pi * rng.uniform(2, 5) * t + rng.uniform(0, 6)), 0, None)
+    noise = rng.standard_normal(n) * (np.sin(2 * np.pi * 1.3 * t) > 0.8)
+    audio = 0.3 * voiced * (0.6 + 0.4 * formants / 2) * envelope + 0.05 * noise
+    return (audio / max(1e-6, np.abs(audio).max()) * 0.8).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> str:
+    """Folder of a tiny multilingual Whisper (80 mel bins) loadable with from_pretrained."""
+    from wdsbr.model import build_tiny_whisper
+
+    return str(build_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper")))
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_whisper):
+    from wdsbr.model import load_processor
+
+    return load_processor(tiny_whisper, language="br")

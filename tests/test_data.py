@@ -1,0 +1,208 @@
+"""The streaming loaders: shard lists, equal training batches on every rank, exact-once validation, resume,
+and bad samples skipped and counted."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from conftest import speech_like
+from wdsbr.corpus import open_corpus
+from wdsbr.data import (
+    SkipCounter, batches_per_epoch, count_samples, list_shards, make_eval_loader, make_train_loader,
+)
+from wdsbr.shards import ShardOptions, shard_corpus
+
+WORDS = ["demat", "kenavo", "trugarez", "c'hoant", "bara", "mor", "ti", "gêr", "brezhoneg", "skol"]
+
+
+def _write_corpus(folder: Path, n: int, seed: int = 0) -> Path:
+    for i in range(n):
+        speaker = folder / f"spk{i % 3}"
+        speaker.mkdir(parents=True, exist_ok=True)
+        sf.write(speaker / f"utt{i:03d}.wav", speech_like(0.5 + (i % 4) * 0.25, seed=seed + i), 16000)
+        (speaker / f"utt{i:03d}.txt").write_text(f"{WORDS[i % 10].capitalize()} {WORDS[(i * 7) % 10]}!", encoding="utf-8")
+    return folder
+
+
+def _shard(tmp_path: Path, n: int, samples_per_shard: int, name: str = "shards") -> Path:
+    corpus = _write_corpus(tmp_path / f"corpus-{name}", n)
+    out = tmp_path / name
+    shard_corpus(open_corpus(corpus), out, ShardOptions(val_fraction=0.0, test_fraction=0.0,
+                 samples_per_shard=samples_per_shard, workers=1), progress=False)
+    return out / "train"
+
+
+@pytest.fixture(scope="module")
+def uneven_shards(tmp_path_factory) -> Path:
+    """17 samples in 3 shards of 7, 7 and 3: uneven, and fewer shards than 2 ranks × 2 workers."""
+    return _shard(tmp_path_factory.mktemp("data"), 17, samples_per_shard=7)
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny_processor) -> list[int]:
+    return list(tiny_processor.tokenizer.prefix_tokens)
+
+
+def _train_keys(shards, tiny_processor, prompt, *, rank=0, world_size=1, num_workers=0, micro_batch_size=2,
+                **kwargs) -> list[list[str]]:
+    loader = make_train_loader(shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=micro_batch_size,
+                               num_workers=num_workers, rank=rank, world_size=world_size, shuffle_buffer=8, **kwargs)
+    return [batch["keys"] for batch in loader]
+
+
+def _eval_keys(shards, tiny_processor, prompt, *, rank, world_size, num_workers) -> list[str]:
+    loader = make_eval_loader(shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=3,
+                              num_workers=num_workers, rank=rank, world_size=world_size)
+    return [key for batch in loader for key in batch["keys"]]
+
+
+# ------------------------------------------------------------------------------------------------ shard lists
+
+def test_shards_from_folder_pattern_list_and_pipe_url(uneven_shards):
+    from_folder = list_shards(uneven_shards)
+    assert [Path(s).name for s in from_folder] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert list_shards(f"{uneven_shards}/shard-{{000000..000002}}.tar") == from_folder
+    assert list_shards([from_folder[0], str(uneven_shards)]) == from_folder[:1] + from_folder
+    assert list_shards(f"pipe:cat {uneven_shards}/shard-{{000000..000001}}.tar") == [
+        f"pipe:cat {uneven_shards}/shard-000000.tar", f"pipe:cat {uneven_shards}/shard-000001.tar"]
+
+
+def test_a_spec_that_expands_to_nothing_is_an_error(tmp_path, uneven_shards):
+    with pytest.raises(FileNotFoundError, match="no .tar shards"):
+        list_shards(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"shard-000003.tar: shard not found \(and 6 more\)"):
+        list_shards(f"{uneven_shards}/shard-{{000000..000009}}.tar")
+
+
+def test_samples_are_counted_from_the_manifest_or_tar_headers(tmp_path, uneven_shards):
+    assert count_samples(list_shards(uneven_shards)) == 17
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(uneven_shards / "shard-000002.tar", loose)  # no manifest next to it
+    assert count_samples(list_shards(loose)) == 3
+
+
+def test_pipe_urls_stream(uneven_shards, tiny_processor, prompt):
+    keys = _train_keys(f"pipe:cat {uneven_shards}/shard-{{000000..000002}}.tar", tiny_processor, prompt,
+                       epoch_samples=17)
+    assert len(keys) == batches_per_epoch(17, 2, 1) == 9
+
+
+# ------------------------------------------------------------------------------------------------- training
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_every_rank_gets_the_same_number_of_batches_with_uneven_shards(uneven_shards, tiny_processor, prompt,
+                                                                       num_workers):
+    per_rank = [_train_keys(uneven_shards, tiny_processor, prompt, rank=r, world_size=2, num_workers=num_workers)
+                for r in range(2)]
+    expected = batches_per_epoch(17, 2, 2)
+    assert expected == 5
+    assert [len(batches) for batches in per_rank] == [expected, expected]
+    assert all(len(batch) == 2 for batches in per_rank for batch in batches)
+
+
+def test_a_batch_is_log_mel_features_and_prompted_labels(uneven_shards, tiny_processor, prompt):
+    loader = make_train_loader(uneven_shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=3,
+                               num_workers=0)
+    batch = next(iter(loader))
+    assert batch["input_features"].shape == (3, 80, 3000)
+    tokenizer = tiny_processor.tokenizer
+    for labels, text in zip(batch["labels"], batch["texts"]):
+        ids = labels[labels != -100].tolist()
+        # the start token is dropped (the model prepends it); the prompt follows, then the cleaned text
+        assert tokenizer.convert_ids_to_tokens(ids[:3]) == ["<|br|>", "<|transcribe|>", "<|notimestamps|>"]
+        assert ids[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(ids[3:-1]) == text.lower().rstrip("!")
+
+
+def test_the_stream_is_deterministic_for_a_seed_and_changes_with_the_epoch(uneven_shards, tiny_processor, prompt):
+    first = _train_keys(uneven_shards, tiny_processor, prompt, seed=3, num_workers=2)
+    assert _train_keys(uneven_shards, tiny_processor, prompt, seed=3, num_workers=2) == first
+    assert _train_keys(uneven_shards, tiny_processor, prompt, seed=3, num_workers=2, epoch=1) != first
+
+
+@pytest.mark.parametrize("num_workers, start_batch", [(0, 3), (2, 3), (2, 4)])
+def test_resuming_mid_epoch_continues_with_exactly_the_batches_not_yet_seen(uneven_shards, tiny_processor, prompt,
+                                                                            num_workers, start_batch):
+    full = _train_keys(uneven_shards, tiny_processor, prompt, num_workers=num_workers, rank=1, world_size=2, seed=5)
+    resumed = _train_keys(uneven_shards, tiny_processor, prompt, num_workers=num_workers, rank=1, world_size=2,
+                          seed=5, start_batch=start_batch)
+    assert resumed == full[start_batch:]
+
+
+def test_a_training_epoch_covers_the_shards(tmp_path, tiny_processor, prompt):
+    shards = _shard(tmp_path, 24, samples_per_shard=3)  # 8 shards for 1 rank × 2 workers
+    keys = [k for batch in _train_keys(shards, tiny_processor, prompt, num_workers=2, micro_batch_size=4) for k in batch]
+    assert len(keys) == 24
+    assert len(set(keys)) == 24  # whole shards dealt without repeats within the first pass
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+@pytest.mark.parametrize("samples_per_shard", [3, 7, 20])  # 6, 3 and 1 shards for 4 readers
+def test_validation_scores_each_sample_exactly_once_across_2_ranks_and_2_workers(tmp_path, tiny_processor, prompt,
+                                                                                 samples_per_shard):
+    shards = _shard(tmp_path, 17, samples_per_shard=samples_per_shard)
+    everything = _eval_keys(shards, tiny_processor, prompt, rank=0, world_size=1, num_workers=0)
+    assert len(everything) == 17 == len(set(everything))
+    split = [key for rank in range(2) for key in _eval_keys(shards, tiny_processor, prompt, rank=rank, world_size=2,
+                                                            num_workers=2)]
+    assert sorted(split) == sorted(everything)
+
+
+# ----------------------------------------------------------------------------------------------- bad samples
+
+def _corrupt_copy(shards: Path, tmp_path: Path) -> Path:
+    """Copy the shards; truncate one mid-member and add a member that is not audio to another."""
+    bad = tmp_path / "bad"
+    shutil.copytree(shards, bad)
+    first = bad / "shard-000000.tar"
+    data = first.read_bytes()
+    first.write_bytes(data[: len(data) // 2])  # cut in the middle of a member
+    second = bad / "shard-000001.tar"
+    with tarfile.open(second, "a") as tar:
+        for name, payload in [("zz_not_audio.flac", b"this is text, not flac"), ("zz_not_audio.txt", b"demat")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            import io
+            tar.addfile(info, io.BytesIO(payload))
+    return bad
+
+
+def test_corrupt_members_are_skipped_and_counted_and_training_goes_on(uneven_shards, tmp_path, tiny_processor, prompt):
+    bad = _corrupt_copy(uneven_shards, tmp_path)
+    counter = SkipCounter()
+    keys = _train_keys(bad, tiny_processor, prompt, num_workers=2, skip_counter=counter, epoch_samples=17)
+    assert len(keys) == batches_per_epoch(17, 2, 1)  # the epoch still has its full length
+    counts = counter.as_dict()  # counted in the worker processes, read here
+    assert counts.get("bad_audio", 0) >= 1
+    assert counts.get("corrupt_shard", 0) + counts.get("missing_field", 0) >= 1
+    assert "zz_not_audio" not in {k for batch in keys for k in batch}
+
+
+def test_corrupt_members_in_validation_are_counted_not_fatal(uneven_shards, tmp_path, tiny_processor, prompt):
+    bad = _corrupt_copy(uneven_shards, tmp_path)
+    counter = SkipCounter()
+    loader = make_eval_loader(bad, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=4, num_workers=0,
+                              skip_counter=counter)
+    keys = [k for batch in loader for k in batch["keys"]]
+    assert 7 < len(keys) < 17
+    assert counter.total() >= 2
+
+
+def test_labels_longer_than_the_decoder_are_skipped_and_counted(tmp_path, tiny_processor, prompt):
+    corpus = _write_corpus(tmp_path / "corpus", 4)
+    (corpus / "spk0" / "utt000.txt").write_text(" ".join(["brezhoneg"] * 600), encoding="utf-8")
+    shard_corpus(open_corpus(corpus), tmp_path / "out", ShardOptions(val_fraction=0, test_fraction=0, workers=1),
+                 progress=False)
+    counter = SkipCounter()
+    loader = make_eval_loader(tmp_path / "out" / "train", tiny_processor.tokenizer, prompt, n_mels=80,
+                              micro_batch_size=4, num_workers=0, skip_counter=counter, max_label_tokens=448)
+    keys = [k for batch in loader for k in batch["keys"]]
+    assert len(keys) == 3
+    assert counter.as_dict() == {"too_long_text": 1}

@@ -1,0 +1,129 @@
+"""tools/shard_corpus.py as a user runs it: a subprocess from the repo root, its exit code, stdout and stderr."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tools" / "shard_corpus.py"
+TOKEN = "hf_cli_secret_token_123"
+
+
+def shard(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO, env=environment,
+                          capture_output=True, text=True, timeout=120)
+
+
+def write_corpus(root: Path, count: int = 6) -> Path:
+    for i in range(count):
+        folder = root / f"spk{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / f"utt{i}.wav", 0.2 * np.sin(np.arange(8_000 + 800 * i) / 3).astype(np.float32), 16_000)
+        (folder / f"utt{i}.txt").write_text(f"Demat {i}\n", encoding="utf-8")
+    (root / "orphan.txt").write_text("no audio", encoding="utf-8")
+    return root
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_groups_options_by_topic():
+    result = shard("--help")
+    assert result.returncode == 0
+    for section in ("Source:", "Splits:", "Filtering:", "Shards:", "Run:"):
+        assert section in result.stdout
+    assert "python tools/shard_corpus.py ./corpus shards/" in SCRIPT.read_text()
+
+
+def test_shards_a_folder_and_prints_a_summary(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    output = tmp_path / "shards"
+    result = shard(corpus, output, "--workers", "2", "--samples-per-shard", "2", "--val-fraction", "0.2", "--test-fraction", "0.2")
+
+    assert result.returncode == 0, result.stderr
+    assert "kept 6 of 7 inputs; rejected 1 (missing_audio 1)" in result.stdout
+    for split in ("train", "validation", "test"):
+        assert f"  {split}" in result.stdout
+    assert "clips/s" in result.stdout and "MB/s" in result.stdout
+    assert f"wrote {output / 'manifest.json'}" in result.stdout
+    assert "sharding" in result.stderr  # the progress bar goes to stderr
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["counts"] == {"found": 7, "kept": 6, "rejected": 1, "rejected_by_reason": {"missing_audio": 1}}
+    assert sum(manifest["splits"][split]["samples"] for split in manifest["splits"]) == 6
+    assert manifest["options"]["workers"] == 2 and manifest["options"]["samples_per_shard"] == 2
+    if shutil.which("tar"):  # the shards are plain tars
+        first = output / manifest["splits"]["train"]["shards"][0]["file"]
+        listing = subprocess.run(["tar", "tf", str(first)], capture_output=True, text=True, check=True).stdout.split()
+        assert len(listing) == 3 * manifest["splits"]["train"]["shards"][0]["samples"]
+        assert {name.rsplit(".", 1)[1] for name in listing} == {"flac", "json", "txt"}
+
+
+def test_missing_source_is_one_error_line_naming_it(tmp_path):
+    result = shard(tmp_path / "no-such-corpus", tmp_path / "shards")
+    assert_one_line_error(result, "no-such-corpus")
+    assert not (tmp_path / "shards").exists()
+
+
+def test_a_source_without_inputs_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(shard(tmp_path / "empty", tmp_path / "shards"), "empty", "no inputs found")
+
+
+def test_non_empty_output_is_refused_unless_overwrite(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", count=2)
+    output = tmp_path / "shards"
+    assert shard(corpus, output, "--workers", "1", "--no-progress").returncode == 0
+    assert_one_line_error(shard(corpus, output, "--workers", "1"), str(output), "--overwrite")
+    result = shard(corpus, output, "--workers", "1", "--overwrite", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_bad_options_are_reported_together(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", count=1)
+    result = shard(corpus, tmp_path / "shards", "--val-fraction", "0.7", "--test-fraction", "0.5", "--samples-per-shard", "0")
+    assert_one_line_error(result, "--val-fraction + --test-fraction", "--samples-per-shard 0")
+
+
+def test_hf_dataset_with_a_token_that_never_appears_in_output(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path / "hfds"
+    (folder / "data").mkdir(parents=True)
+    for split in ("train", "test"):
+        buffer = io.BytesIO()
+        sf.write(buffer, np.full(12_000, 0.1, np.float32), 24_000, format="WAV")
+        datasets.Dataset.from_dict(
+            {"audio": [{"bytes": buffer.getvalue(), "path": f"{split}.wav"}], "sentence": ["Demat"], "client_id": ["yann"]}
+        ).cast_column("audio", datasets.Audio()).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    env = {"HF_HOME": str(tmp_path / "hf-home")}
+
+    result = shard("--hf", folder, tmp_path / "shards", "--token", TOKEN, "--workers", "1", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "kept 2 of 2 inputs" in result.stdout
+    manifest_text = (tmp_path / "shards" / "manifest.json").read_text()
+    assert TOKEN not in manifest_text + result.stdout + result.stderr
+    assert json.loads(manifest_text)["source"]["splits"] == {"train": "train", "test": "test"}
+
+    result = shard("--hf", folder, tmp_path / "other", "--hf-split", "other", env={**env, "HF_TOKEN": TOKEN})
+    assert_one_line_error(result, "'other'")
+    assert TOKEN not in result.stdout + result.stderr
+    result = shard("--hf", tmp_path / "not-there", tmp_path / "other", env={**env, "HF_TOKEN": TOKEN})
+    assert_one_line_error(result, "not-there")
+    assert TOKEN not in result.stdout + result.stderr

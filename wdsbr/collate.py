@@ -1,0 +1,44 @@
+"""The padding collator: decoded samples -> the model's batch.
+
+`input_features [B, n_mels, 3000]` (log-mel of the 30 s window, computed batched in torch), `labels [B, L]`
+padded with -100 and without the leading decoder-start token (the model prepends it when it shifts the
+labels right). Keys, raw transcripts and the batch's audio seconds ride along for validation and timing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from wdsbr.features import log_mel_spectrogram
+
+IGNORE_INDEX = -100  # positions the cross-entropy loss skips
+
+
+def pad_labels(label_ids: list[list[int]], decoder_start_token_id: int) -> torch.Tensor:
+    """Right-pad token id lists with -100, dropping a leading decoder-start token wherever present."""
+    rows = [ids[1:] if ids and ids[0] == decoder_start_token_id else ids for ids in label_ids]
+    labels = torch.full((len(rows), max(len(r) for r in rows)), IGNORE_INDEX, dtype=torch.long)
+    for i, row in enumerate(rows):
+        labels[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return labels
+
+
+@dataclass
+class Collator:
+    """Turn a list of decoded samples (`audio`, `labels`, `key`, `text`) into a batch (picklable for workers)."""
+
+    n_mels: int
+    decoder_start_token_id: int
+    sample_rate: int = 16_000
+
+    def __call__(self, samples: list[dict]) -> dict:
+        audio = [s["audio"] for s in samples]
+        return {
+            "input_features": log_mel_spectrogram(audio, n_mels=self.n_mels),
+            "labels": pad_labels([s["labels"] for s in samples], self.decoder_start_token_id),
+            "keys": [s["key"] for s in samples],
+            "texts": [s["text"] for s in samples],
+            "audio_seconds": sum(len(a) for a in audio) / self.sample_rate,
+        }

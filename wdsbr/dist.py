@@ -1,0 +1,39 @@
+"""Rank helpers: who am I in the job, importable without deepspeed and without a process group.
+
+Rank information comes from the environment the launcher sets (deepspeed, torchrun: RANK/WORLD_SIZE/
+LOCAL_RANK; Slurm's srun: SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID), or from an initialised process group.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch.distributed as torch_dist
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return int(value)
+    return default
+
+
+def rank() -> int:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return torch_dist.get_rank()
+    return _env_int("RANK", "SLURM_PROCID", default=0)
+
+
+def world_size() -> int:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return torch_dist.get_world_size()
+    return _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+
+
+def local_rank() -> int:
+    return _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+
+
+def is_main() -> bool:
+    return rank() == 0

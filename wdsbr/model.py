@@ -1,0 +1,139 @@
+"""Whisper model and processor: load them from the hub or a local folder, the decoder prompt for a language,
+and a tiny randomly-initialised Whisper built locally (tests, the offline demo, benchmarks).
+
+The loading code is the one users run (`from_pretrained("openai/whisper-small")`); tests point it at local
+folders because nothing can be downloaded here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import (
+    GenerationConfig,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    WhisperTokenizer,
+)
+from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+TASK = "transcribe"
+# Whisper's special tokens, in the order (and so with the id offsets) the real tokenizers have them.
+_N_TIMESTAMPS = 1501  # <|0.00|> … <|30.00|> in steps of 0.02 s
+
+
+def language_code(language: str) -> str:
+    """`br`, `BR` or `breton` -> `br`; raises ValueError listing nothing long for an unknown language."""
+    code = language.lower()
+    code = TO_LANGUAGE_CODE.get(code, code)
+    if code not in LANGUAGES:
+        raise ValueError(f"unknown language {language!r}: Whisper knows codes like br, cy, fr, en (see LANGUAGES in transformers)")
+    return code
+
+
+def is_multilingual(model_name_or_path: str, generation_config: GenerationConfig | None = None) -> bool:
+    """English-only checkpoints (`*.en`) have no language token in their prompt."""
+    if generation_config is not None and getattr(generation_config, "is_multilingual", None) is not None:
+        return bool(generation_config.is_multilingual)
+    return not str(model_name_or_path).rstrip("/").endswith(".en")
+
+
+def load_processor(model_name_or_path: str, language: str | None = "br", **hub_kwargs) -> WhisperProcessor:
+    """Feature extractor + tokenizer, with the tokenizer's prefix set to <|lang|><|transcribe|><|notimestamps|>
+    (no language or task token for English-only checkpoints)."""
+    processor = WhisperProcessor.from_pretrained(model_name_or_path, **hub_kwargs)
+    set_prompt(processor.tokenizer, model_name_or_path, language, _load_generation_config(model_name_or_path, **hub_kwargs))
+    return processor
+
+
+def set_prompt(tokenizer: WhisperTokenizer, model_name_or_path: str, language: str | None,
+               generation_config: GenerationConfig | None = None) -> list[int]:
+    """Set the tokenizer's prefix tokens for training labels; returns them (starting with <|startoftranscript|>)."""
+    if is_multilingual(model_name_or_path, generation_config):
+        code = language_code(language) if language else None
+        if code is not None and f"<|{code}|>" not in tokenizer.get_vocab():
+            raise ValueError(f"tokenizer of {model_name_or_path} has no token <|{code}|> for language {language!r}")
+        tokenizer.set_prefix_tokens(language=code, task=TASK, predict_timestamps=False)
+    else:
+        tokenizer.set_prefix_tokens(language=None, task=None, predict_timestamps=False)
+    return list(tokenizer.prefix_tokens)
+
+
+def _load_generation_config(model_name_or_path: str, **hub_kwargs) -> GenerationConfig | None:
+    try:
+        return GenerationConfig.from_pretrained(model_name_or_path, **hub_kwargs)
+    except (OSError, ValueError):
+        return None
+
+
+def load_model(model_name_or_path: str, **hub_kwargs) -> WhisperForConditionalGeneration:
+    return WhisperForConditionalGeneration.from_pretrained(model_name_or_path, **hub_kwargs)
+
+
+def build_tiny_whisper(output_dir: str | Path, texts: list[str] | None = None, *, n_mels: int = 80,
+                       d_model: int = 64, layers: int = 2, heads: int = 4, vocab_size: int = 400,
+                       multilingual: bool = True, seed: int = 0) -> Path:
+    """Write a tiny randomly-initialised Whisper (model, tokenizer, feature extractor, generation config) to
+    `output_dir`, loadable with `from_pretrained`. The tokenizer is a byte-level BPE trained on `texts` plus
+    Whisper's special tokens in their real order, so prompts, generate() and pipeline() behave as with a real
+    checkpoint. `max_source_positions=1500` so real 3000-frame features pass through."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    texts = texts or _DEFAULT_TEXTS
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    state = json.loads(bpe.to_str())["model"]
+    vocab, merges = state["vocab"], [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    vocab = {token: i for i, token in enumerate(sorted(vocab, key=vocab.get))}
+
+    specials = ["<|endoftext|>", "<|startoftranscript|>"]
+    if multilingual:
+        specials += [f"<|{code}|>" for code in LANGUAGES]
+    specials += ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    specials += [f"<|{i * 0.02:.2f}|>" for i in range(_N_TIMESTAMPS)]
+    for token in specials:  # appended in order: ids are contiguous like the real vocabulary's
+        vocab[token] = len(vocab)
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, unk_token="<|endoftext|>",
+                                 bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    ids = tokenizer.convert_tokens_to_ids
+    eot, sot = ids("<|endoftext|>"), ids("<|startoftranscript|>")
+
+    config = WhisperConfig(
+        vocab_size=len(vocab), num_mel_bins=n_mels, d_model=d_model,
+        encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
+        encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model, max_source_positions=1500, max_target_positions=448,
+        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
+        suppress_tokens=[], begin_suppress_tokens=[ids("Ġ"), eot],
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    generation = GenerationConfig(
+        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
+        max_length=448, suppress_tokens=[], begin_suppress_tokens=[ids("Ġ"), eot],
+        no_timestamps_token_id=ids("<|notimestamps|>"), is_multilingual=multilingual,
+        task_to_id={"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
+        lang_to_id={f"<|{code}|>": ids(f"<|{code}|>") for code in LANGUAGES} if multilingual else {},
+        prev_sot_token_id=ids("<|startofprev|>"), forced_decoder_ids=None,
+    )
+    model.generation_config = generation
+    model.save_pretrained(output_dir)
+    processor = WhisperProcessor(WhisperFeatureExtractor(feature_size=n_mels), tokenizer)
+    processor.save_pretrained(output_dir)
+    return output_dir
+
+
+# Enough Breton to give the tiny BPE real subwords when no corpus text is given.
+_DEFAULT_TEXTS = [
+    "demat deoc'h", "c'hoant am eus da zebriñ", "ur c'hi bras a zo er gêr", "war-lerc'h ar glav e teu an heol",
+    "me a gomz brezhoneg", "kenavo ar wech all", "trugarez vras", "pegeit e vo ar vaez", "an den yaouank",
+    "bez' ez eus tri bugel e-barzh ar skol", "un ti bihan gant ur jardin", "petra eo da anv", "mont a ran d'ar gêr",
+]
