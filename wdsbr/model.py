@@ -137,3 +137,34 @@ _DEFAULT_TEXTS = [
     "me a gomz brezhoneg", "kenavo ar wech all", "trugarez vras", "pegeit e vo ar vaez", "an den yaouank",
     "bez' ez eus tri bugel e-barzh ar skol", "un ti bihan gant ur jardin", "petra eo da anv", "mont a ran d'ar gêr",
 ]
+
+
+def save_model_atomic(model: WhisperForConditionalGeneration, processor: WhisperProcessor, output_dir: str | Path,
+                      language: str | None) -> Path:
+    """Write a complete Hugging Face model folder (fp32 safetensors, processor, generation config with the
+    language and task) to a temporary sibling, then rename it into place: a crash or a full disk never leaves
+    a half-written `output_dir`, and the previous one stays until the new one is complete."""
+    import shutil
+
+    import torch
+
+    output_dir = Path(output_dir)
+    temporary = output_dir.with_name(f".{output_dir.name}.tmp")
+    previous = output_dir.with_name(f".{output_dir.name}.old")
+    shutil.rmtree(temporary, ignore_errors=True)
+    state = {name: tensor.detach().to("cpu", torch.float32) for name, tensor in model.state_dict().items()}
+    generation = model.generation_config
+    if getattr(generation, "is_multilingual", True) and language is not None:
+        generation.language, generation.task = language, TASK
+    generation.forced_decoder_ids = None
+    model.save_pretrained(temporary, state_dict=state)
+    config = WhisperConfig.from_pretrained(temporary)  # save_pretrained records the training dtype (bf16/fp16)
+    config.dtype = "float32"  # the weights written are fp32: load them so by default
+    config.save_pretrained(temporary)
+    processor.save_pretrained(temporary)
+    shutil.rmtree(previous, ignore_errors=True)
+    if output_dir.exists():
+        output_dir.rename(previous)
+    temporary.rename(output_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+    return output_dir

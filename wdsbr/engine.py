@@ -1,0 +1,267 @@
+"""DeepSpeed: the JSON config with its "auto" values filled from the CLI, the engine, the training step and
+checkpoints. The only module that imports `deepspeed`.
+
+"auto" anywhere in the JSON means "take it from the command line". A value the JSON fixes is used as it is;
+when a CLI option given explicitly contradicts it, that is an error, not a silent pick.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wdsbr import dist
+
+AUTO = "auto"
+SCHEDULERS = {"linear": "WarmupDecayLR", "cosine": "WarmupCosineLR"}
+CHECKPOINT_PREFIX = "step-"
+FP16_ON_CPU = "fp16 is not supported on CPU: training in bf16 instead (--precision fp32 for full precision)"
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message names the value and the fix."""
+
+
+def load_ds_config(path: str | Path) -> dict[str, Any]:
+    """Read the DeepSpeed JSON; a missing file or bad JSON is one clear ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"--deepspeed {path}: cannot read it ({error.strerror or error})") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--deepspeed {path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"--deepspeed {path}: expected a JSON object at the top level")
+    return config
+
+
+def _get(config: dict, path: str, default: Any = None) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _set(config: dict, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+# JSON path -> the CLI setting (and option name) that fills it when "auto".
+_FILLED = {
+    "train_micro_batch_size_per_gpu": ("micro_batch_size", "--batch-size"),
+    "gradient_accumulation_steps": ("grad_accum_steps", "--grad-accum"),
+    "gradient_clipping": ("max_grad_norm", "--max-grad-norm"),
+    "optimizer.params.lr": ("lr", "--lr"),
+    "optimizer.params.weight_decay": ("weight_decay", "--weight-decay"),
+}
+
+
+def resolve_ds_config(config: dict[str, Any], settings: dict[str, Any], explicit: set[str], *, world_size: int,
+                      device_type: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Fill the JSON's "auto" values from `settings` (the CLI values; `explicit` names those the user typed).
+
+    Returns (DeepSpeed config, effective settings, notes to print). Raises one ConfigError listing every problem.
+    """
+    config, effective, problems, notes = copy.deepcopy(config), dict(settings), [], []
+
+    def take(path: str, name: str, option: str) -> None:
+        fixed = _get(config, path, AUTO)
+        if fixed == AUTO:
+            _set(config, path, settings[name])
+        elif name in explicit and fixed != settings[name]:
+            problems.append(f"the DeepSpeed config fixes {path}={fixed} but {option} {settings[name]} contradicts it: "
+                            f"drop {option} or set \"{path}\": \"auto\" in the JSON")
+        else:
+            effective[name] = fixed
+
+    for path, (name, option) in _FILLED.items():
+        if path.startswith("optimizer.") and "optimizer" not in config:
+            continue
+        take(path, name, option)
+
+    # The global batch: micro × accumulation × ranks. A fixed train_batch_size must agree with it.
+    micro, accum = effective["micro_batch_size"], effective["grad_accum_steps"]
+    for name, option in (("micro_batch_size", "--batch-size"), ("grad_accum_steps", "--grad-accum")):
+        if not isinstance(effective[name], int) or effective[name] < 1:
+            problems.append(f"{option} {effective[name]}: must be a positive whole number")
+    if not problems:
+        fixed_global = _get(config, "train_batch_size", AUTO)
+        if fixed_global != AUTO and fixed_global != micro * accum * world_size:
+            problems.append(f"the DeepSpeed config fixes train_batch_size={fixed_global}, which is not "
+                            f"--batch-size {micro} × --grad-accum {accum} × {world_size} ranks = {micro * accum * world_size}: "
+                            f"set it to \"auto\" or choose a batch size that divides it")
+        config["train_batch_size"] = micro * accum * world_size
+    effective["global_batch_size"] = micro * accum * world_size
+
+    # Precision: the JSON may fix it; fp16 falls back to bf16 where the device cannot do it (CPU).
+    fixed = {name: _get(config, f"{name}.enabled", AUTO) for name in ("fp16", "bf16")}
+    json_precision = ("fp16" if fixed["fp16"] is True else "bf16" if fixed["bf16"] is True
+                      else "fp32" if fixed["fp16"] is False and fixed["bf16"] is False else None)
+    precision = settings["precision"]
+    if json_precision is not None:
+        if "precision" in explicit and precision != json_precision:
+            problems.append(f"the DeepSpeed config enables {json_precision} but --precision {precision} contradicts it: "
+                            f"drop --precision or set fp16.enabled and bf16.enabled to \"auto\"")
+        precision = json_precision
+    if precision == "fp16" and device_type == "cpu":
+        precision = "bf16"
+        notes.append(FP16_ON_CPU)
+    _set(config, "fp16.enabled", precision == "fp16")
+    _set(config, "bf16.enabled", precision == "bf16")
+    effective["precision"] = precision
+
+    # Optimizer: DeepSpeed's fused AdamW needs a compiled CUDA op; on CPU use torch's.
+    if device_type == "cpu" and _get(config, "optimizer.type", "").lower() in ("adam", "adamw"):
+        _set(config, "optimizer.params.torch_adam", True)
+
+    # Scheduler: warm-up then linear or cosine decay to max_steps.
+    if "scheduler" in config:
+        _resolve_scheduler(config, effective, explicit, problems)
+
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return config, effective, notes
+
+
+def _resolve_scheduler(config: dict, effective: dict, explicit: set[str], problems: list[str]) -> None:
+    wanted = SCHEDULERS[effective["lr_schedule"]]
+    fixed_type = _get(config, "scheduler.type", AUTO)
+    if fixed_type == AUTO:
+        config["scheduler"]["type"] = wanted
+    elif "lr_schedule" in explicit and fixed_type != wanted:
+        problems.append(f"the DeepSpeed config fixes scheduler.type={fixed_type} but --lr-schedule "
+                        f"{effective['lr_schedule']} asks for {wanted}: drop the option or set the type to \"auto\"")
+        return
+    scheduler_type = config["scheduler"]["type"]
+    warmup = max(1, int(effective["warmup_steps"]))  # DeepSpeed wants a positive warm-up
+    if scheduler_type == "WarmupCosineLR":
+        filled = {"total_num_steps": effective["max_steps"], "warmup_num_steps": warmup, "warmup_min_ratio": 0.0,
+                  "cos_min_ratio": 0.0, "warmup_type": "linear"}
+    else:
+        filled = {"total_num_steps": effective["max_steps"], "warmup_num_steps": warmup, "warmup_min_lr": 0.0,
+                  "warmup_max_lr": effective["lr"], "warmup_type": "linear"}
+    params = config["scheduler"].get("params", AUTO)
+    if params == AUTO:
+        config["scheduler"]["params"] = filled
+    elif isinstance(params, dict):
+        for key, value in params.items():
+            if value == AUTO:
+                params[key] = filled.get(key, value)
+
+
+# ------------------------------------------------------------------------------------------------- engine
+
+def init_distributed(timeout_minutes: float = 30.0) -> None:
+    """Join the process group (NCCL on CUDA, gloo on CPU); a rank that dies makes the others fail within
+    `timeout_minutes` instead of hanging."""
+    import deepspeed
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.WARNING)  # DeepSpeed's INFO lines drown the run's own output
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes),
+                               verbose=False)
+
+
+def device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_engine(model: torch.nn.Module, ds_config: dict[str, Any]):
+    """The DeepSpeed engine over the trainable parameters (ZeRO stage and precision from the config)."""
+    import deepspeed
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameters, config=ds_config)
+    return engine
+
+
+def compute_dtype(engine) -> torch.dtype:
+    if engine.fp16_enabled():
+        return torch.float16
+    if engine.bfloat16_enabled():
+        return torch.bfloat16
+    return torch.float32
+
+
+def training_step(engine, batch: dict) -> torch.Tensor:
+    """One micro-batch: forward, backward, and (at an accumulation boundary) the optimizer step.
+    DeepSpeed scales the loss for accumulation and, with fp16, skips overflowing steps."""
+    features = batch["input_features"].to(engine.device, dtype=compute_dtype(engine), non_blocking=True)
+    labels = batch["labels"].to(engine.device, non_blocking=True)
+    loss = engine(input_features=features, labels=labels).loss
+    engine.backward(loss)
+    engine.step()
+    return loss.detach()
+
+
+def loss_scale(engine) -> float | None:
+    """The fp16 dynamic loss scale (None in bf16/fp32)."""
+    if not engine.fp16_enabled():
+        return None
+    scale = getattr(engine.optimizer, "loss_scale", None)
+    return float(scale) if scale is not None else None
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+def checkpoint_tag(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> str | None:
+    """The tag DeepSpeed's `latest` file names, if that checkpoint folder exists."""
+    latest = Path(checkpoint_dir) / "latest"
+    if not latest.is_file():
+        return None
+    tag = latest.read_text(encoding="utf-8").strip()
+    return tag if (Path(checkpoint_dir) / tag).is_dir() else None
+
+
+def save_checkpoint(engine, checkpoint_dir: str | Path, step: int, trainer_state: dict, keep: int) -> str:
+    """Collective: all ranks. DeepSpeed checkpoint (model, optimizer, scheduler, loss scale) + trainer state;
+    then rank 0 keeps only the last `keep` checkpoints."""
+    tag = checkpoint_tag(step)
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"trainer_state": trainer_state})
+    if dist.is_main():
+        (Path(checkpoint_dir) / tag / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+    torch.distributed.barrier()  # every rank has written its shard before old checkpoints go
+    if dist.is_main() and keep > 0:
+        tags = sorted(p.name for p in Path(checkpoint_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
+        for old in tags[:-keep]:
+            shutil.rmtree(Path(checkpoint_dir) / old, ignore_errors=True)
+    return tag
+
+
+def load_checkpoint(engine, checkpoint_dir: str | Path) -> dict:
+    """Collective: all ranks. Restore the latest checkpoint; returns the trainer state saved with it."""
+    tag = latest_checkpoint(checkpoint_dir)
+    if tag is None:
+        raise ConfigError(f"--resume: no checkpoint in {checkpoint_dir}")
+    path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+    if path is None or not client_state or "trainer_state" not in client_state:
+        raise ConfigError(f"--resume: checkpoint {Path(checkpoint_dir) / tag} could not be loaded")
+    return client_state["trainer_state"]
+
+
+def environment_summary() -> dict[str, Any]:
+    import deepspeed
+
+    return {"deepspeed": deepspeed.__version__, "torch": torch.__version__, "device": device_type(),
+            "world_size": dist.world_size(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
