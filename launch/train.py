@@ -176,21 +176,28 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
 
     # ----------------------------------------------------------------------------------------------- resume
     stopper = EarlyStopping(cfg["metric"], cfg["min_delta"], cfg["patience"])
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped_before": 0, "train_seconds": 0.0}
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped_samples": 0, "train_seconds": 0.0}
     if cfg["resume"]:
         state = load_checkpoint(engine, out / "checkpoints")  # collective: all ranks
         stopper = EarlyStopping.from_state_dict(state["early_stopping"])
         say(f"resumed from step {state['step']} (epoch {state['epoch']}, batch {state['batch_in_epoch']}), best {stopper.metric} {stopper.best}")
     step, epoch, batch_in_epoch, start_step = state["step"], state["epoch"], state["batch_in_epoch"], state["step"]
 
+    skipped_before = state["skipped_samples"]  # skipped by the jobs this run resumes
+
+    def skipped_total() -> int:
+        """Collective: all ranks. Samples skipped by every rank's loader, over the whole run."""
+        count = torch.tensor([skipped.total()], dtype=torch.float64, device=engine.device)
+        torch.distributed.all_reduce(count)
+        return skipped_before + int(count.item())
+
     def checkpoint() -> None:
-        nonlocal state
-        at_end = batch_in_epoch == loader.batches_per_rank  # resume at the start of the next epoch
-        state = {"step": step, "epoch": epoch + at_end, "batch_in_epoch": 0 if at_end else batch_in_epoch, "seed": cfg["seed"],
-                 "early_stopping": stopper.state_dict(), "skipped_before": state["skipped_before"] + skipped.total(),
-                 "train_seconds": train_seconds}
-        save_checkpoint(engine, out / "checkpoints", step, state, cfg["keep_checkpoints"])  # collective: all ranks
-        skipped.__init__()  # counted in state["skipped_before"] from now on
+        """Collective: all ranks. DeepSpeed state + where the data stream and early stopping stand."""
+        at_end = batch_in_epoch == loader.batches_per_rank  # then resume at the start of the next epoch
+        trainer_state = {"step": step, "epoch": epoch + at_end, "batch_in_epoch": 0 if at_end else batch_in_epoch,
+                         "seed": cfg["seed"], "early_stopping": stopper.state_dict(), "skipped_samples": skipped_total(),
+                         "train_seconds": train_seconds}
+        save_checkpoint(engine, out / "checkpoints", step, trainer_state, cfg["keep_checkpoints"])
 
     def evaluate() -> bool:
         """Collective: all ranks. Score the whole validation set; rank 0 decides best/stop and broadcasts it."""
@@ -200,7 +207,7 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
         if dist.is_main():
             scores = score(results, normalize)
             scores["loss"] = loss_sum / max(1, tokens)
-            is_best = stopper.update(scores[cfg["metric"]], step)
+            is_best = stopper.update(scores, step)
             if is_best:
                 save_model_atomic(engine.module, processor, out / "best", language)
             metrics.log("eval", step=step, val_loss=scores["loss"], wer=scores["wer"], cer=scores["cer"], samples=scores["samples"],
@@ -215,33 +222,35 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     metrics = MetricsLog(out)
     bar = progress_bar(cfg["max_steps"], step)
     train_seconds, stopped_early, done = state["train_seconds"], False, False
-    window = torch.zeros(4, dtype=torch.float64)  # loss sum, micro-batches, samples, audio seconds since last log
+    loss_sum, micro_batches, samples, audio_seconds = torch.zeros((), device=engine.device), 0, 0, 0.0  # since last log
     t_window = time.perf_counter()
     while not done:
         loader = make_train_loader(cfg["train_shards"], micro_batch_size=cfg["batch_size"], seed=cfg["seed"], epoch=epoch,
                                    start_batch=batch_in_epoch, shuffle_buffer=cfg["shuffle_buffer"],
                                    epoch_samples=cfg["epoch_samples"], skip_counter=skipped, **stream)
         for batch in loader:
-            loss = training_step(engine, batch)
-            batch_in_epoch += 1
-            window += torch.stack([loss.double().cpu(), *torch.tensor([1.0, len(batch["keys"]), batch["audio_seconds"]], dtype=torch.float64)])
+            loss_sum += training_step(engine, batch).float()  # no .item(): it would sync the GPU every micro-batch
+            batch_in_epoch, micro_batches = batch_in_epoch + 1, micro_batches + 1
+            samples, audio_seconds = samples + len(batch["keys"]), audio_seconds + batch["audio_seconds"]
             if engine.global_steps == step:
                 continue  # mid-accumulation: DeepSpeed steps the optimizer every --grad-accum micro-batches
             step = engine.global_steps
             bar.update(1)
             if step % cfg["log_every"] == 0 or step == cfg["max_steps"]:
-                elapsed, totals = time.perf_counter() - t_window, torch.cat([window, torch.tensor([skipped.total()], dtype=torch.float64)])
+                elapsed = time.perf_counter() - t_window
+                totals = torch.stack([loss_sum.double(), *torch.tensor([micro_batches, samples, audio_seconds],
+                                                                       dtype=torch.float64, device=engine.device)])
                 torch.distributed.all_reduce(totals)  # collective: all ranks, on log steps only
-                row = dict(step=step, loss=totals[0].item() / totals[1].item(), lr=engine.get_lr()[0],
-                           grad_norm=float(engine.get_global_grad_norm() or 0.0), loss_scale=loss_scale(engine),
-                           skipped_steps=engine.skipped_steps, step_seconds=elapsed / cfg["log_every"],
-                           samples_per_s=totals[2].item() / elapsed, audio_seconds_per_s=totals[3].item() / elapsed,
-                           epoch=epoch, skipped_samples=int(totals[4].item()) + state["skipped_before"])
+                loss_total, batches_all, samples_all, audio_all = totals.tolist()
+                row = dict(step=step, loss=loss_total / batches_all, lr=engine.get_lr()[0], grad_norm=float(engine.get_global_grad_norm() or 0.0),
+                           loss_scale=loss_scale(engine), skipped_steps=engine.skipped_steps,
+                           step_seconds=elapsed / cfg["log_every"], samples_per_s=samples_all / elapsed,
+                           audio_seconds_per_s=audio_all / elapsed, epoch=epoch, skipped_samples=skipped_total())
                 metrics.log("train", **row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.1f}")
                 train_seconds += elapsed
-                window.zero_()
-                t_window = time.perf_counter()
+                loss_sum.zero_()
+                micro_batches, samples, audio_seconds, t_window = 0, 0, 0.0, time.perf_counter()
             stop_job = cfg["stop_after_steps"] is not None and step - start_step >= cfg["stop_after_steps"]
             done = step >= cfg["max_steps"] or stop_job
             if step % cfg["eval_every"] == 0 or step == cfg["max_steps"]:
@@ -257,9 +266,10 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     bar.close()
 
     # ----------------------------------------------------------------------------------------- final export
+    best = stopper.best_scores or {}
     metrics.log("summary", step=step, best_step=stopper.best_step, best_metric=cfg["metric"], best_value=stopper.best,
-                best_wer=next((e["value"] for e in stopper.history if e["step"] == stopper.best_step), None) if cfg["metric"] == "wer" else None,
-                stopped_early=stopped_early, train_seconds=round(train_seconds, 3), total_seconds=round(time.perf_counter() - t_start, 3))
+                best_wer=best.get("wer"), best_cer=best.get("cer"), stopped_early=stopped_early,
+                train_seconds=round(train_seconds, 3), total_seconds=round(time.perf_counter() - t_start, 3))
     metrics.close()
     if stopper.best is not None:
         say(f"best {cfg['metric']} {stopper.best:.4f} at step {stopper.best_step}: {out / 'best'}")

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import soundfile as sf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -29,6 +32,20 @@ def speech_like(seconds: float, sample_rate: int = 16_000, seed: int = 0) -> np.
     noise = rng.standard_normal(n) * (np.sin(2 * np.pi * 1.3 * t) > 0.8)
     audio = 0.3 * voiced * (0.6 + 0.4 * formants / 2) * envelope + 0.05 * noise
     return (audio / max(1e-6, np.abs(audio).max()) * 0.8).astype(np.float32)
+
+
+WORDS = ["demat", "kenavo", "trugarez", "c'hoant", "bara", "mor", "ti", "gêr", "brezhoneg", "skol"]
+
+
+def write_speech_corpus(folder: Path, n: int, seed: int = 0, speakers: int = 3) -> Path:
+    """n ID.wav + ID.txt pairs of speech-like audio (0.5-1.25 s) under speaker sub-folders."""
+    for i in range(n):
+        speaker = folder / f"spk{i % speakers}"
+        speaker.mkdir(parents=True, exist_ok=True)
+        sf.write(speaker / f"utt{i:03d}.wav", speech_like(0.5 + (i % 4) * 0.25, seed=seed + i), 16000)
+        text = f"{WORDS[i % 10].capitalize()} {WORDS[(i * 7) % 10]}!"
+        (speaker / f"utt{i:03d}.txt").write_text(text, encoding="utf-8")
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -8,29 +8,16 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 
-from conftest import speech_like
+from conftest import write_speech_corpus
 from wdsbr.corpus import open_corpus
 from wdsbr.data import (
     SkipCounter, batches_per_epoch, count_samples, list_shards, make_eval_loader, make_train_loader,
 )
 from wdsbr.shards import ShardOptions, shard_corpus
 
-WORDS = ["demat", "kenavo", "trugarez", "c'hoant", "bara", "mor", "ti", "gêr", "brezhoneg", "skol"]
-
-
-def _write_corpus(folder: Path, n: int, seed: int = 0) -> Path:
-    for i in range(n):
-        speaker = folder / f"spk{i % 3}"
-        speaker.mkdir(parents=True, exist_ok=True)
-        sf.write(speaker / f"utt{i:03d}.wav", speech_like(0.5 + (i % 4) * 0.25, seed=seed + i), 16000)
-        (speaker / f"utt{i:03d}.txt").write_text(f"{WORDS[i % 10].capitalize()} {WORDS[(i * 7) % 10]}!", encoding="utf-8")
-    return folder
-
-
 def _shard(tmp_path: Path, n: int, samples_per_shard: int, name: str = "shards") -> Path:
-    corpus = _write_corpus(tmp_path / f"corpus-{name}", n)
+    corpus = write_speech_corpus(tmp_path / f"corpus-{name}", n)
     out = tmp_path / name
     shard_corpus(open_corpus(corpus), out, ShardOptions(val_fraction=0.0, test_fraction=0.0,
                  samples_per_shard=samples_per_shard, workers=1), progress=False)
@@ -196,7 +183,7 @@ def test_corrupt_members_in_validation_are_counted_not_fatal(uneven_shards, tmp_
 
 
 def test_labels_longer_than_the_decoder_are_skipped_and_counted(tmp_path, tiny_processor, prompt):
-    corpus = _write_corpus(tmp_path / "corpus", 4)
+    corpus = write_speech_corpus(tmp_path / "corpus", 4)
     (corpus / "spk0" / "utt000.txt").write_text(" ".join(["brezhoneg"] * 600), encoding="utf-8")
     shard_corpus(open_corpus(corpus), tmp_path / "out", ShardOptions(val_fraction=0, test_fraction=0, workers=1),
                  progress=False)

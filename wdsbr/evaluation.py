@@ -2,7 +2,8 @@
 results gathered exactly across ranks, and the early-stopping rule rank 0 applies.
 
 One scoring function (`score`) and one normaliser serve the trainer and the evaluation CLI, so the WER a
-model gets in `launch/evaluate.py` equals the WER the trainer logged for it.
+model gets in `launch/evaluate.py` equals the WER the trainer logged for it. The CLI's inputs are prepared here
+too: a plain corpus becomes temporary shards written by the project's own writer, read by the same loader.
 """
 
 from __future__ import annotations
@@ -10,10 +11,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import jiwer
 import torch
+import webdataset as wds
+
+from wdsbr.corpus import CorpusError, Item, open_corpus
+from wdsbr.data import list_shards
+from wdsbr.shards import ShardOptions, shard_corpus
 
 METRICS = ("wer", "cer", "loss")  # all three: lower is better
 
@@ -108,14 +115,16 @@ class EarlyStopping:
     patience: int = 3
     best: float | None = None
     best_step: int | None = None
+    best_scores: dict | None = None  # every score of the best evaluation (wer, cer, loss, ...)
     bad_evaluations: int = 0
     history: list[dict] = field(default_factory=list)
 
-    def update(self, value: float, step: int) -> bool:
-        """Record an evaluation; True when it is a new best."""
+    def update(self, scores: dict, step: int) -> bool:
+        """Record an evaluation's scores; True when its metric is a new best."""
+        value = scores[self.metric]
         improved = not math.isnan(value) and (self.best is None or value < self.best - self.min_delta)
         if improved:
-            self.best, self.best_step, self.bad_evaluations = value, step, 0
+            self.best, self.best_step, self.best_scores, self.bad_evaluations = value, step, dict(scores), 0
         else:
             self.bad_evaluations += 1
         self.history.append({"step": step, "value": value, "is_best": improved})
@@ -131,3 +140,73 @@ class EarlyStopping:
     @classmethod
     def from_state_dict(cls, state: dict) -> "EarlyStopping":
         return cls(**state)
+
+
+# ---------------------------------------------------------------------------------------- evaluation CLI data
+# launch/evaluate.py scores shards, or a plain corpus written to temporary shards by the project's own writer
+# (same decoding, same validation), so a folder and the shards made from it give the same numbers.
+
+def eval_data_kind(spec: str) -> str:
+    """What `--data` names: "shards" (a folder of .tar, a brace pattern, a .tar, a URL) or "corpus" (a folder of
+    ID.wav + ID.txt pairs, or a path<TAB>text .tsv). Raises FileNotFoundError naming the path and the fix."""
+    path = Path(spec)
+    if path.is_dir() and not any(path.glob("*.tar")):
+        try:
+            corpus = open_corpus(path)
+        except CorpusError as error:
+            raise FileNotFoundError(str(error)) from None
+        if corpus.kind == "common_voice":
+            raise FileNotFoundError(f"{spec}: a Common Voice release has splits; shard it (tools/shard_corpus.py) and "
+                                    "pass one split's shards, e.g. shards/test")
+        if any(isinstance(entry, Item) for entry in corpus.entries):
+            return "corpus"
+        split_folders = sorted(p.name for p in path.iterdir() if p.is_dir() and any(p.glob("*.tar")))
+        if split_folders:
+            raise FileNotFoundError(f"{spec}: holds split folders ({', '.join(split_folders)}); "
+                                    f"pass one of them, e.g. {path / split_folders[-1]}")
+        raise FileNotFoundError(f"{spec}: folder has no .tar shards and no audio + .txt pairs")
+    if path.is_file() and path.suffix.lower() == ".tsv":
+        return "corpus"
+    if not path.exists() and "{" not in spec and "://" not in spec and not spec.startswith("pipe:"):
+        raise FileNotFoundError(f"{spec}: no such file or folder (give shards or a folder of ID.wav + ID.txt pairs)")
+    list_shards(spec)  # raises when a pattern expands to missing files
+    return "shards"
+
+
+def shard_for_evaluation(source: str, output_dir: str, *, workers: int = 1) -> tuple[list[str], list[dict]]:
+    """Write a corpus (folder of pairs or .tsv) to shards in `output_dir` with `wdsbr.shards.shard_corpus`, every
+    kept input in them whatever split it would get. Returns (shard paths, rejected inputs as manifest rows).
+    Raises `wdsbr.shards.ShardError` when nothing could be kept."""
+    # wav: the members live only as long as the run, so skip the flac encode; both are lossless PCM-16
+    options = ShardOptions(val_fraction=0.0, test_fraction=0.0, audio_format="wav", workers=max(1, workers))
+    manifest = shard_corpus(open_corpus(source), output_dir, options, progress=False)
+    shards = [str(Path(output_dir) / shard["file"]) for split in manifest["splits"].values() for shard in split["shards"]]
+    return shards, manifest["rejected"]
+
+
+def take_samples(shards: list[str], count: int, output_path: str, on_error: Callable[[Exception], bool]) -> list[str]:
+    """The first `count` samples of `shards` in shard order, their raw members copied (not decoded) into one tar
+    at `output_path`: a subset that every world size splits the same way. `on_error` is webdataset's handler
+    for an unreadable shard (count it and go on)."""
+    with wds.TarWriter(output_path, encoder=False, mtime=0) as writer:
+        samples = wds.tarfile_to_samples(handler=on_error)({"url": url} for url in shards)
+        for index, sample in enumerate(samples):
+            if index >= count:
+                break
+            writer.write({name: value for name, value in sample.items() if name == "__key__" or not name.startswith("__")})
+    return [output_path]
+
+
+def sum_across_ranks(counts: dict[str, float]) -> dict[str, float]:
+    """Collective: all ranks. Every rank's counts (audio seconds, skipped samples by reason) summed by name.
+    Works unchanged without a process group (one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        parts: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, counts)
+    else:
+        parts = [counts]
+    total: dict[str, float] = {}
+    for part in parts:
+        for name, value in part.items():
+            total[name] = total.get(name, 0) + value
+    return total

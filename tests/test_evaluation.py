@@ -1,0 +1,83 @@
+"""Scoring (corpus-level WER/CER on normalised text), the exact gather, early stopping, and one validation step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import speech_like
+from wdsbr.collate import Collator
+from wdsbr.evaluation import EarlyStopping, Prediction, gather, generate_kwargs, score, validation_step
+from wdsbr.model import load_model
+from wdsbr.text import clean_text
+
+
+def test_wer_and_cer_are_corpus_level_after_normalisation():
+    results = [
+        Prediction("a", "Demat, Yann!", "demat yann"),          # 0 errors / 2 words once cleaned
+        Prediction("b", "C’hoant am eus", "c'hoant am"),       # 1 deletion / 3 words
+        Prediction("c", "Ur c'hi bras", "ur ki bras mat"),     # 1 substitution + 1 insertion / 3 words
+    ]
+    scores = score(results, clean_text)
+    assert scores["wer"] == pytest.approx(3 / 8)  # total errors / total reference words, not a mean of rates
+    assert (scores["substitutions"], scores["deletions"], scores["insertions"]) == (1, 1, 1)
+    assert scores["samples"] == 3 and scores["reference_words"] == 8
+    reference_chars = len("demat yann") + len("c'hoant am eus") + len("ur c'hi bras")
+    char_errors = 0 + len(" eus") + (3 + len(" mat"))  # "c'hi" -> "ki": 1 substitution + 2 deletions
+    assert scores["cer"] == pytest.approx(char_errors / reference_chars)
+
+
+def test_references_that_normalise_to_nothing_are_left_out_and_counted():
+    scores = score([Prediction("a", "!!!", "x"), Prediction("b", "mat", "mat")], clean_text)
+    assert (scores["wer"], scores["samples"], scores["empty_references"]) == (0.0, 1, 1)
+    assert math.isnan(score([Prediction("a", "?", "")], clean_text)["wer"])
+
+
+def test_gather_without_a_process_group_sorts_by_key_and_refuses_duplicates():
+    merged, loss, tokens = gather([Prediction("b", "x", "y"), Prediction("a", "x", "x")], 3.0, 6)
+    assert [r.key for r in merged] == ["a", "b"] and (loss, tokens) == (3.0, 6)
+    with pytest.raises(AssertionError, match="scored twice"):
+        gather([Prediction("a", "x", "y"), Prediction("a", "x", "y")], 0.0, 0)
+
+
+def test_early_stopping_counts_evaluations_without_improvement_beyond_min_delta():
+    stopper = EarlyStopping(metric="wer", min_delta=0.01, patience=2)
+    assert stopper.update({"wer": 0.50}, 100) is True
+    assert stopper.update({"wer": 0.495}, 200) is False  # better, but by less than min_delta
+    assert not stopper.should_stop
+    assert stopper.update({"wer": 0.40, "cer": 0.2}, 300) is True and stopper.bad_evaluations == 0
+    assert stopper.update({"wer": 0.45}, 400) is False
+    assert stopper.update({"wer": math.nan}, 500) is False  # a NaN never improves
+    assert stopper.should_stop and (stopper.best, stopper.best_step) == (0.40, 300)
+    assert stopper.best_scores == {"wer": 0.40, "cer": 0.2}
+    restored = EarlyStopping.from_state_dict(stopper.state_dict())
+    assert restored == stopper
+
+
+def test_patience_zero_never_stops():
+    stopper = EarlyStopping(patience=0)
+    for step in range(10):
+        stopper.update({"wer": 1.0}, step)
+    assert not stopper.should_stop
+
+
+def test_generate_kwargs_have_the_prompt_only_for_multilingual_models():
+    assert generate_kwargs("br", 1, 50) == {"num_beams": 1, "max_new_tokens": 50, "language": "br", "task": "transcribe"}
+    assert generate_kwargs(None, 2, 50) == {"num_beams": 2, "max_new_tokens": 50}
+
+
+def test_validation_step_returns_token_weighted_loss_and_decoded_text(tiny_whisper, tiny_processor):
+    model = load_model(tiny_whisper).eval()
+    tokenizer = tiny_processor.tokenizer
+    samples = [{"audio": speech_like(1.0, seed=i), "labels": tokenizer(text).input_ids, "key": str(i), "text": text}
+               for i, text in enumerate(["demat", "kenavo ar wech all"])]
+    batch = Collator(80, model.config.decoder_start_token_id)(samples)
+    loss_sum, tokens, predictions, references = validation_step(
+        model, batch, tokenizer, generate_kwargs("br", 1, 5), torch.float32, torch.device("cpu"))
+    assert tokens == int((batch["labels"] != -100).sum())
+    expected = model(input_features=batch["input_features"], labels=batch["labels"]).loss.item() * tokens
+    assert loss_sum.item() == pytest.approx(expected, rel=1e-5)
+    assert references == ["demat", "kenavo ar wech all"]
+    assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)

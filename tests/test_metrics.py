@@ -1,0 +1,34 @@
+"""metrics.jsonl rows on rank 0."""
+
+import json
+import math
+
+from wdsbr.metrics import MetricsLog, read_metrics
+
+
+def test_rows_are_appended_flushed_and_nan_becomes_null(tmp_path):
+    log = MetricsLog(tmp_path, tensorboard=False)
+    log.log("train", step=1, loss=2.5)
+    assert read_metrics(tmp_path)[0]["loss"] == 2.5  # readable before close: a crash loses nothing written
+    log.log("eval", step=1, wer=math.nan)
+    log.close()
+    rows = read_metrics(tmp_path)
+    assert [r["kind"] for r in rows] == ["train", "eval"]
+    assert rows[1]["wer"] is None and "time" in rows[1]
+
+
+def test_other_ranks_write_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    log = MetricsLog(tmp_path, tensorboard=False)
+    log.log("train", step=1, loss=1.0)
+    log.close()
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_tensorboard_events_when_installed(tmp_path):
+    log = MetricsLog(tmp_path)
+    log.log("train", step=3, loss=1.0, note="text is skipped")
+    log.close()
+    if log._writer is not None:
+        assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["note"] == "text is skipped"

@@ -1,0 +1,175 @@
+"""launch/train.py end to end: the real `deepspeed` launcher, 2 ranks on CPU (gloo), a tiny Whisper, shards from
+our own writer. Few runs, each asserting exact artefacts: metrics rows, checkpoint tags, best/ files.
+
+Configuration errors are checked in-process (they happen before any process group exists).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from conftest import speech_like, write_speech_corpus
+from wdsbr.corpus import open_corpus
+from wdsbr.metrics import read_metrics
+from wdsbr.shards import ShardOptions, shard_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
+TRAIN_ROW = {"step", "loss", "lr", "grad_norm", "loss_scale", "step_seconds", "samples_per_s", "audio_seconds_per_s",
+             "skipped_samples"}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """24 training and 8 validation samples, 4 shards each (so 2 ranks × 1 worker split them evenly)."""
+    root = tmp_path_factory.mktemp("train-data")
+    for split, n, seed in (("train", 24, 0), ("validation", 8, 100)):
+        write_speech_corpus(root / "corpus" / split, n, seed=seed)
+    shard_corpus(open_corpus(root / "corpus"), root / "shards", ShardOptions(samples_per_shard=6, workers=1),
+                 progress=False)
+    return root / "shards"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(output: Path, *args: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    command = [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(_free_port()), "launch/train.py",
+               "--deepspeed", "configs/ds_zero2.json", "--output-dir", str(output), *args]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def run_training(shards: Path, model: str, output: Path, *args: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    return launch(output, "--model", model, "--train-shards", str(shards / "train"), "--val-shards",
+                  str(shards / "validation"), "--batch-size", "3", "--num-workers", "1", "--shuffle-buffer", "8",
+                  "--lr", "1e-3", "--warmup-steps", "2", "--log-every", "2", "--generation-max-length", "8", *args,
+                  ranks=ranks)
+
+
+def rows(output: Path, kind: str) -> list[dict]:
+    return [row for row in read_metrics(output) if row["kind"] == kind]
+
+
+def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, tiny_whisper, tmp_path):
+    # --metric loss with a huge --min-delta: only the first evaluation can be "better", so with patience 2 the
+    # run must stop at the third evaluation (step 6) on both ranks, whatever the random model predicts.
+    # --grad-accum 2: a step is two micro-batches of 3 on each of 2 ranks.
+    out = tmp_path / "run"
+    result = run_training(shards, tiny_whisper, out, "--max-steps", "40", "--eval-every", "2", "--metric", "loss",
+                          "--min-delta", "100", "--patience", "2", "--grad-accum", "2")
+    assert "fp16 is not supported on CPU: training in bf16 instead" in result.stdout
+    assert [(r["step"], r["is_best"]) for r in rows(out, "eval")] == [(2, True), (4, False), (6, False)]
+    summary = rows(out, "summary")[-1]
+    assert (summary["step"], summary["stopped_early"], summary["best_step"]) == (6, True, 2)
+    assert summary["total_seconds"] >= summary["train_seconds"] > 0
+    # checkpoints: the last two evaluations, DeepSpeed's `latest` points at the final one
+    checkpoints = out / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000004", "step-00000006"]
+    assert (checkpoints / "latest").read_text().strip() == "step-00000006"
+    assert json.loads((checkpoints / "step-00000006" / "trainer_state.json").read_text())["early_stopping"]["bad_evaluations"] == 2
+    # training rows carry every field, every rank's samples are counted, and the loss goes down
+    train = rows(out, "train")
+    assert [r["step"] for r in train] == [2, 4, 6] and all(TRAIN_ROW <= set(r) for r in train)
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert train[0]["samples_per_s"] > 0 and train[0]["skipped_samples"] == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["deepspeed"]["bf16"]["enabled"] is True and config["deepspeed"]["train_batch_size"] == 3 * 2 * 2
+
+    best = out / "best"
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in best.iterdir()}
+    generation = json.loads((best / "generation_config.json").read_text())
+    assert (generation["language"], generation["task"]) == ("br", "transcribe")
+    from transformers import pipeline
+
+    asr = pipeline("automatic-speech-recognition", model=str(best))
+    assert isinstance(asr(speech_like(1.0), generate_kwargs={"max_new_tokens": 4})["text"], str)
+
+
+def test_resume_continues_exactly_where_an_interrupted_run_stopped(shards, tiny_whisper, tmp_path):
+    common = ("--max-steps", "8", "--eval-every", "4", "--metric", "loss", "--patience", "0", "--seed", "3")
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    run_training(shards, tiny_whisper, straight, *common)
+    run_training(shards, tiny_whisper, interrupted, *common, "--stop-after-steps", "4")
+    assert rows(interrupted, "summary")[-1]["step"] == 4
+    resumed = launch(interrupted, "--resume")  # model, shards, schedule: all from the run's config.json
+    assert "resumed from step 4 (epoch 1, batch 0)" in resumed.stdout
+
+    def key_numbers(output: Path) -> list[tuple]:
+        return [(r["kind"], r["step"], r.get("loss"), r.get("val_loss"), r.get("wer")) for r in read_metrics(output)
+                if r["kind"] != "summary" and r["step"] > 4]
+
+    # Same seed, same data order (the stream is a function of seed, epoch, rank, worker), DeepSpeed restores
+    # fp32 master weights, Adam moments, scheduler and step, and CPU kernels are deterministic: the numbers
+    # after the interruption are identical; 1e-6 only absorbs float formatting.
+    for got, want in zip(key_numbers(interrupted), key_numbers(straight), strict=True):
+        assert got[:2] == want[:2]
+        np.testing.assert_allclose([x for x in got[2:] if x is not None], [x for x in want[2:] if x is not None], atol=1e-6)
+    assert rows(interrupted, "summary")[-1]["step"] == rows(straight, "summary")[-1]["step"] == 8
+    final = [load_file(out / "best" / "model.safetensors") for out in (interrupted, straight)]
+    assert final[0].keys() == final[1].keys()
+    for name in final[0]:
+        torch.testing.assert_close(final[0][name], final[1][name], atol=1e-6, rtol=0)
+
+
+def test_validation_on_two_ranks_scores_exactly_what_one_rank_does(shards, tiny_whisper, tmp_path):
+    # lr 0: the weights stay as loaded, so both runs evaluate the same model; fp32 so batching cannot flip a token
+    common = ("--max-steps", "1", "--eval-every", "1", "--lr", "0", "--precision", "fp32")
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_training(shards, tiny_whisper, one, *common, ranks=1)
+    run_training(shards, tiny_whisper, two, *common, ranks=2)
+    (a,), (b,) = rows(one, "eval"), rows(two, "eval")
+    assert (a["wer"], a["cer"], a["samples"]) == (b["wer"], b["cer"], b["samples"]) and a["samples"] == 8
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------- configuration errors
+
+def _train_cli():
+    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "launch" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture
+def bad_json(tmp_path) -> Path:
+    path = tmp_path / "broken.json"
+    path.write_text('{"zero_optimization": {"stage": 2},}')
+    return path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train-shards", "/nonexistent/train"], "--train-shards: /nonexistent/train: shard not found"),
+    (["--language", "klingon"], "--language: unknown language 'klingon'"),
+    (["--deepspeed", "{bad_json}"], "broken.json: not valid JSON"),
+    (["--batch-size", "-2"], "--batch-size -2: must be at least 1"),
+    (["--resume", "--output-dir", "{tmp}/nothing"], "--resume: no checkpoint to resume"),
+    (["--model", "{tmp}"], "--model:"),
+])
+def test_bad_configuration_is_one_clear_line_and_exit_2(shards, tiny_whisper, tmp_path, bad_json, args, message):
+    args = [a.format(bad_json=bad_json, tmp=tmp_path) for a in args]
+    base = ["--model", tiny_whisper, "--train-shards", str(shards / "train"), "--val-shards", str(shards / "validation"),
+            "--output-dir", str(tmp_path / "run")]
+    result = CliRunner().invoke(_train_cli(), base + args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert "Traceback" not in result.output
