@@ -11,6 +11,7 @@ Sections, in order: config → distributed → model → data → engine → res
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 import warnings
@@ -88,6 +89,10 @@ def main(**opts):
         if dist.is_main():
             click.echo(f"error: {error}", err=True)
         sys.exit(2)
+    if not ds_config:  # a finished run: say so and leave
+        if dist.is_main():
+            click.echo(notes[0])
+        return
     train(cfg, ds_config, notes)
 
 
@@ -95,6 +100,8 @@ def configure(opts: dict, explicit: set[str]) -> tuple[dict, dict, list[str]]:
     """Check everything before any heavy work; raise one ConfigError that lists every problem."""
     cfg, problems = dict(opts), []
     out = Path(cfg["output_dir"]) if cfg["output_dir"] else None
+    if cfg["resume"] and out and (out / "summary.json").is_file() and json.loads((out / "summary.json").read_text())["finished"]:
+        return cfg, {}, [f"{out} finished already (see {out / 'summary.json'}): nothing to resume"]
     if cfg["resume"]:
         saved = out / "config.json" if out else None
         if saved is None or not saved.is_file() or latest_checkpoint(out / "checkpoints") is None:
@@ -138,6 +145,9 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")  # DeepSpeed's, not ours
     # ------------------------------------------------------------------------------------------ distributed
     init_distributed(cfg["dist_timeout_minutes"])
+    caught = []  # SIGTERM (scancel, a launcher stopping) or SIGUSR1 (Slurm's warning before the time limit)
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, lambda number, _frame: caught.append(signal.Signals(number).name))
     rank, world_size = dist.rank(), dist.world_size()
     stamp = [cfg["output_dir"] or f"runs/{datetime.now():%Y%m%d-%H%M%S}"]
     torch.distributed.broadcast_object_list(stamp, src=0)  # collective: all ranks agree on the run folder
@@ -251,7 +261,11 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
                 train_seconds += elapsed
                 loss_sum.zero_()
                 micro_batches, samples, audio_seconds, t_window = 0, 0, 0.0, time.perf_counter()
-            stop_job = cfg["stop_after_steps"] is not None and step - start_step >= cfg["stop_after_steps"]
+            signalled = torch.tensor([float(bool(caught))], device=engine.device)
+            torch.distributed.all_reduce(signalled, op=torch.distributed.ReduceOp.MAX)  # collective: one signalled rank stops all
+            if signalled.item():
+                say(f"step {step}: {caught[0] if caught else 'another rank was signalled'}: checkpointing and stopping")
+            stop_job = bool(signalled.item()) or (cfg["stop_after_steps"] is not None and step - start_step >= cfg["stop_after_steps"])
             done = step >= cfg["max_steps"] or stop_job
             if step % cfg["eval_every"] == 0 or step == cfg["max_steps"]:
                 stopped_early = evaluate()
@@ -267,10 +281,14 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
 
     # ----------------------------------------------------------------------------------------- final export
     best = stopper.best_scores or {}
-    metrics.log("summary", step=step, best_step=stopper.best_step, best_metric=cfg["metric"], best_value=stopper.best,
-                best_wer=best.get("wer"), best_cer=best.get("cer"), stopped_early=stopped_early,
-                train_seconds=round(train_seconds, 3), total_seconds=round(time.perf_counter() - t_start, 3))
+    summary = dict(step=step, finished=stopped_early or step >= cfg["max_steps"], interrupted=caught[0] if caught else None,
+                   best_step=stopper.best_step, best_metric=cfg["metric"], best_value=stopper.best, best_wer=best.get("wer"),
+                   best_cer=best.get("cer"), stopped_early=stopped_early, train_seconds=round(train_seconds, 3),
+                   total_seconds=round(time.perf_counter() - t_start, 3))
+    metrics.log("summary", **summary)
     metrics.close()
+    if dist.is_main():  # what a job scheduler reads to decide whether to requeue: finished runs are not restarted
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if stopper.best is not None:
         say(f"best {cfg['metric']} {stopper.best:.4f} at step {stopper.best_step}: {out / 'best'}")
     torch.distributed.barrier()  # nobody leaves while rank 0 still writes

@@ -30,6 +30,7 @@ import math
 import multiprocessing
 import os
 import random
+import signal
 import tarfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -149,9 +150,6 @@ def _dealt_train_samples(shards: list[str], seed: int, epoch: int, rank: int, wo
     batch quota (uneven shards, skipped samples, or no shard at all) tops up from the next pass.
     """
     slot, n_slots, _ = _reader_slot(rank, world_size, rotation)
-    if len(shards) < n_slots and slot == 0:
-        log.warning("%d training shards for %d readers (ranks × workers): readers without a shard of their own "
-                    "read other readers' shards; write more, smaller shards (--samples-per-shard)", len(shards), n_slots)
     rng = random.Random(_seed(seed, epoch, slot))
     position, empty_passes = 0, 0
     for sweep in itertools.count():
@@ -239,15 +237,30 @@ def _take_batches(batches: Iterable[list], rank: int, world_size: int, rotation:
 
 # ------------------------------------------------------------------------------------------------ loaders
 
+@functools.lru_cache(maxsize=None)  # once per process, not every epoch
+def _warn_few_shards(n_shards: int, n_readers: int) -> None:
+    if n_shards < n_readers:
+        log.warning("%d training shards for %d readers (ranks × DataLoader workers): readers without a shard of their "
+                    "own read other readers' shards; write more, smaller shards (--samples-per-shard)", n_shards, n_readers)
+
+
 def batches_per_epoch(epoch_samples: int, micro_batch_size: int, world_size: int) -> int:
     """Training batches each rank runs per epoch: the same on every rank, whatever the shard sizes."""
     return max(1, math.ceil(epoch_samples / (world_size * micro_batch_size)))
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGUSR1/SIGINT to the trainer: a launcher that signals the whole process
+    tree must not kill the batch the trainer needs to finish its step and checkpoint. Workers exit with it."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _loader(pipeline: wds.DataPipeline, num_workers: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         pipeline, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=2 if num_workers else None, persistent_workers=False)
+        prefetch_factor=2 if num_workers else None, persistent_workers=False,
+        worker_init_fn=_ignore_stop_signals if num_workers else None)
 
 
 def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, micro_batch_size: int,
