@@ -83,17 +83,17 @@ def main(**opts):
     explicit = {name for name in opts if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     try:
         cfg, ds_config, notes = configure(opts, explicit)
-    except (ConfigError, FileNotFoundError, OSError, ValueError) as error:
+        if not ds_config:  # a finished run: say so and leave
+            if dist.is_main():
+                click.echo(notes[0])
+            return
+        train(cfg, ds_config, notes)
+    except (ConfigError, FileNotFoundError) as error:  # the user's to fix: one line, exit 2
         if opts["debug"]:
             raise
         if dist.is_main():
             click.echo(f"error: {error}", err=True)
         sys.exit(2)
-    if not ds_config:  # a finished run: say so and leave
-        if dist.is_main():
-            click.echo(notes[0])
-        return
-    train(cfg, ds_config, notes)
 
 
 def configure(opts: dict, explicit: set[str]) -> tuple[dict, dict, list[str]]:
@@ -206,7 +206,7 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
         at_end = batch_in_epoch == loader.batches_per_rank  # then resume at the start of the next epoch
         trainer_state = {"step": step, "epoch": epoch + at_end, "batch_in_epoch": 0 if at_end else batch_in_epoch,
                          "seed": cfg["seed"], "early_stopping": stopper.state_dict(), "skipped_samples": skipped_total(),
-                         "train_seconds": train_seconds}
+                         "train_seconds": train_seconds, "nonfinite_batches": nonfinite}
         save_checkpoint(engine, out / "checkpoints", step, trainer_state, cfg["keep_checkpoints"])
 
     def evaluate() -> bool:
@@ -217,11 +217,16 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
         if dist.is_main():
             scores = score(results, normalize)
             scores["loss"] = loss_sum / max(1, tokens)
-            is_best = stopper.update(scores, step)
+            is_best, save_error = stopper.update(scores, step), None
             if is_best:
-                save_model_atomic(engine.module, processor, out / "best", language)
+                try:
+                    save_model_atomic(engine.module, processor, out / "best", language)
+                except OSError as error:  # full disk, read-only folder: the previous best/ is intact; say so, go on
+                    save_error = f"{out / 'best'}: not updated ({error}); the previous best/ is kept"
+                    say(f"error: step {step}: {save_error}")
             metrics.log("eval", step=step, val_loss=scores["loss"], wer=scores["wer"], cer=scores["cer"], samples=scores["samples"],
-                        eval_seconds=round(seconds, 3), is_best=is_best, bad_evaluations=stopper.bad_evaluations)
+                        eval_seconds=round(seconds, 3), is_best=is_best, bad_evaluations=stopper.bad_evaluations,
+                        best_save_error=save_error)
             say(f"step {step}: val_loss {scores['loss']:.4f} wer {scores['wer']:.4f} cer {scores['cer']:.4f}"
                 f" ({scores['samples']} samples, {seconds:.1f} s){' new best' if is_best else ''}")
             decision = [stopper.should_stop]
@@ -231,7 +236,7 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     # ------------------------------------------------------------------------------------------------- loop
     metrics = MetricsLog(out)
     bar = progress_bar(cfg["max_steps"], step)
-    train_seconds, stopped_early, done = state["train_seconds"], False, False
+    train_seconds, stopped_early, done, nonfinite = state["train_seconds"], False, False, state.get("nonfinite_batches", 0)
     loss_sum, micro_batches, samples, audio_seconds = torch.zeros((), device=engine.device), 0, 0, 0.0  # since last log
     t_window = time.perf_counter()
     while not done:
@@ -239,8 +244,14 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
                                    start_batch=batch_in_epoch, shuffle_buffer=cfg["shuffle_buffer"],
                                    epoch_samples=cfg["epoch_samples"], skip_counter=skipped, **stream)
         for batch in loader:
-            loss_sum += training_step(engine, batch).float()  # no .item(): it would sync the GPU every micro-batch
-            batch_in_epoch, micro_batches = batch_in_epoch + 1, micro_batches + 1
+            loss = training_step(engine, batch)
+            batch_in_epoch += 1
+            if loss is None:  # NaN/inf on some rank: skipped everywhere before touching the weights
+                nonfinite += 1
+                say(f"step {step}: non-finite loss, micro-batch skipped ({nonfinite} so far): {', '.join(batch['keys'][:4])}")
+                continue
+            loss_sum += loss.float()  # no .item(): it would sync the GPU every micro-batch
+            micro_batches += 1
             samples, audio_seconds = samples + len(batch["keys"]), audio_seconds + batch["audio_seconds"]
             if engine.global_steps == step:
                 continue  # mid-accumulation: DeepSpeed steps the optimizer every --grad-accum micro-batches
@@ -255,7 +266,8 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
                 row = dict(step=step, loss=loss_total / batches_all, lr=engine.get_lr()[0], grad_norm=float(engine.get_global_grad_norm() or 0.0),
                            loss_scale=loss_scale(engine), skipped_steps=engine.skipped_steps,
                            step_seconds=elapsed / cfg["log_every"], samples_per_s=samples_all / elapsed,
-                           audio_seconds_per_s=audio_all / elapsed, epoch=epoch, skipped_samples=skipped_total())
+                           audio_seconds_per_s=audio_all / elapsed, epoch=epoch, skipped_samples=skipped_total(),
+                           nonfinite_batches=nonfinite)
                 metrics.log("train", **row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.1f}")
                 train_seconds += elapsed

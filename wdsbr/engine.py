@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -184,12 +185,33 @@ def device_type() -> str:
 
 
 def build_engine(model: torch.nn.Module, ds_config: dict[str, Any]):
-    """The DeepSpeed engine over the trainable parameters (ZeRO stage and precision from the config)."""
+    """The DeepSpeed engine over the trainable parameters (ZeRO stage and precision from the config), loading
+    its checkpoints with `torch.load(weights_only=True)`."""
     import deepspeed
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameters, config=ds_config)
+    if type(engine.checkpoint_engine) is TorchCheckpointEngine:  # DeepSpeed's own loads with weights_only=False
+        engine.checkpoint_engine = _weights_only_checkpoint_engine(TorchCheckpointEngine)(engine._config)
     return engine
+
+
+def _weights_only_checkpoint_engine(base: type) -> type:
+    """DeepSpeed's torch checkpoint engine, loading with weights_only=True: a tampered checkpoint cannot run code.
+    Its files hold tensors, plain containers and these few DeepSpeed classes, allowed by name."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    allowed = [fragment_address, ZeroStageEnum, LossScaler, DynamicLossScaler]
+
+    class WeightsOnlyCheckpointEngine(base):
+        def load(self, path: str, map_location=None):
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    return WeightsOnlyCheckpointEngine
 
 
 def compute_dtype(engine) -> torch.dtype:
@@ -200,12 +222,21 @@ def compute_dtype(engine) -> torch.dtype:
     return torch.float32
 
 
-def training_step(engine, batch: dict) -> torch.Tensor:
+def training_step(engine, batch: dict) -> torch.Tensor | None:
     """One micro-batch: forward, backward, and (at an accumulation boundary) the optimizer step.
-    DeepSpeed scales the loss for accumulation and, with fp16, skips overflowing steps."""
+    DeepSpeed scales the loss for accumulation and, with fp16, skips overflowing steps.
+
+    A NaN or infinite loss on any rank (a poisoned batch, a bf16/fp32 blow-up DeepSpeed does not catch) skips
+    this micro-batch on every rank before its gradients touch the weights, and returns None for the caller to
+    count. Deciding together costs one scalar all-reduce per micro-batch."""
     features = batch["input_features"].to(engine.device, dtype=compute_dtype(engine), non_blocking=True)
     labels = batch["labels"].to(engine.device, non_blocking=True)
     loss = engine(input_features=features, labels=labels).loss
+    finite = torch.isfinite(loss.detach()).float()
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)  # collective: all ranks
+    if not finite.item():
+        return None
     engine.backward(loss)
     engine.step()
     return loss.detach()
@@ -249,14 +280,59 @@ def save_checkpoint(engine, checkpoint_dir: str | Path, step: int, trainer_state
     return tag
 
 
+def checkpoint_problem(folder: Path, world_size: int) -> str | None:
+    """Why a checkpoint folder cannot be resumed (a missing, empty or corrupt file, named), or None.
+
+    torch.save writes zip archives with a CRC per member: testzip() reads every byte and finds a truncated or
+    bit-flipped file without unpickling anything."""
+    model_files = sorted(folder.glob("mp_rank_*_model_states.pt"))
+    optim_files = sorted(folder.glob("*zero_pp_rank_*_optim_states.pt"))
+    if not (folder / "trainer_state.json").is_file():
+        return f"{folder / 'trainer_state.json'} is missing"
+    if not model_files:
+        return f"{folder}: no mp_rank_*_model_states.pt"
+    if len(optim_files) != world_size:
+        return f"{folder}: {len(optim_files)} optimizer state files for {world_size} ranks"
+    for file in model_files + optim_files:
+        try:
+            with zipfile.ZipFile(file) as archive:
+                bad = archive.testzip()
+        except (OSError, zipfile.BadZipFile) as error:
+            return f"{file} is unreadable ({error})"
+        if bad is not None:
+            return f"{file} is corrupt (member {bad} fails its CRC)"
+    return None
+
+
 def load_checkpoint(engine, checkpoint_dir: str | Path) -> dict:
-    """Collective: all ranks. Restore the latest checkpoint; returns the trainer state saved with it."""
-    tag = latest_checkpoint(checkpoint_dir)
+    """Collective: all ranks. Restore the newest intact checkpoint (the one `latest` names, else an older one,
+    saying which file is broken); returns the trainer state saved with it. Never a silent fresh start."""
+    checkpoint_dir = Path(checkpoint_dir)
+    newest = latest_checkpoint(checkpoint_dir)
+    tags = sorted((p.name for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), reverse=True)
+    if newest in tags:  # `latest` first, then older ones
+        tags.remove(newest)
+        tags.insert(0, newest)
+    choice = [None]
+    if dist.is_main():
+        problems = []
+        for tag in tags:
+            problem = checkpoint_problem(checkpoint_dir / tag, dist.world_size())
+            if problem is None:
+                choice = [(tag, problems)]
+                break
+            problems.append(problem)
+        else:
+            choice = [(None, problems)]
+    torch.distributed.broadcast_object_list(choice, src=0)  # collective: rank 0 picks the checkpoint for all
+    tag, problems = choice[0]
+    for problem in problems:
+        logging.getLogger(__name__).warning("--resume: skipping a damaged checkpoint: %s", problem)
     if tag is None:
-        raise ConfigError(f"--resume: no checkpoint in {checkpoint_dir}")
-    path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
-    if path is None or not client_state or "trainer_state" not in client_state:
-        raise ConfigError(f"--resume: checkpoint {Path(checkpoint_dir) / tag} could not be loaded")
+        raise ConfigError(f"--resume: no intact checkpoint in {checkpoint_dir}: " + ("; ".join(problems) or "none found"))
+    _, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+    if not client_state or "trainer_state" not in client_state:
+        raise ConfigError(f"--resume: {checkpoint_dir / tag} has no trainer state")
     return client_state["trainer_state"]
 
 

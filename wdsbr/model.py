@@ -157,11 +157,15 @@ def save_model_atomic(model: WhisperForConditionalGeneration, processor: Whisper
     if getattr(generation, "is_multilingual", True) and language is not None:
         generation.language, generation.task = language, TASK
     generation.forced_decoder_ids = None
-    model.save_pretrained(temporary, state_dict=state)
-    config = WhisperConfig.from_pretrained(temporary)  # save_pretrained records the training dtype (bf16/fp16)
-    config.dtype = "float32"  # the weights written are fp32: load them so by default
-    config.save_pretrained(temporary)
-    processor.save_pretrained(temporary)
+    try:
+        model.save_pretrained(temporary, state_dict=state)
+        config = WhisperConfig.from_pretrained(temporary)  # save_pretrained records the training dtype (bf16/fp16)
+        config.dtype = "float32"  # the weights written are fp32: load them so by default
+        config.save_pretrained(temporary)
+        processor.save_pretrained(temporary)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)  # a full disk leaves no debris; output_dir is untouched
+        raise
     shutil.rmtree(previous, ignore_errors=True)
     if output_dir.exists():
         output_dir.rename(previous)
