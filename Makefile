@@ -34,9 +34,19 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-bench: setup
+bench: setup  # ~12 minutes on 2 CPU cores; bench/RESULTS.md is written from the JSON in bench/results/
+	$(BIN)/python -c "import accelerate, psutil" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/bench_features.py
 	$(BIN)/python bench/bench_loader.py
+	$(BIN)/python bench/bench_shard.py
+	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/summarize.py
 
 clean:
 	rm -rf $(DEMO) bench/results
+
+# Slurm: a one-node cluster on loopback runs launch/slurm/train.sbatch (2 CPU ranks; completion, USR1 →
+# checkpoint → requeue → resume, scancel). Needs root and `apt-get install -y slurm-wlm munge`; ~3 minutes.
+.PHONY: slurm-test
+slurm-test: setup
+	PYTHON=$(abspath $(BIN))/python bash tests/slurm/run_slurm_test.sh

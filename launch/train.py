@@ -24,6 +24,7 @@ import transformers
 from click.core import ParameterSource
 
 from wdsbr import dist
+from wdsbr.cli import run
 from wdsbr.data import SkipCounter, list_shards, make_eval_loader, make_train_loader
 from wdsbr.engine import (ConfigError, build_engine, compute_dtype, device_type, environment_summary, init_distributed,
                           latest_checkpoint, load_checkpoint, load_ds_config, loss_scale, resolve_ds_config,
@@ -33,6 +34,7 @@ from wdsbr.metrics import MetricsLog, progress_bar, say
 from wdsbr.model import is_multilingual, language_code, load_model, load_processor, save_model_atomic
 from wdsbr.text import load_normalizer
 
+caught: list[str] = []  # SIGTERM (scancel, a launcher stopping) or SIGUSR1 (Slurm's warning before the time limit)
 # --resume restores every option of the run except these (and those given again on the command line).
 NOT_RESUMED = ("resume", "output_dir", "stop_after_steps", "debug", "local_rank")
 
@@ -64,6 +66,7 @@ O = click.option
 @O("--num-workers", type=int, default=4, show_default=True, help="DataLoader workers per rank.")
 @O("--shuffle-buffer", type=int, default=1000, show_default=True, help="Samples in each worker's shuffle buffer.")
 @O("--epoch-samples", type=int, default=None, help="Training samples per epoch (needed for URL shards; else counted).")
+@O("--pack", is_flag=True, help="Pack consecutive utterances into each 30 s window (training only; see README).")
 @O("--text-normalizer", default="default", show_default=True, help="'default' (wdsbr.text.clean_text) or module:function.")
 @O("--eval-batch-size", type=int, default=None, help="Validation micro-batch (default: --batch-size).")
 @O("--generation-max-length", type=int, default=225, show_default=True, help="Max new tokens when decoding.")
@@ -79,6 +82,8 @@ O = click.option
 @O("--local_rank", "--local-rank", "local_rank", type=int, default=None, hidden=True)  # passed by the deepspeed launcher
 def main(**opts):
     """Fine-tune Whisper on Breton (or any language) from WebDataset shards with DeepSpeed ZeRO-2."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1):  # from the first moment: a signal during start-up is kept too
+        signal.signal(signum, lambda number, _frame: caught.append(signal.Signals(number).name))
     ctx = click.get_current_context()
     explicit = {name for name in opts if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     try:
@@ -145,9 +150,6 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")  # DeepSpeed's, not ours
     # ------------------------------------------------------------------------------------------ distributed
     init_distributed(cfg["dist_timeout_minutes"])
-    caught = []  # SIGTERM (scancel, a launcher stopping) or SIGUSR1 (Slurm's warning before the time limit)
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, lambda number, _frame: caught.append(signal.Signals(number).name))
     rank, world_size = dist.rank(), dist.world_size()
     stamp = [cfg["output_dir"] or f"runs/{datetime.now():%Y%m%d-%H%M%S}"]
     torch.distributed.broadcast_object_list(stamp, src=0)  # collective: all ranks agree on the run folder
@@ -237,12 +239,12 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     metrics = MetricsLog(out)
     bar = progress_bar(cfg["max_steps"], step)
     train_seconds, stopped_early, done, nonfinite = state["train_seconds"], False, False, state.get("nonfinite_batches", 0)
-    loss_sum, micro_batches, samples, audio_seconds = torch.zeros((), device=engine.device), 0, 0, 0.0  # since last log
+    loss_sum, window = torch.zeros((), device=engine.device), torch.zeros(5, dtype=torch.float64)  # since the last row
     t_window = time.perf_counter()
     while not done:
         loader = make_train_loader(cfg["train_shards"], micro_batch_size=cfg["batch_size"], seed=cfg["seed"], epoch=epoch,
                                    start_batch=batch_in_epoch, shuffle_buffer=cfg["shuffle_buffer"],
-                                   epoch_samples=cfg["epoch_samples"], skip_counter=skipped, **stream)
+                                   epoch_samples=cfg["epoch_samples"], skip_counter=skipped, pack=cfg["pack"], **stream)
         for batch in loader:
             loss = training_step(engine, batch)
             batch_in_epoch += 1
@@ -251,28 +253,28 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
                 say(f"step {step}: non-finite loss, micro-batch skipped ({nonfinite} so far): {', '.join(batch['keys'][:4])}")
                 continue
             loss_sum += loss.float()  # no .item(): it would sync the GPU every micro-batch
-            micro_batches += 1
-            samples, audio_seconds = samples + len(batch["keys"]), audio_seconds + batch["audio_seconds"]
+            window += torch.tensor([1, len(batch["keys"]), batch["utterances"], batch["audio_seconds"], batch["speech_seconds"]])
             if engine.global_steps == step:
                 continue  # mid-accumulation: DeepSpeed steps the optimizer every --grad-accum micro-batches
             step = engine.global_steps
             bar.update(1)
             if step % cfg["log_every"] == 0 or step == cfg["max_steps"]:
                 elapsed = time.perf_counter() - t_window
-                totals = torch.stack([loss_sum.double(), *torch.tensor([micro_batches, samples, audio_seconds],
-                                                                       dtype=torch.float64, device=engine.device)])
+                totals = torch.cat([loss_sum.double().view(1), window.to(engine.device)])
                 torch.distributed.all_reduce(totals)  # collective: all ranks, on log steps only
-                loss_total, batches_all, samples_all, audio_all = totals.tolist()
+                loss_total, batches_all, samples_all, utterances_all, audio_all, speech_all = totals.tolist()
                 row = dict(step=step, loss=loss_total / batches_all, lr=engine.get_lr()[0], grad_norm=float(engine.get_global_grad_norm() or 0.0),
                            loss_scale=loss_scale(engine), skipped_steps=engine.skipped_steps,
                            step_seconds=elapsed / cfg["log_every"], samples_per_s=samples_all / elapsed,
-                           audio_seconds_per_s=audio_all / elapsed, epoch=epoch, skipped_samples=skipped_total(),
+                           audio_seconds_per_s=audio_all / elapsed, speech_seconds_per_s=speech_all / elapsed,
+                           packing_factor=utterances_all / samples_all, epoch=epoch, skipped_samples=skipped_total(),
                            nonfinite_batches=nonfinite)
                 metrics.log("train", **row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.1f}")
                 train_seconds += elapsed
                 loss_sum.zero_()
-                micro_batches, samples, audio_seconds, t_window = 0, 0, 0.0, time.perf_counter()
+                window.zero_()
+                t_window = time.perf_counter()
             signalled = torch.tensor([float(bool(caught))], device=engine.device)
             torch.distributed.all_reduce(signalled, op=torch.distributed.ReduceOp.MAX)  # collective: one signalled rank stops all
             if signalled.item():
@@ -307,4 +309,4 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

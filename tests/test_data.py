@@ -3,16 +3,19 @@ and bad samples skipped and counted."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from conftest import write_speech_corpus
+from conftest import WORDS, write_speech_corpus
 from wdsbr.corpus import open_corpus
 from wdsbr.data import (
-    SkipCounter, batches_per_epoch, count_samples, list_shards, make_eval_loader, make_train_loader,
+    PACK_GAP_SECONDS, SkipCounter, _pack, batches_per_epoch, count_samples, count_seconds, list_shards,
+    make_eval_loader, make_train_loader,
 )
 from wdsbr.shards import ShardOptions, shard_corpus
 
@@ -193,3 +196,63 @@ def test_labels_longer_than_the_decoder_are_skipped_and_counted(tmp_path, tiny_p
     keys = [k for batch in loader for k in batch["keys"]]
     assert len(keys) == 3
     assert counter.as_dict() == {"too_long_text": 1}
+
+
+# ------------------------------------------------------------------------------------------------ --pack
+
+def _utterances(tokenizer, prompt, seconds: list[float]) -> list[dict]:
+    from wdsbr.text import clean_text
+
+    out = []
+    for i, length in enumerate(seconds):
+        text = f"{WORDS[i % len(WORDS)].capitalize()} {WORDS[(i * 3) % len(WORDS)]} {i}!"
+        cleaned = clean_text(text)
+        labels = prompt + tokenizer.encode(cleaned, add_special_tokens=False) + [tokenizer.eos_token_id]
+        out.append({"key": f"u{i}", "audio": np.full(int(length * 16000), 0.01 * (i + 1), np.float32), "text": text,
+                    "cleaned": cleaned, "labels": labels, "meta": {}})
+    return out
+
+
+def test_packing_never_splits_never_overflows_and_keeps_every_utterance_once_in_order(tiny_processor, prompt):
+    tokenizer = tiny_processor.tokenizer
+    seconds = [3.0, 5.5, 4.0, 12.0, 9.0, 2.5, 29.0, 6.0, 1.0, 7.5, 8.0, 3.3]
+    utterances = _utterances(tokenizer, prompt, seconds)
+    windows = list(_pack(iter(utterances), tokenizer=tokenizer, prompt_ids=prompt, max_label_tokens=448))
+    assert [k for w in windows for k in w["key"].split("+")] == [u["key"] for u in utterances]  # once, in order
+    assert sum(w["utterances"] for w in windows) == len(utterances)
+    gap = int(PACK_GAP_SECONDS * 16000)
+    for w in windows:
+        members = [utterances[int(k[1:])] for k in w["key"].split("+")]
+        assert len(w["audio"]) <= 30 * 16000
+        assert len(w["audio"]) == sum(len(m["audio"]) for m in members) + gap * (len(members) - 1)
+        assert w["speech_seconds"] == pytest.approx(sum(len(m["audio"]) for m in members) / 16000)
+        # each utterance's samples sit whole in the window, in order, with silence between them
+        position = 0
+        for m in members:
+            assert np.array_equal(w["audio"][position:position + len(m["audio"])], m["audio"])
+            position += len(m["audio"]) + gap
+        assert w["labels"][:len(prompt)] == prompt and w["labels"][-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(w["labels"][len(prompt):-1]) == " ".join(m["cleaned"] for m in members)
+        assert len(w["labels"]) - 1 <= 448
+    assert max(w["utterances"] for w in windows) >= 3  # short clips did share windows
+
+
+def test_packing_respects_the_decoder_limit(tiny_processor, prompt):
+    tokenizer = tiny_processor.tokenizer
+    utterances = _utterances(tokenizer, prompt, [1.0] * 8)
+    limit = max(len(u["labels"]) for u in utterances) - 1  # the longest single utterance just fits, no pair does
+    windows = list(_pack(iter(utterances), tokenizer=tokenizer, prompt_ids=prompt, max_label_tokens=limit))
+    assert all(len(w["labels"]) - 1 <= limit for w in windows)
+    assert [w["utterances"] for w in windows] == [1] * 8
+
+
+def test_packed_training_stream_is_deterministic_and_counts_utterances(uneven_shards, tiny_processor, prompt):
+    def run():
+        loader = make_train_loader(uneven_shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2,
+                                   num_workers=2, shuffle_buffer=8, seed=7, pack=True)
+        return [(b["keys"], b["utterances"], round(b["speech_seconds"], 4)) for b in loader]
+
+    first = run()
+    assert first == run()
+    assert all(utterances > 2 for _, utterances, _ in first)  # 0.5-1.25 s clips: many per window
+    assert len(first) == batches_per_epoch(math.ceil((count_seconds(list_shards(uneven_shards)) + 0.3 * 17) / 27), 2, 1)

@@ -71,10 +71,10 @@ def rows(output: Path, kind: str) -> list[dict]:
 def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, tiny_whisper, tmp_path):
     # --metric loss with a huge --min-delta: only the first evaluation can be "better", so with patience 2 the
     # run must stop at the third evaluation (step 6) on both ranks, whatever the random model predicts.
-    # --grad-accum 2: a step is two micro-batches of 3 on each of 2 ranks.
+    # --grad-accum 2: a step is two micro-batches of 3 on each of 2 ranks; --pack: each holds several utterances.
     out = tmp_path / "run"
     result = run_training(shards, tiny_whisper, out, "--max-steps", "40", "--eval-every", "2", "--metric", "loss",
-                          "--min-delta", "100", "--patience", "2", "--grad-accum", "2")
+                          "--min-delta", "100", "--patience", "2", "--grad-accum", "2", "--pack")
     assert "fp16 is not supported on CPU: training in bf16 instead" in result.stdout
     assert [(r["step"], r["is_best"]) for r in rows(out, "eval")] == [(2, True), (4, False), (6, False)]
     summary = rows(out, "summary")[-1]
@@ -90,6 +90,7 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
     assert [r["step"] for r in train] == [2, 4, 6] and all(TRAIN_ROW <= set(r) for r in train)
     assert train[-1]["loss"] < train[0]["loss"]
     assert train[0]["samples_per_s"] > 0 and train[0]["skipped_samples"] == 0
+    assert all(r["packing_factor"] > 2 and r["speech_seconds_per_s"] < r["audio_seconds_per_s"] for r in train)
     config = json.loads((out / "config.json").read_text())
     assert config["deepspeed"]["bf16"]["enabled"] is True and config["deepspeed"]["train_batch_size"] == 3 * 2 * 2
 

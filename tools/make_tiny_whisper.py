@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from wdsbr.cli import run
 from wdsbr.model import build_tiny_whisper
 
 
@@ -41,4 +42,4 @@ def main(output_dir, texts, n_mels, d_model, layers, english_only, seed):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

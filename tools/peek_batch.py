@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from wdsbr.cli import run
 from wdsbr.data import make_train_loader
 from wdsbr.model import load_processor
 from wdsbr.text import load_normalizer
@@ -47,4 +48,4 @@ def main(model, shards, language, batch_size, num_workers, text_normalizer):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

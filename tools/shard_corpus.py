@@ -25,6 +25,7 @@ except ImportError:  # run from a checkout without installing
 
 from wdsbr import corpus as corpus_lib
 from wdsbr import shards
+from wdsbr.cli import run
 
 SECTIONS = {
     "Source": ["hf", "hf_config", "hf_splits", "token", "text_column", "audio_column", "speaker_column"],
@@ -124,4 +125,4 @@ def main(paths, hf, hf_config, hf_splits, token, text_column, audio_column, spea
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -41,4 +41,7 @@ class Collator:
             "keys": [s["key"] for s in samples],
             "texts": [s["text"] for s in samples],
             "audio_seconds": sum(len(a) for a in audio) / self.sample_rate,
+            # packed windows (--pack) hold several utterances and silence between them
+            "utterances": sum(s.get("utterances", 1) for s in samples),
+            "speech_seconds": sum(s.get("speech_seconds", len(s["audio"]) / self.sample_rate) for s in samples),
         }

@@ -36,16 +36,19 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import braceexpand
+import numpy as np
 import torch
 import webdataset as wds
 
-from wdsbr.audio import AudioError, load_audio
+from wdsbr.audio import SAMPLE_RATE, AudioError, load_audio
 from wdsbr.collate import Collator
 from wdsbr.text import clean_text
 
 log = logging.getLogger(__name__)
 
 MAX_SECONDS = 30.0  # Whisper's window: longer audio would be truncated away from its transcript
+PACK_GAP_SECONDS = 0.3  # silence between packed utterances (--pack)
+PACK_FILL = 0.9  # a greedy pack of short clips fills about this much of the window: sizes a packed epoch
 AUDIO_FIELDS = ("flac", "wav", "mp3", "ogg")
 SKIP_REASONS = ("corrupt_shard", "missing_field", "bad_audio", "too_long_audio", "empty_text", "too_long_text")
 
@@ -117,13 +120,24 @@ def count_samples(shards: Sequence[str]) -> int:
     return total
 
 
-def _manifest_counts(root: Path) -> dict[str, int]:
+def _manifest_counts(root: Path, field: str = "samples") -> dict[str, float]:
     try:
         manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-        return {str((root / shard["file"]).resolve()): int(shard["samples"])
+        return {str((root / shard["file"]).resolve()): shard[field]
                 for split in manifest["splits"].values() for shard in split["shards"]}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
+
+
+def count_seconds(shards: Sequence[str]) -> float | None:
+    """Seconds of audio in local shards, from the shard tool's manifest.json; None when it does not list them."""
+    if any(_is_url(shard) for shard in shards):
+        return None
+    seconds = {}
+    for root in {Path(shard).resolve().parent.parent for shard in shards}:
+        seconds.update(_manifest_counts(root, "seconds"))
+    found = [seconds.get(str(Path(shard).resolve())) for shard in shards]
+    return None if None in found else float(sum(found))
 
 
 def _seed(*parts: int | str) -> int:
@@ -219,7 +233,41 @@ def _tokenize(samples: Iterable[dict], counter: SkipCounter, tokenizer, prompt_i
         if len(labels) - 1 > max_label_tokens:  # the decoder sees the labels without the start token
             counter.add("too_long_text", f"{sample['key']}: {len(labels) - 1} tokens > {max_label_tokens}")
             continue
-        yield {**sample, "labels": labels}
+        yield {**sample, "labels": labels, "cleaned": cleaned}
+
+
+def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_tokens: int,
+          max_seconds: float = MAX_SECONDS, gap_seconds: float = PACK_GAP_SECONDS) -> Iterator[dict]:
+    """Concatenate consecutive utterances of the (shuffled) stream into one window of at most `max_seconds`,
+    `gap_seconds` of silence between them, with their cleaned transcripts joined by a space as one label
+    sequence within the decoder's limit. Greedy and in stream order: an utterance is never split, never
+    dropped, never repeated, and at most one window is held in memory."""
+    gap = np.zeros(int(round(gap_seconds * SAMPLE_RATE)), dtype=np.float32)
+    max_samples = int(max_seconds * SAMPLE_RATE)
+
+    def labels_for(group: list[dict]) -> list[int]:
+        text = " ".join(s["cleaned"] for s in group)  # re-encoded whole: BPE merges across the joins as in text
+        return prompt_ids + tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+
+    def window(group: list[dict], labels: list[int]) -> dict:
+        pieces = [part for s in group for part in (gap, s["audio"])][1:]
+        return {"key": "+".join(s["key"] for s in group), "audio": np.concatenate(pieces),
+                "text": " ".join(s["text"] for s in group), "labels": labels, "utterances": len(group),
+                "speech_seconds": sum(len(s["audio"]) for s in group) / SAMPLE_RATE}
+
+    group: list[dict] = []
+    group_labels: list[int] = []
+    for sample in samples:
+        if group:
+            length = sum(len(s["audio"]) for s in group) + len(gap) * len(group) + len(sample["audio"])
+            labels = labels_for(group + [sample]) if length <= max_samples else None
+            if labels is not None and len(labels) - 1 <= max_label_tokens:
+                group, group_labels = group + [sample], labels
+                continue
+            yield window(group, group_labels)
+        group, group_labels = [sample], sample["labels"]
+    if group:
+        yield window(group, group_labels)
 
 
 def _take_batches(batches: Iterable[list], rank: int, world_size: int, rotation: int, batches_per_rank: int):
@@ -268,16 +316,24 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
                       shuffle_buffer: int = 1000, epoch_samples: int | None = None, rank: int = 0,
                       world_size: int = 1, skip_counter: SkipCounter | None = None,
                       normalize: Callable[[str], str] = clean_text, max_label_tokens: int = 448,
-                      decoder_start_token_id: int | None = None) -> torch.utils.data.DataLoader:
+                      decoder_start_token_id: int | None = None, pack: bool = False) -> torch.utils.data.DataLoader:
     """The training stream of one epoch on this rank: exactly `batches_per_epoch(...)` batches, of which the
-    first `start_batch` are skipped (already consumed by the run being resumed)."""
+    first `start_batch` are skipped (already consumed by the run being resumed).
+
+    `pack`: each sample is a window of several consecutive utterances (`_pack`); an epoch is then the number of
+    windows the shards' audio fills (manifest seconds / (30 s × PACK_FILL)), about one pass."""
     shards = list_shards(shards)
     epoch_samples = epoch_samples or count_samples(shards)
+    if pack:
+        seconds = count_seconds(shards)
+        if seconds is not None:
+            epoch_samples = min(epoch_samples, math.ceil((seconds + PACK_GAP_SECONDS * epoch_samples) / (MAX_SECONDS * PACK_FILL)))
     batches_per_rank = batches_per_epoch(epoch_samples, micro_batch_size, world_size)
     if not 0 <= start_batch < batches_per_rank:
         raise ValueError(f"start_batch {start_batch} is outside the epoch's {batches_per_rank} batches")
     counter = skip_counter or SkipCounter()
     handler = functools.partial(_count_and_continue, counter)
+    _warn_few_shards(len(shards), world_size * max(1, num_workers))
     pipeline = wds.DataPipeline(
         # endless seeded shard order, dealt to (rank, worker) readers
         # this reader's share of the shards, read from tar and shuffled as raw bytes (before the costly decode);
@@ -289,6 +345,9 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
         # clean text, add the Whisper prompt, drop and count labels that are too long
         functools.partial(_tokenize, counter=counter, tokenizer=tokenizer, prompt_ids=prompt_ids,
                           normalize=normalize, max_label_tokens=max_label_tokens),
+        # --pack: consecutive utterances share one 30 s window and one label sequence
+        *([functools.partial(_pack, tokenizer=tokenizer, prompt_ids=prompt_ids, max_label_tokens=max_label_tokens)]
+          if pack else []),
         # group into micro-batches of decoded samples (features are computed after the resume skip)
         wds.batched(micro_batch_size, collation_fn=None, partial=False),
         # exactly this worker's share of the epoch

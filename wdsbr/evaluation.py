@@ -167,6 +167,8 @@ def eval_data_kind(spec: str) -> str:
         raise FileNotFoundError(f"{spec}: folder has no .tar shards and no audio + .txt pairs")
     if path.is_file() and path.suffix.lower() == ".tsv":
         return "corpus"
+    if path.is_file() and not path.name.lower().endswith((".tar", ".tar.gz", ".tgz")):
+        raise FileNotFoundError(f"{spec}: not a .tar shard (give shards, a folder of ID.wav + ID.txt pairs or a .tsv)")
     if not path.exists() and "{" not in spec and "://" not in spec and not spec.startswith("pipe:"):
         raise FileNotFoundError(f"{spec}: no such file or folder (give shards or a folder of ID.wav + ID.txt pairs)")
     list_shards(spec)  # raises when a pattern expands to missing files

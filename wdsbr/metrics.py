@@ -68,8 +68,9 @@ def read_metrics(output_dir: str | Path) -> list[dict]:
 
 def progress_bar(total_steps: int, initial_step: int) -> tqdm:
     """Rank 0's bar: steps, loss, samples/s and tqdm's ETA; disabled elsewhere."""
+    interactive = sys.stderr.isatty()  # in a log file (Slurm, nohup) redraw every 30 s, not every step
     return tqdm(total=total_steps, initial=initial_step, desc="train", unit="step", file=sys.stderr,
-                disable=not dist.is_main(), dynamic_ncols=True)
+                disable=not dist.is_main(), dynamic_ncols=True, mininterval=0.1 if interactive else 30.0)
 
 
 def say(message: str) -> None:

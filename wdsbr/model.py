@@ -161,11 +161,12 @@ def save_model_atomic(model: WhisperForConditionalGeneration, processor: Whisper
         model.save_pretrained(temporary, state_dict=state)
         config = WhisperConfig.from_pretrained(temporary)  # save_pretrained records the training dtype (bf16/fp16)
         config.dtype = "float32"  # the weights written are fp32: load them so by default
+        config.use_cache = True  # training may turn the KV cache off (gradient checkpointing); inference wants it
         config.save_pretrained(temporary)
         processor.save_pretrained(temporary)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)  # a full disk leaves no debris; output_dir is untouched
-        raise
+    except Exception as error:  # safetensors reports a full disk as SafetensorError, not OSError
+        shutil.rmtree(temporary, ignore_errors=True)  # no debris; output_dir is untouched
+        raise OSError(f"could not write {output_dir}: {error}") from error
     shutil.rmtree(previous, ignore_errors=True)
     if output_dir.exists():
         output_dir.rename(previous)

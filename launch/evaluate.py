@@ -1,0 +1,294 @@
+"""Transcribe a test set with a trained Whisper and score it against the references: WER, CER and speed.
+
+    python launch/evaluate.py --model runs/br-small/best --data shards/test
+    python launch/evaluate.py --model runs/br-small/best --data ./some_folder_of_wav_and_txt --output preds.tsv
+    deepspeed --num_gpus 8 launch/evaluate.py --model runs/br-small/best --data shards/test   # same numbers, faster
+    python launch/evaluate.py --model openai/whisper-small --data shards/test                 # the un-tuned baseline
+
+A progress bar goes to stderr, then one JSON line to stdout:
+    {"wer": …, "cer": …, "samples": …, "audio_hours": …, "seconds": …, "rtf": …, "loss": …, "model": …, "data": …,
+     "normalizer": "default", "skipped_samples": …, "rejected_inputs": …, …}
+`--output preds.tsv` also writes every sample, worst first, and `preds.md` (worst samples, frequent substitutions).
+
+It runs the trainer's validation code (the same loader, generate() prompt, normaliser and `score`), so on the
+validation shards a model gets the WER the trainer logged for it. The defaults are the trainer's: precision (fp16
+on GPU, bf16 on CPU), greedy decoding, 225 new tokens, batches of 16 from 4 DataLoader workers. In fp16/bf16 the
+way samples are grouped into batches can move a rare token; for the trainer's exact number keep its world size,
+--batch-size (its --eval-batch-size) and --num-workers. Under a launcher each rank transcribes an exact share.
+
+Sections, in order: config → distributed → data → model → transcribe → score and report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import NoReturn
+
+import click
+import torch
+import transformers
+from tqdm import tqdm
+
+from wdsbr import dist
+from wdsbr.cli import run
+from wdsbr.data import SkipCounter, count_samples, list_shards, make_eval_loader
+from wdsbr.evaluation import (eval_data_kind, gather, generate_kwargs, run_validation, score, shard_for_evaluation,
+                              sum_across_ranks, take_samples)
+from wdsbr.model import is_multilingual, language_code, load_model, load_processor
+from wdsbr.report import score_samples, write_markdown, write_tsv
+from wdsbr.shards import ShardError
+from wdsbr.text import load_normalizer
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# A local model folder needs all of these (any one name of each) to load as model + processor.
+MODEL_FILES = {
+    "config.json": ("config.json",),
+    "weights": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"),
+    "tokenizer": ("tokenizer.json", "vocab.json"),
+    "feature extractor config": ("preprocessor_config.json", "processor_config.json"),
+}
+
+# ------------------------------------------------------------------------------------------------------ config
+O = click.option
+
+
+@click.command(context_settings={"max_content_width": 110})
+@O("--model", required=True, help="Model folder (runs/NAME/best, any save_pretrained folder) or hub id (openai/whisper-small).")
+@O("--data", required=True, help="Shards (folder of .tar, brace pattern, URL) or a folder of ID.wav + ID.txt pairs.")
+@O("--output", default=None, help="Write every sample to this TSV (worst first) and a Markdown report beside it (.md).")
+@O("--language", default="br", show_default=True, help="Language of the transcripts (code or name); ignored by *.en models.")
+@O("--batch-size", type=int, default=16, show_default=True, help="Samples per generate() call on each rank.")
+@O("--num-beams", type=int, default=1, show_default=True, help="Beam search width (1: greedy, as the trainer validates).")
+@O("--generation-max-length", type=int, default=225, show_default=True, help="Max new tokens per transcript.")
+@O("--text-normalizer", default="default", show_default=True, help="'default' (wdsbr.text.clean_text) or module:function; applied to both sides.")
+@O("--max-samples", type=int, default=None, help="Score only the first N samples of the data (a quick look).")
+@O("--precision", type=click.Choice(list(DTYPES)), default="fp16", show_default=True, help="Compute dtype; fp16 falls back to bf16 on CPU, as in training.")
+@O("--num-workers", type=int, default=4, show_default=True, help="DataLoader workers per rank, as in training (and decoding processes for a folder).")
+@O("--debug", is_flag=True, help="Show tracebacks for configuration errors.")
+@O("--local_rank", "--local-rank", "local_rank", type=int, default=None, hidden=True)  # passed by the deepspeed launcher
+def main(**opts):
+    """Transcribe --data with --model and print WER, CER and speed as one JSON line."""
+    try:
+        cfg = configure(opts)
+    except (OSError, ValueError) as error:
+        fail(error, opts["debug"])
+    evaluate(cfg)
+
+
+def fail(error: Exception, debug: bool) -> NoReturn:
+    """One `error: …` line (rank 0) and exit code 2; the traceback only with --debug."""
+    if debug:
+        raise error
+    if dist.is_main():
+        click.echo(f"error: {error}", err=True)
+    sys.exit(2)
+
+
+def configure(opts: dict) -> dict:
+    """Check everything before any heavy work; raise one ValueError that lists every problem."""
+    cfg, problems = dict(opts), []
+    for name, least in (("batch_size", 1), ("num_beams", 1), ("generation_max_length", 1), ("num_workers", 0)):
+        if cfg[name] < least:
+            problems.append(f"--{name.replace('_', '-')} {cfg[name]}: must be at least {least}")
+    if cfg["max_samples"] is not None and cfg["max_samples"] < 1:
+        problems.append(f"--max-samples {cfg['max_samples']}: must be at least 1 (leave it out to score everything)")
+    if cfg["output"] and Path(cfg["output"]).suffix.lower() == ".md":
+        problems.append(f"--output {cfg['output']}: give the TSV path; the Markdown report is written beside it")
+    language_ok = True
+    try:
+        language_code(cfg["language"])
+    except ValueError as error:
+        problems.append(f"--language: {error}")
+        language_ok = False
+    for name, check in (("--text-normalizer", lambda: load_normalizer(cfg["text_normalizer"])),
+                        ("--data", lambda: cfg.update(data_kind=eval_data_kind(cfg["data"]))),
+                        ("--model", lambda: check_model(cfg["model"], cfg["language"] if language_ok else None))):
+        try:
+            check()
+        except (OSError, ValueError) as error:
+            problems.append(f"{name} {error}" if not str(error).startswith("--") else str(error))
+    if problems:
+        raise ValueError("; ".join(problems))
+    return cfg
+
+
+def check_model(model: str, language: str | None) -> None:
+    """A local folder must hold a whole model + processor; anything else must load from the hub."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        missing = [what for what, names in MODEL_FILES.items() if not any((path / name).is_file() for name in names)]
+        if missing:
+            raise FileNotFoundError(f"{model}: incomplete model folder, no {' and no '.join(missing)} "
+                                    "(save the model and its WhisperProcessor together with save_pretrained)")
+    elif path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise FileNotFoundError(f"{model}: no such model folder")
+    try:
+        load_processor(model, language)
+    except OSError as error:
+        raise FileNotFoundError(f"{model}: not a local folder, and not loadable from the Hugging Face hub "
+                                f"({str(error).splitlines()[0].split('. ')[0]})") from None
+
+
+def evaluate(cfg: dict) -> None:
+    transformers.logging.set_verbosity_error()  # generate()'s per-call advice
+    transformers.utils.logging.disable_progress_bar()  # weight-loading bars: ours is the only one
+    # ------------------------------------------------------------------------------------------ distributed
+    device = torch.device(f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if dist.world_size() > 1:  # under deepspeed/torchrun: RANK, WORLD_SIZE, MASTER_ADDR from the launcher
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    rank, world_size = dist.rank(), dist.world_size()
+    precision = cfg["precision"]
+    if precision == "fp16" and device.type == "cpu":
+        precision = "bf16"
+        note("fp16 is not supported on CPU: evaluating in bf16 instead, as training does (--precision fp32 for full precision)")
+    dtype = DTYPES[precision]
+
+    # ------------------------------------------------------------------------------------------------- data
+    # A folder of pairs (or --max-samples) needs temporary shards: the first rank of each node writes them with
+    # the project's writer, its neighbours read them. Deterministic, so every node writes the same ones.
+    temporary = cfg["data_kind"] == "corpus" or cfg["max_samples"] is not None
+    workdir = tempfile.mkdtemp(prefix="wdsbr-evaluate-") if temporary and dist.local_rank() == 0 else None
+    try:
+        prepared = {"shards": cfg["data"], "rejected": [], "skipped": {}}
+        if temporary:
+            prepared = from_node_leader(prepare_shards(cfg, workdir) if workdir else {})  # collective: all ranks
+        if "error" in prepared:
+            fail(ValueError(prepared["error"]), cfg["debug"])
+
+        # ---------------------------------------------------------------------------------------------- model
+        processor = load_processor(cfg["model"], cfg["language"])
+        tokenizer, prompt_ids = processor.tokenizer, list(processor.tokenizer.prefix_tokens)
+        model = load_model(cfg["model"]).to(device, dtype)  # parameters cast as DeepSpeed's engine casts them
+        language = language_code(cfg["language"]) if is_multilingual(cfg["model"], model.generation_config) else None
+        gen_kwargs = generate_kwargs(language, cfg["num_beams"], cfg["generation_max_length"])
+        normalize = load_normalizer(cfg["text_normalizer"])
+
+        # ----------------------------------------------------------------------------------------- transcribe
+        skipped = SkipCounter()
+        loader = make_eval_loader(prepared["shards"], tokenizer, prompt_ids, n_mels=model.config.num_mel_bins,
+                                  micro_batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], rank=rank,
+                                  world_size=world_size, skip_counter=skipped, normalize=normalize,
+                                  max_label_tokens=model.config.max_target_positions,
+                                  decoder_start_token_id=model.config.decoder_start_token_id)
+        bar = tqdm(total=expected_samples(prepared["shards"], world_size), desc="evaluate", unit="sample",
+                   file=sys.stderr, disable=not dist.is_main(), dynamic_ncols=True)
+        totals = {"audio_seconds": 0.0}
+        start = time.perf_counter()
+        results, loss_sum, tokens, _ = run_validation(model, metered(loader, bar, totals), tokenizer, gen_kwargs,
+                                                      dtype, device)
+        results, loss_sum, tokens = gather(results, loss_sum, tokens)  # collective: all ranks
+        totals = sum_across_ranks({**totals, **skipped.as_dict()})  # collective: all ranks
+        seconds = time.perf_counter() - start
+        bar.close()
+    finally:
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    # -------------------------------------------------------------------------------------- score and report
+    if dist.is_main():
+        audio_seconds = totals.pop("audio_seconds")
+        skipped_by_reason = {reason: totals.get(reason, 0) + prepared["skipped"].get(reason, 0)
+                             for reason in sorted({*totals, *prepared["skipped"]})}
+        scores = score(results, normalize)
+        row = {"wer": scores["wer"], "cer": scores["cer"], "samples": scores["samples"],
+               "audio_hours": round(audio_seconds / 3600, 6), "seconds": round(seconds, 3),
+               "rtf": round(seconds / audio_seconds, 4) if audio_seconds else None,
+               "loss": loss_sum / tokens if tokens else None,
+               "model": cfg["model"], "data": cfg["data"], "normalizer": cfg["text_normalizer"], "language": language,
+               "precision": precision, "num_beams": cfg["num_beams"], "batch_size": cfg["batch_size"],
+               "world_size": world_size, "skipped_samples": int(sum(skipped_by_reason.values())),
+               "rejected_inputs": len(prepared["rejected"])}
+        row = {name: None if isinstance(value, float) and not math.isfinite(value) else value for name, value in row.items()}
+        if skipped_by_reason:
+            note(f"skipped {plural(row['skipped_samples'], 'sample')}: {by_reason(skipped_by_reason)}")
+        if prepared["rejected"]:
+            first = prepared["rejected"][0]
+            note(f"rejected {plural(len(prepared['rejected']), 'input')} of {cfg['data']}: {by_reason(prepared['rejected'])} "
+                 f"(first: {first['source']}: {first['detail']})")
+        if cfg["output"]:
+            samples, word_errors = score_samples(results, normalize)
+            tsv = Path(cfg["output"])
+            tsv.parent.mkdir(parents=True, exist_ok=True)
+            write_tsv(samples, tsv)
+            write_markdown(samples, word_errors, row, tsv.with_suffix(".md"), rejected=prepared["rejected"])
+        click.echo(json.dumps(row, ensure_ascii=False))
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # before exit
+        torch.distributed.destroy_process_group()
+    if dist.is_main() and not row["samples"]:
+        note(f"error: no sample of {cfg['data']} could be scored")
+        sys.exit(1)
+
+
+def note(message: str) -> None:
+    """One line on rank 0's stderr (stdout holds only the JSON line)."""
+    if dist.is_main():
+        tqdm.write(message, file=sys.stderr)
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def by_reason(counts: dict[str, int] | list[dict]) -> str:
+    """`bad_audio 2, too_long_audio 1` from counts by reason, or from rejection rows."""
+    if isinstance(counts, list):
+        reasons = [row["reason"] for row in counts]
+        counts = {reason: reasons.count(reason) for reason in sorted(set(reasons))}
+    return ", ".join(f"{reason} {int(count)}" for reason, count in sorted(counts.items()))
+
+
+def prepare_shards(cfg: dict, workdir: str) -> dict:
+    """Temporary shards of a corpus folder (or the first --max-samples samples): {shards, rejected, skipped},
+    or {error} when no input could be kept."""
+    try:
+        shards, rejected = (shard_for_evaluation(cfg["data"], str(Path(workdir) / "corpus"), workers=cfg["num_workers"])
+                            if cfg["data_kind"] == "corpus" else (list_shards(cfg["data"]), []))
+    except ShardError as error:
+        return {"error": f"--data {cfg['data']}: {str(error).split('; see ')[0]}"}
+    counter = SkipCounter()
+    if cfg["max_samples"]:
+        def count_and_continue(error: Exception) -> bool:  # an unreadable shard is skipped and counted
+            counter.add("corrupt_shard", repr(error)[:300])
+            return True
+        shards = take_samples(shards, cfg["max_samples"], str(Path(workdir) / "subset.tar"), count_and_continue)
+    return {"shards": shards, "rejected": rejected, "skipped": counter.as_dict()}
+
+
+def from_node_leader(prepared: dict) -> dict:
+    """Collective: all ranks. What this node's first rank prepared (ranks are numbered node by node)."""
+    if not torch.distributed.is_initialized():
+        return prepared
+    parts: list = [None] * dist.world_size()
+    torch.distributed.all_gather_object(parts, prepared)
+    return parts[dist.rank() - dist.local_rank()]
+
+
+def expected_samples(shards, world_size: int) -> int | None:
+    """About how many samples rank 0 transcribes, for its progress bar; None when shards are remote."""
+    try:
+        return math.ceil(count_samples(list_shards(shards)) / world_size)
+    except (ValueError, OSError, tarfile.TarError):  # a remote or unreadable shard: the loader counts it
+        return None
+
+
+def metered(loader, bar: tqdm, totals: dict):
+    """The loader's batches, adding up their audio seconds and moving rank 0's progress bar."""
+    for batch in loader:
+        totals["audio_seconds"] += batch["audio_seconds"]
+        yield batch
+        bar.update(len(batch["keys"]))
+
+
+if __name__ == "__main__":
+    run(main)  # click's usage errors as one `error:` line too

@@ -1,0 +1,397 @@
+"""Fault injection: each test injects one fault (bad files, damaged shards, a killed or signalled rank, a full
+disk, a damaged checkpoint, a poisoned batch, a slow rank) and asserts what happens — nothing hangs, nothing
+is lost without a trace, every error is one clear line. The README's RELIABILITY table lists them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import speech_like, write_speech_corpus
+from wdsbr.corpus import open_corpus
+from wdsbr.data import (SkipCounter, _warn_few_shards, batches_per_epoch, list_shards, make_eval_loader,
+                        make_train_loader)
+from wdsbr.engine import checkpoint_problem, latest_checkpoint
+from wdsbr.metrics import read_metrics
+from wdsbr.shards import ShardOptions, shard_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
+TOKEN = "hf_reliability_secret_token_987"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env(**extra: str) -> dict:
+    return {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("reliability")
+    for split, n, seed in (("train", 24, 0), ("validation", 6, 100)):
+        write_speech_corpus(root / "corpus" / split, n, seed=seed)
+    shard_corpus(open_corpus(root / "corpus"), root / "shards", ShardOptions(samples_per_shard=6, workers=1),
+                 progress=False)
+    return root / "shards"
+
+
+def train_command(model: str, train: str, val: str, output: Path, *args: str, ranks: int = 2) -> list[str]:
+    return [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(_free_port()), "launch/train.py",
+            "--deepspeed", "configs/ds_zero2.json", "--model", model, "--train-shards", train, "--val-shards", val,
+            "--output-dir", str(output), "--batch-size", "3", "--num-workers", "1", "--shuffle-buffer", "8",
+            "--lr", "1e-3", "--warmup-steps", "2", "--log-every", "2", "--generation-max-length", "6", *args]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
+    """local rank -> pid of the trainer processes the deepspeed launcher started (not their DataLoader
+    workers, which are forks with the same command line)."""
+    import psutil
+
+    pids = {}
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        match = re.search(r"--local_rank=(\d+)", " ".join(child.cmdline()))
+        if match and match.group(0) not in " ".join(child.parent().cmdline()):
+            pids[int(match.group(1))] = child.pid
+    return pids
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+def test_1_every_bad_input_is_in_a_shard_or_rejected_and_the_counts_add_up(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_speech_corpus(corpus, 3)
+    bad = corpus / "bad"
+    bad.mkdir()
+    (bad / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(200))  # a header, then noise
+    flac = io.BytesIO()
+    sf.write(flac, speech_like(2.0), 16000, format="FLAC")
+    (bad / "truncated.flac").write_bytes(flac.getvalue()[:60])  # cut inside the header
+    (bad / "zero.wav").write_bytes(b"")
+    sf.write(bad / "latin1.wav", speech_like(1.0), 16000)
+    (bad / "latin1.txt").write_bytes("Kenavo, ma c'harantez é".encode("latin-1"))
+    sf.write(bad / "long.wav", speech_like(45.0), 16000)
+    sf.write(bad / "no_transcript.wav", speech_like(1.0), 16000)
+    (bad / "no_audio.txt").write_text("Demat")
+    sf.write(bad / "empty.wav", speech_like(1.0), 16000)
+    (bad / "empty.txt").write_text("   ")
+    sf.write(bad / "Ur c'hi bras é.wav", speech_like(1.0), 16000)  # spaces, apostrophe, non-ASCII: kept
+    (bad / "Ur c'hi bras é.txt").write_text("Ur c'hi bras")
+    for stem in ("corrupt", "truncated", "zero", "long"):
+        (bad / f"{stem}.txt").write_text("Demat")
+
+    result = subprocess.run([PYTHON, "tools/shard_corpus.py", str(corpus), str(tmp_path / "out"), "--workers", "1",
+                             "--no-progress", "--val-fraction", "0", "--test-fraction", "0"],
+                            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    reasons = {r["source"]: r["reason"] for r in manifest["rejected"]}
+    assert reasons == {"bad/corrupt.wav": "unreadable_audio", "bad/truncated.flac": "unreadable_audio",
+                       "bad/zero.wav": "empty_audio", "bad/latin1.wav": "text_not_utf8", "bad/long.wav": "too_long",
+                       "bad/no_transcript.wav": "missing_transcript", "bad/no_audio.txt": "missing_audio",
+                       "bad/empty.wav": "empty_transcript"}
+    counts = manifest["counts"]
+    assert counts == {"found": 3 + 9, "kept": 4, "rejected": 8, "rejected_by_reason": counts["rejected_by_reason"]}
+    assert counts["kept"] + counts["rejected"] == counts["found"]
+    written = [json.loads(s["json"])["source"] for s in _read_all(list_shards(tmp_path / "out" / "train"))]
+    assert "bad/Ur c'hi bras é.wav" in written and len(written) == 4
+    assert "rejected 8" in result.stdout
+
+
+def _read_all(urls: list[str]) -> list[dict]:
+    import webdataset as wds
+
+    return list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+
+
+def _damage(shards: Path, tmp_path: Path) -> Path:
+    """Copy the train shards: truncate one mid-member, append a member that is not audio to another."""
+    bad = tmp_path / "damaged"
+    shutil.copytree(shards, bad)
+    first = bad / "shard-000000.tar"
+    first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])
+    with tarfile.open(bad / "shard-000001.tar", "a") as tar:
+        for name, payload in (("zz_text_not_audio.flac", b"plain text"), ("zz_text_not_audio.txt", b"demat")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return bad
+
+
+def test_3_member_names_that_try_to_escape_are_only_keys_and_nothing_is_written(tmp_path, tiny_processor):
+    shard = tmp_path / "inside" / "evil.tar"
+    shard.parent.mkdir()
+    flac = io.BytesIO()
+    sf.write(flac, speech_like(1.0), 16000, format="FLAC")
+    with tarfile.open(shard, "w") as tar:
+        for name, payload in (("../escaped.flac", flac.getvalue()), ("../escaped.txt", b"demat"),
+                              (str(tmp_path / "absolute.flac"), flac.getvalue()), (str(tmp_path / "absolute.txt"), b"mat")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    counter = SkipCounter()
+    loader = make_eval_loader(str(shard), tiny_processor.tokenizer, list(tiny_processor.tokenizer.prefix_tokens),
+                              n_mels=80, micro_batch_size=4, num_workers=0, skip_counter=counter)
+    keys = [k for batch in loader for k in batch["keys"]]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing appeared anywhere
+    assert len(keys) + counter.total() >= 1  # the members were read as data, from memory
+    # and no code path unpacks a shard to disk
+    sources = [p for folder in ("wdsbr", "launch", "tools") for p in (ROOT / folder).rglob("*.py")]
+    assert not [p for p in sources if re.search(r"\.extract(all)?\(", p.read_text())]
+
+
+def test_4_uneven_shards_fewer_than_readers_same_batches_on_every_rank_and_a_warning(tmp_path, tiny_processor, caplog):
+    corpus = tmp_path / "corpus"
+    write_speech_corpus(corpus, 20)
+    out = tmp_path / "out"
+    shard_corpus(open_corpus(corpus), out, ShardOptions(val_fraction=0, test_fraction=0, samples_per_shard=14, workers=1),
+                 progress=False)
+    extra = tmp_path / "extra"
+    write_speech_corpus(extra / "c", 1, seed=50)
+    shard_corpus(open_corpus(extra / "c"), extra / "out", ShardOptions(val_fraction=0, test_fraction=0, workers=1),
+                 progress=False)
+    urls = list_shards(out / "train") + list_shards(extra / "out" / "train")  # 14, 6 and 1 samples
+    prompt = list(tiny_processor.tokenizer.prefix_tokens)
+    counts = []
+    _warn_few_shards.cache_clear()  # it warns once per process; an earlier test may have used it
+    with caplog.at_level("WARNING"):
+        for rank in range(2):
+            loader = make_train_loader(urls, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2,
+                                       num_workers=2, rank=rank, world_size=2, shuffle_buffer=4)
+            counts.append(sum(1 for _ in loader))
+    assert counts == [batches_per_epoch(21, 2, 2)] * 2 == [6, 6]
+    assert "3 training shards for 4 readers" in caplog.text
+
+
+# -------------------------------------------------------------------------------------------------- training
+
+def test_2_and_11_damaged_shards_and_a_slow_rank_one_training_run_ends_normally(shards, tiny_whisper, tmp_path):
+    """A truncated shard, a member that is not audio, rank 1 one batch behind (its shards arrive through a
+    slow pipe), and early stopping decided by rank 0 at the second evaluation: no hang, both ranks exit 0."""
+    damaged = _damage(shards / "train", tmp_path)
+    # every shard through a pipe that sleeps when the reader is rank 1 (the launcher sets RANK per process)
+    slow_pattern = f"pipe:sh -c 'if [ \"$RANK\" = 1 ]; then sleep 0.5; fi; cat {damaged}/shard-{{000000..000003}}.tar'"
+    command = train_command(tiny_whisper, slow_pattern, str(shards / "validation"), tmp_path / "run",
+                            "--epoch-samples", "24", "--max-steps", "40", "--eval-every", "2", "--metric", "loss",
+                            "--min-delta", "100", "--patience", "1")
+    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    rows = read_metrics(tmp_path / "run")
+    summary = [r for r in rows if r["kind"] == "summary"][-1]
+    assert (summary["finished"], summary["stopped_early"], summary["step"]) == (True, True, 4)
+    train = [r for r in rows if r["kind"] == "train"]
+    assert train[-1]["skipped_samples"] >= 2  # the damaged members, counted on both ranks and logged
+
+
+def test_6_a_killed_rank_fails_the_job_fast_the_checkpoint_survives_and_resume_continues(shards, tiny_whisper, tmp_path):
+    out = tmp_path / "run"
+    command = train_command(tiny_whisper, str(shards / "train"), str(shards / "validation"), out,
+                            "--max-steps", "400", "--eval-every", "2", "--patience", "0", "--dist-timeout-minutes", "1")
+    with open(tmp_path / "launcher.log", "w") as log:
+        launcher = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            wait_for(lambda: latest_checkpoint(out / "checkpoints") is not None, 300, "a first checkpoint")
+            os.kill(rank_pids(launcher)[1], signal.SIGKILL)
+            started = time.monotonic()
+            code = launcher.wait(timeout=180)
+            assert code != 0 and time.monotonic() - started < 180  # the others do not wait forever
+        finally:
+            subprocess.run(["pkill", "-KILL", "-g", str(launcher.pid)])  # whatever is left of the job
+            launcher.wait()
+    tag = latest_checkpoint(out / "checkpoints")
+    assert tag is not None and checkpoint_problem(out / "checkpoints" / tag, 2) is None
+    step = int(tag.split("-")[1])
+    resumed = subprocess.run([DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port()), "launch/train.py",
+                              "--output-dir", str(out), "--resume", "--max-steps", str(step + 2)],
+                             cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {step}" in resumed.stdout
+    assert json.loads((out / "summary.json").read_text())["step"] == step + 2
+
+
+def test_7_sigterm_to_the_launcher_checkpoints_and_exits_cleanly_and_the_token_never_leaks(shards, tiny_whisper, tmp_path):
+    """SIGTERM to the launcher's process group, as a terminal, `timeout`, systemd or Slurm deliver it. (DeepSpeed's
+    single-node `deepspeed` runner does not forward a SIGTERM sent to its own pid alone: the ranks go on.)"""
+    out = tmp_path / "run"
+    command = train_command(tiny_whisper, str(shards / "train"), str(shards / "validation"), out,
+                            "--max-steps", "400", "--eval-every", "100", "--num-workers", "2")
+    with open(tmp_path / "stdout.log", "w") as stdout_log, open(tmp_path / "stderr.log", "w") as stderr_log:
+        launcher = subprocess.Popen(command, cwd=ROOT, env=_env(HF_TOKEN=TOKEN), stdout=stdout_log, stderr=stderr_log,
+                                    start_new_session=True)
+        try:
+            wait_for(lambda: (out / "metrics.jsonl").is_file() and "train" in (out / "metrics.jsonl").read_text(), 300,
+                     "the first training row")
+            os.killpg(launcher.pid, signal.SIGTERM)
+            # the `deepspeed` runner dies at once; wait for the ranks (same process group) to finish their step
+            wait_for(lambda: launcher.poll() is not None  # reaps the runner, or pgrep would count its zombie
+                     and subprocess.run(["pgrep", "-g", str(launcher.pid)], capture_output=True).returncode, 120,
+                     "every process of the job to exit")
+        finally:
+            subprocess.run(["pkill", "-KILL", "-g", str(launcher.pid)])
+            launcher.wait()
+    stdout, stderr = (tmp_path / "stdout.log").read_text(), (tmp_path / "stderr.log").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] == "SIGTERM" and summary["finished"] is False
+    tag = latest_checkpoint(out / "checkpoints")
+    assert tag == f"step-{summary['step']:08d}" and checkpoint_problem(out / "checkpoints" / tag, 2) is None
+    assert "checkpointing and stopping" in stdout
+    assert "Traceback" not in stdout + stderr
+    # DeepSpeed's launcher exits 1 after forwarding a SIGTERM (its own choice); the ranks themselves exited 0
+    assert not re.search(r"exits with return code = [1-9]", stderr)
+    # 13: the Hugging Face token in the environment is in no log, metric or saved config
+    everything = stdout + stderr + "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.suffix in (".json", ".jsonl"))
+    assert TOKEN not in everything
+
+
+def test_8_a_failed_save_of_best_keeps_the_previous_best_and_says_why(tiny_whisper, tmp_path):
+    """A file-size limit (RLIMIT_FSIZE) makes the kernel refuse writes, as a full disk does."""
+    script = textwrap.dedent(f"""
+        import resource, signal, torch
+        from wdsbr.model import load_model, load_processor, save_model_atomic
+        model, processor = load_model({tiny_whisper!r}), load_processor({tiny_whisper!r})
+        save_model_atomic(model, processor, {str(tmp_path / 'best')!r}, "br")
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        try:
+            save_model_atomic(model, processor, {str(tmp_path / 'best')!r}, "br")
+        except OSError as error:
+            print("refused:", error)
+    """)
+    result = subprocess.run([PYTHON, "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert "refused:" in result.stdout and "too large" in result.stdout.lower(), result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no temporary folder left behind
+    from wdsbr.model import load_model
+
+    reloaded, original = load_model(str(tmp_path / "best")), load_model(tiny_whisper)
+    for (name, a), b in zip(reloaded.state_dict().items(), original.state_dict().values()):
+        assert np.array_equal(a.numpy(), b.numpy()), name  # the previous best, not the failed one
+
+
+def test_9_resume_falls_back_past_a_damaged_checkpoint_and_refuses_when_none_is_intact(shards, tiny_whisper, tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(train_command(tiny_whisper, str(shards / "train"), str(shards / "validation"), out,
+                                        "--max-steps", "6", "--eval-every", "2", "--patience", "0"),
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out / "summary.json").unlink()  # pretend the job died after its last checkpoint
+    checkpoints = out / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000004", "step-00000006"]
+    broken = next((checkpoints / "step-00000006").glob("*rank_1_*optim_states.pt"))
+    broken.write_bytes(broken.read_bytes()[:-5000])  # truncated
+    resume = [DEEPSPEED, "--num_gpus", "2", "--master_port", "0", "launch/train.py", "--output-dir", str(out), "--resume"]
+    resume[4] = str(_free_port())
+    fell_back = subprocess.run(resume, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert fell_back.returncode == 0, fell_back.stderr[-3000:]
+    assert f"skipping a damaged checkpoint: {broken} is" in fell_back.stderr
+    assert "resumed from step 4" in fell_back.stdout
+
+    (out / "summary.json").unlink()
+    for tag in ("step-00000004", "step-00000006"):
+        if (checkpoints / tag).is_dir():
+            (checkpoints / tag / "mp_rank_00_model_states.pt").unlink()
+    resume[4] = str(_free_port())
+    refused = subprocess.run(resume, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "no intact checkpoint" in errors[0] and "Traceback" not in refused.stderr
+
+
+def test_10_a_poisoned_batch_is_skipped_on_every_rank_and_training_goes_on(tiny_whisper, tmp_path):
+    """A real DeepSpeed engine (1 rank, gloo): a batch of NaN features gives a NaN loss; the weights must not
+    move, and the next clean batch must train."""
+    script = textwrap.dedent(f"""
+        import json, torch
+        from wdsbr.engine import build_engine, init_distributed, resolve_ds_config, load_ds_config, training_step
+        from wdsbr.model import load_model
+        init_distributed(1)
+        settings = dict(micro_batch_size=2, grad_accum_steps=1, lr=1e-3, weight_decay=0.0, max_grad_norm=1.0,
+                        warmup_steps=1, max_steps=10, lr_schedule="linear", precision="fp32")
+        config, _, _ = resolve_ds_config(load_ds_config("configs/ds_zero2.json"), settings, set(), world_size=1,
+                                         device_type="cpu")
+        engine = build_engine(load_model({tiny_whisper!r}), config)
+        labels = torch.tensor([[5, 6, 7, 1], [5, 6, 1, -100]])
+        clean = {{"input_features": torch.randn(2, 80, 3000), "labels": labels}}
+        poisoned = {{"input_features": torch.full((2, 80, 3000), float("nan")), "labels": labels}}
+        before = [p.detach().clone() for p in engine.module.parameters()]
+        skipped = training_step(engine, poisoned) is None
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, engine.module.parameters()))
+        for _ in range(3):  # DeepSpeed's warm-up lasts at least 2 steps, starting from lr 0
+            loss = training_step(engine, clean)
+        moved = any(not torch.equal(a, b) for a, b in zip(before, engine.module.parameters()))
+        print(json.dumps(dict(skipped=skipped, unchanged=unchanged, trained=loss is not None and bool(torch.isfinite(loss)),
+                              moved=moved, steps=engine.global_steps)))
+    """)
+    env = _env(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    result = subprocess.run([PYTHON, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome == {"skipped": True, "unchanged": True, "trained": True, "moved": True, "steps": 3}
+
+
+# -------------------------------------------------------------------------------------------- inputs, secrets
+
+@pytest.mark.parametrize("argv, message", [
+    (["tools/shard_corpus.py", "/nonexistent/corpus", "{tmp}/out"], "/nonexistent/corpus: no such file or folder"),
+    (["tools/shard_corpus.py", "{tmp}/c", "{tmp}/out", "--samples-per-shard", "-5"], "--samples-per-shard"),
+    (["tools/peek_batch.py", "--model", "{notok}", "--shards", "{shards}"], "error: "),
+    (["tools/peek_batch.py", "--model", "{tiny}", "--shards", "{tmp}/none"], "none: shard not found"),
+    (["tools/peek_batch.py", "--model", "{tiny}", "--shards", "{shards}", "--language", "klingon"], "unknown language"),
+    (["tools/make_tiny_whisper.py", "{tmp}/m", "--texts", "/nonexistent"], "does not exist"),
+    (["launch/train.py", "--model", "{notok}", "--train-shards", "{shards}", "--val-shards", "{shards}"], "--model:"),
+    (["launch/train.py", "--model", "{tiny}", "--train-shards", "{shards}", "--val-shards", "{shards}", "--deepspeed", "{badjson}"],
+     "not valid JSON"),
+    (["launch/train.py", "--model", "{tiny}", "--train-shards", "{shards}", "--val-shards", "{shards}", "--batch-size", "-4"],
+     "--batch-size -4"),
+])
+def test_12_every_cli_says_one_clear_line_and_exits_non_zero(argv, message, shards, tiny_whisper, tmp_path):
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        shutil.copy(Path(tiny_whisper) / name, no_tokenizer)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "bad.json").write_text("{ not json")
+    values = dict(tmp=tmp_path, notok=no_tokenizer, tiny=tiny_whisper, shards=shards / "train", badjson=tmp_path / "bad.json")
+    argv = [a.format(**values) for a in argv]
+    result = subprocess.run([PYTHON, *argv], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "Warning" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr[-2000:]
+
+
+def test_14_nothing_is_loaded_with_a_pickle_that_can_run_code():
+    sources = [p for folder in ("wdsbr", "launch", "tools") for p in (ROOT / folder).rglob("*.py")]
+    calls = [(p.name, line.strip()) for p in sources for line in p.read_text().splitlines() if "torch.load(" in line]
+    assert calls and all("weights_only=True" in line for _, line in calls), calls
