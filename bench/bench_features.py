@@ -10,16 +10,16 @@ the same clips and batches, producing the same [B, 80, 3000] features:
   - *-cuda        the same two torch ones on the GPU, when CUDA is available (wdsbr's output stays on the GPU,
                   HF copies its output back to numpy: that is what each API returns)
 Cases: Common-Voice-like clips (uniform 2-8 s) and all-30 s clips. Candidates are interleaved within each
-repetition so drift (thermal, other load) hits all of them alike. Writes bench/results/features.json.
+repetition so drift (thermal, other load) hits all of them alike. Before timing, every candidate's features of
+the first batch are compared with the HF numpy path's (max abs difference, recorded).
+Writes bench/results/features.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,7 +31,9 @@ import transformers
 from transformers import WhisperFeatureExtractor
 from transformers.models.whisper import feature_extraction_whisper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import save_results  # noqa: E402  (also puts the checkout on sys.path)
+
 from wdsbr.audio import SAMPLE_RATE  # noqa: E402
 from wdsbr.features import log_mel_spectrogram  # noqa: E402
 
@@ -83,10 +85,16 @@ def build_candidates(extractor: WhisperFeatureExtractor) -> dict:
     return candidates
 
 
+def as_numpy(features) -> np.ndarray:
+    return features.float().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+
+
 def run_case(candidates: dict, clips: list[np.ndarray], batch_size: int, repeats: int) -> dict:
     batches = [clips[start : start + batch_size] for start in range(0, len(clips), batch_size)]
-    for run in candidates.values():  # warm-up: caches, allocator, CUDA context, lazy imports
-        run(batches[0])
+    # Warm-up (caches, allocator, CUDA context, lazy imports) and the equality check: every candidate's features
+    # of the first batch against HF's numpy path, the reference implementation.
+    outputs = {name: as_numpy(run(batches[0])) for name, run in candidates.items()}
+    max_abs_diff = {name: float(np.abs(out - outputs["hf-numpy"]).max()) for name, out in outputs.items()}
     seconds = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, run in candidates.items():  # interleaved: one pass of each candidate per repetition
@@ -102,6 +110,7 @@ def run_case(candidates: dict, clips: list[np.ndarray], batch_size: int, repeats
             "min": min(rates),
             "max": max(rates),
             "seconds_per_pass": times,
+            "max_abs_diff_vs_hf_numpy": max_abs_diff[name],
         }
     reference = results["hf-numpy"]["median"]
     for result in results.values():
@@ -128,13 +137,9 @@ def main() -> None:
         "cv-like 2-8 s (256 clips)": make_clips(256, 2.0, 8.0, seed=0),
         "30 s (64 clips)": make_clips(64, 30.0, 30.0, seed=1),
     }
+    started = time.perf_counter()
     report = {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "n_mels": N_MELS,
@@ -144,17 +149,17 @@ def main() -> None:
     for case, clips in cases.items():
         report["cases"][case] = run_case(candidates, clips, args.batch_size, args.repeats)
 
-    out_dir = Path(__file__).resolve().parent / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "features.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["bench_seconds"] = time.perf_counter() - started
+    out = save_results("features", report)
 
     print(f"\nbatch size {args.batch_size}, {args.repeats} repeats, windows/s (median [min-max])\n")
-    print("| case | extractor | windows/s | min-max | vs hf-numpy |")
-    print("|---|---|---:|---:|---:|")
+    print("| case | extractor | windows/s | min-max | vs hf-numpy | max abs diff vs hf-numpy |")
+    print("|---|---|---:|---:|---:|---:|")
     for case, results in report["cases"].items():
         for name, r in results.items():
-            print(f"| {case} | {name} | {r['median']:.1f} | {r['min']:.1f}-{r['max']:.1f} | {r['vs_hf_numpy']:.1f}x |")
-    print(f"\nwrote {out_dir / 'features.json'}")
+            print(f"| {case} | {name} | {r['median']:.1f} | {r['min']:.1f}-{r['max']:.1f} | {r['vs_hf_numpy']:.1f}x "
+                  f"| {r['max_abs_diff_vs_hf_numpy']:.1e} |")
+    print(f"\nwrote {out} in {report['bench_seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -36,13 +36,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def train(model: Path, shards: Path, out: Path, seed: int, steps: int, eval_every: int, pack: bool) -> dict:
+def train(model: Path, shards: Path, out: Path, seed: int, steps: int, eval_every: int, pack: float) -> dict:
     command = [DEEPSPEED, "--num_gpus", "1", "--master_port", str(free_port()), "launch/train.py",
                "--deepspeed", "configs/ds_zero2.json", "--model", str(model), "--output-dir", str(out),
                "--train-shards", str(shards / "train"), "--val-shards", str(shards / "validation"),
                "--batch-size", "4", "--lr", "1e-3", "--warmup-steps", "5", "--max-steps", str(steps),
                "--eval-every", str(eval_every), "--patience", "0", "--num-workers", "1", "--log-every", "5",
-               "--generation-max-length", "60", "--seed", str(seed), "--precision", "bf16", *(["--pack"] if pack else [])]
+               "--generation-max-length", "60", "--seed", str(seed), "--precision", "bf16", *(["--pack", "--pack-fraction", str(pack)] if pack else [])]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -69,12 +69,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--factor", type=int, default=6)
     parser.add_argument("--clips", type=int, default=480)
+    parser.add_argument("--fraction", type=float, default=0.5, help="The remedy measured beside full packing.")
     args = parser.parse_args()
     from wdsbr.corpus import open_corpus
     from wdsbr.model import build_tiny_whisper
     from wdsbr.shards import ShardOptions, shard_corpus
 
-    runs: dict[str, list[dict]] = {"packed": [], "unpacked": []}
+    runs: dict[str, list[dict]] = {"packed": [], "partly": [], "unpacked": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         texts = [row["text"] for row in write_corpus(tmp / "corpus" / "train", args.clips, min_seconds=2, max_seconds=6)]
@@ -82,33 +83,38 @@ def main() -> None:
         shard_corpus(open_corpus(tmp / "corpus"), tmp / "shards", ShardOptions(samples_per_shard=60), progress=False)
         model = build_tiny_whisper(tmp / "model", texts, d_model=128, layers=2, vocab_size=600)
         for seed in args.seeds:  # interleaved: drift hits both alike
-            runs["packed"].append(train(model, tmp / "shards", tmp / f"packed-{seed}", seed, args.steps, args.steps, True))
+            runs["packed"].append(train(model, tmp / "shards", tmp / f"packed-{seed}", seed, args.steps, args.steps, 1.0))
+            runs["partly"].append(train(model, tmp / "shards", tmp / f"partly-{seed}", seed, args.steps, args.steps,
+                                        args.fraction))
             runs["unpacked"].append(train(model, tmp / "shards", tmp / f"unpacked-{seed}", seed,
-                                          args.steps * args.factor, args.steps, False))
+                                          args.steps * args.factor, args.steps, 0.0))
 
     def at(run: dict, step: int) -> dict:
         return next(e for e in run["evals"] if e["step"] == step)
 
+    names = ("unpacked", "partly", "packed")
+
+    def row(get) -> list[list[float]]:
+        return [[get(r) for r in runs[name]] for name in names]
+
     table = {
-        "speech s/s": ([r["speech_seconds_per_s"] for r in runs["unpacked"]], [r["speech_seconds_per_s"] for r in runs["packed"]]),
-        "windows/s": ([r["samples_per_s"] for r in runs["unpacked"]], [r["samples_per_s"] for r in runs["packed"]]),
-        "utterances per window": ([r["packing_factor"] for r in runs["unpacked"]], [r["packing_factor"] for r in runs["packed"]]),
-        f"val_loss at equal steps ({args.steps})": ([at(r, args.steps)["val_loss"] for r in runs["unpacked"]],
-                                                   [at(r, args.steps)["val_loss"] for r in runs["packed"]]),
-        f"WER at equal steps ({args.steps})": ([at(r, args.steps)["wer"] for r in runs["unpacked"]],
-                                              [at(r, args.steps)["wer"] for r in runs["packed"]]),
-        f"val_loss at equal utterances (unpacked {args.steps * args.factor} steps)": (
-            [at(r, args.steps * args.factor)["val_loss"] for r in runs["unpacked"]], [at(r, args.steps)["val_loss"] for r in runs["packed"]]),
-        "wall seconds of the run": ([r["wall_seconds"] for r in runs["unpacked"]], [r["wall_seconds"] for r in runs["packed"]]),
+        "speech s/s": row(lambda r: r["speech_seconds_per_s"]),
+        "windows/s": row(lambda r: r["samples_per_s"]),
+        "utterances per window": row(lambda r: r["packing_factor"]),
+        f"val_loss at equal steps ({args.steps})": row(lambda r: at(r, args.steps)["val_loss"]),
+        f"WER at equal steps ({args.steps})": row(lambda r: at(r, args.steps)["wer"]),
+        f"val_loss after {args.steps * args.factor} unpacked steps (about the utterances packed saw)":
+            [[at(r, args.steps * args.factor)["val_loss"] for r in runs["unpacked"]], [], []],
+        "wall seconds of the run": row(lambda r: r["wall_seconds"]),
     }
     print(f"pack: {args.clips} clips of 2-6 s, seeds {args.seeds}, batch 4, 1 rank, bf16, tiny Whisper d_model 128")
-    print("| measure | unpacked | packed |")
-    print("|---|---:|---:|")
-    for name, (unpacked, packed) in table.items():
-        print(f"| {name} | {spread(unpacked)} | {spread(packed)} |")
+    print(f"| measure | unpacked | packed {args.fraction:.0%} of windows | packed |")
+    print("|---|---:|---:|---:|")
+    for name, values in table.items():
+        print(f"| {name} | " + " | ".join(spread(v) if v else "" for v in values) + " |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "pack.json").write_text(json.dumps({"bench": "pack", "args": vars(args), "runs": runs,
-                                                   "table": {k: {"unpacked": u, "packed": p} for k, (u, p) in table.items()}},
+                                                   "table": {k: dict(zip(names, v)) for k, v in table.items()}},
                                                   indent=2))
     print(f"wrote {RESULTS / 'pack.json'}")
 

@@ -38,6 +38,7 @@ import transformers
 from tqdm import tqdm
 
 from wdsbr import dist
+from wdsbr.breton import SCORE_KEYS, breton_scores
 from wdsbr.cli import run
 from wdsbr.data import SkipCounter, count_samples, list_shards, make_eval_loader
 from wdsbr.evaluation import (eval_data_kind, gather, generate_kwargs, run_validation, score, shard_for_evaluation,
@@ -68,7 +69,7 @@ O = click.option
 @O("--batch-size", type=int, default=16, show_default=True, help="Samples per generate() call on each rank.")
 @O("--num-beams", type=int, default=1, show_default=True, help="Beam search width (1: greedy, as the trainer validates).")
 @O("--generation-max-length", type=int, default=225, show_default=True, help="Max new tokens per transcript.")
-@O("--text-normalizer", default="default", show_default=True, help="'default' (wdsbr.text.clean_text) or module:function; applied to both sides.")
+@O("--text-normalizer", default="default", show_default=True, help="'default' (wdsbr.text.clean_text), 'breton' (anaouder: numbers spelled out) or module:function; applied to both sides.")
 @O("--max-samples", type=int, default=None, help="Score only the first N samples of the data (a quick look).")
 @O("--precision", type=click.Choice(list(DTYPES)), default="fp16", show_default=True, help="Compute dtype; fp16 falls back to bf16 on CPU, as in training.")
 @O("--num-workers", type=int, default=4, show_default=True, help="DataLoader workers per rank, as in training (and decoding processes for a folder).")
@@ -200,14 +201,16 @@ def evaluate(cfg: dict) -> None:
         skipped_by_reason = {reason: totals.get(reason, 0) + prepared["skipped"].get(reason, 0)
                              for reason in sorted({*totals, *prepared["skipped"]})}
         scores = score(results, normalize)
+        labelled = breton_scores(results, cfg["text_normalizer"])  # raw, normalised and Whisper-basic WER, labelled
         row = {"wer": scores["wer"], "cer": scores["cer"], "samples": scores["samples"],
+               **{name: labelled[name] for name in SCORE_KEYS},
                "audio_hours": round(audio_seconds / 3600, 6), "seconds": round(seconds, 3),
                "rtf": round(seconds / audio_seconds, 4) if audio_seconds else None,
                "loss": loss_sum / tokens if tokens else None,
                "model": cfg["model"], "data": cfg["data"], "normalizer": cfg["text_normalizer"], "language": language,
                "precision": precision, "num_beams": cfg["num_beams"], "batch_size": cfg["batch_size"],
                "world_size": world_size, "skipped_samples": int(sum(skipped_by_reason.values())),
-               "rejected_inputs": len(prepared["rejected"])}
+               "rejected_inputs": len(prepared["rejected"]), "normalizers": labelled["normalizers"]}
         row = {name: None if isinstance(value, float) and not math.isfinite(value) else value for name, value in row.items()}
         if skipped_by_reason:
             note(f"skipped {plural(row['skipped_samples'], 'sample')}: {by_reason(skipped_by_reason)}")

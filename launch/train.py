@@ -24,6 +24,7 @@ import transformers
 from click.core import ParameterSource
 
 from wdsbr import dist
+from wdsbr.breton import SCORE_KEYS, breton_scores
 from wdsbr.cli import run
 from wdsbr.data import SkipCounter, list_shards, make_eval_loader, make_train_loader
 from wdsbr.engine import (ConfigError, build_engine, compute_dtype, device_type, environment_summary, init_distributed,
@@ -31,6 +32,7 @@ from wdsbr.engine import (ConfigError, build_engine, compute_dtype, device_type,
                           save_checkpoint, training_step)
 from wdsbr.evaluation import METRICS, EarlyStopping, gather, generate_kwargs, run_validation, score
 from wdsbr.metrics import MetricsLog, progress_bar, say
+from wdsbr.modelcard import describe_shards, training_command, write_model_card
 from wdsbr.model import is_multilingual, language_code, load_model, load_processor, save_model_atomic
 from wdsbr.text import load_normalizer
 
@@ -67,7 +69,8 @@ O = click.option
 @O("--shuffle-buffer", type=int, default=1000, show_default=True, help="Samples in each worker's shuffle buffer.")
 @O("--epoch-samples", type=int, default=None, help="Training samples per epoch (needed for URL shards; else counted).")
 @O("--pack", is_flag=True, help="Pack consecutive utterances into each 30 s window (training only; see README).")
-@O("--text-normalizer", default="default", show_default=True, help="'default' (wdsbr.text.clean_text) or module:function.")
+@O("--pack-fraction", type=click.FloatRange(0, 1), default=1.0, show_default=True, help="With --pack: share of windows packed.")
+@O("--text-normalizer", default="default", show_default=True, help="'default' (wdsbr.text.clean_text), 'breton' (anaouder: numbers spelled out) or module:function.")
 @O("--eval-batch-size", type=int, default=None, help="Validation micro-batch (default: --batch-size).")
 @O("--generation-max-length", type=int, default=225, show_default=True, help="Max new tokens when decoding.")
 @O("--num-beams", type=int, default=1, show_default=True, help="Beam search width for validation.")
@@ -218,6 +221,7 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
         decision = [None]
         if dist.is_main():
             scores = score(results, normalize)
+            scores.update(breton_scores(results, cfg["text_normalizer"]))  # raw, normalised, Whisper-basic WER, labelled
             scores["loss"] = loss_sum / max(1, tokens)
             is_best, save_error = stopper.update(scores, step), None
             if is_best:
@@ -228,7 +232,7 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
                     say(f"error: step {step}: {save_error}")
             metrics.log("eval", step=step, val_loss=scores["loss"], wer=scores["wer"], cer=scores["cer"], samples=scores["samples"],
                         eval_seconds=round(seconds, 3), is_best=is_best, bad_evaluations=stopper.bad_evaluations,
-                        best_save_error=save_error)
+                        best_save_error=save_error, **{name: scores[name] for name in SCORE_KEYS})
             say(f"step {step}: val_loss {scores['loss']:.4f} wer {scores['wer']:.4f} cer {scores['cer']:.4f}"
                 f" ({scores['samples']} samples, {seconds:.1f} s){' new best' if is_best else ''}")
             decision = [stopper.should_stop]
@@ -244,7 +248,7 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     while not done:
         loader = make_train_loader(cfg["train_shards"], micro_batch_size=cfg["batch_size"], seed=cfg["seed"], epoch=epoch,
                                    start_batch=batch_in_epoch, shuffle_buffer=cfg["shuffle_buffer"],
-                                   epoch_samples=cfg["epoch_samples"], skip_counter=skipped, pack=cfg["pack"], **stream)
+                                   epoch_samples=cfg["epoch_samples"], skip_counter=skipped, pack=cfg["pack_fraction"] if cfg["pack"] else 0.0, **stream)
         for batch in loader:
             loss = training_step(engine, batch)
             batch_in_epoch += 1
@@ -303,6 +307,11 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     metrics.close()
     if dist.is_main():  # what a job scheduler reads to decide whether to requeue: finished runs are not restarted
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if stopper.best is not None and (out / "best").is_dir():  # best/ uploads to the Hub as it is
+            trained_on = describe_shards(cfg["train_shards"])
+            write_model_card(out / "best", language=language or "en", base_model=cfg["model"],
+                             datasets=trained_on["datasets"], hours=trained_on["hours"], scores=stopper.best_scores,
+                             normalizer=cfg["text_normalizer"], command=training_command(sys.argv))
     if stopper.best is not None:
         say(f"best {cfg['metric']} {stopper.best:.4f} at step {stopper.best_step}: {out / 'best'}")
     torch.distributed.barrier()  # nobody leaves while rank 0 still writes

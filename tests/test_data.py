@@ -249,10 +249,21 @@ def test_packing_respects_the_decoder_limit(tiny_processor, prompt):
 def test_packed_training_stream_is_deterministic_and_counts_utterances(uneven_shards, tiny_processor, prompt):
     def run():
         loader = make_train_loader(uneven_shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2,
-                                   num_workers=2, shuffle_buffer=8, seed=7, pack=True)
+                                   num_workers=2, shuffle_buffer=8, seed=7, pack=1.0)
         return [(b["keys"], b["utterances"], round(b["speech_seconds"], 4)) for b in loader]
 
     first = run()
     assert first == run()
     assert all(utterances > 2 for _, utterances, _ in first)  # 0.5-1.25 s clips: many per window
     assert len(first) == batches_per_epoch(math.ceil((count_seconds(list_shards(uneven_shards)) + 0.3 * 17) / 27), 2, 1)
+
+
+def test_a_pack_fraction_leaves_the_other_windows_single(tiny_processor, prompt):
+    tokenizer = tiny_processor.tokenizer
+    utterances = _utterances(tokenizer, prompt, [2.0] * 60)
+    windows = list(_pack(iter(utterances), tokenizer=tokenizer, prompt_ids=prompt, max_label_tokens=448, fraction=0.5))
+    assert [k for w in windows for k in w["key"].split("+")] == [u["key"] for u in utterances]
+    singles, packed = sum(w["utterances"] == 1 for w in windows), sum(w["utterances"] > 1 for w in windows)
+    assert singles >= 3 and packed >= 3  # both kinds, decided per window by its first key: deterministic
+    again = _pack(iter(utterances), tokenizer=tokenizer, prompt_ids=prompt, max_label_tokens=448, fraction=0.5)
+    assert [(w["key"], w["labels"]) for w in windows] == [(w["key"], w["labels"]) for w in again]

@@ -202,7 +202,7 @@ def test_manifest_layout(tmp_path):
     write_text(tmp_path / "corpus" / "lonely.txt", "Demat")
     manifest = run(tmp_path / "corpus", tmp_path / "out", seed=3)
     assert list(manifest) == ["tool", "version", "created", "source", "sample_rate", "audio_format", "options", "splits",
-                              "rejected", "counts", "run"]
+                              "overlap", "rejected", "counts", "run"]
     assert manifest["tool"] == "wdsbr shard_corpus"
     assert manifest["source"] == {"kind": "folder", "path": str((tmp_path / "corpus").resolve())}
     assert manifest["options"]["seed"] == 3 and manifest["options"]["max_seconds"] == 30.0

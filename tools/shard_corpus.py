@@ -2,12 +2,15 @@
 
     python tools/shard_corpus.py ./corpus shards/
     python tools/shard_corpus.py ./cv-corpus-17.0/br shards/ --workers 16
+    python tools/shard_corpus.py ./cv-corpus-17.0/br shards/ --cv-train validated   # more train, no dev/test overlap
+    python tools/shard_corpus.py ./long_recordings shards/          # .ali alignments (anaouder) + their recordings
     python tools/shard_corpus.py --hf mozilla-foundation/common_voice_17_0 --hf-config br shards/
 
 Writes shards/{train,validation,test}/shard-000000.tar … and shards/manifest.json (what was kept, what was
 rejected and why). The source kind is detected: a .tsv file (path<TAB>text), a Common Voice release folder
-(train/dev/test.tsv + clips/), or a folder of ID.wav + ID.txt pairs at any depth; --hf reads a Hugging Face
-dataset (hub name or local folder). See wdsbr/corpus.py and wdsbr/shards.py.
+(train/dev/test.tsv + clips/), a folder with anaouder .ali alignments of long recordings, or a folder of
+ID.wav + ID.txt pairs at any depth; --hf reads a Hugging Face dataset (hub name or local folder). See
+wdsbr/corpus.py, wdsbr/ali.py and wdsbr/shards.py.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from wdsbr import shards
 from wdsbr.cli import run
 
 SECTIONS = {
-    "Source": ["hf", "hf_config", "hf_splits", "token", "text_column", "audio_column", "speaker_column"],
+    "Source": ["cv_train", "ali", "hf", "hf_config", "hf_splits", "token", "text_column", "audio_column", "speaker_column"],
     "Splits": ["val_fraction", "test_fraction", "speaker_from_folder", "seed"],
     "Filtering": ["min_seconds", "max_seconds"],
     "Shards": ["samples_per_shard", "max_shard_bytes", "audio_format", "overwrite"],
@@ -66,6 +69,12 @@ def parse_bytes(ctx: click.Context | None, param: click.Parameter | None, value:
 
 @click.command(cls=GroupedCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("paths", nargs=-1, metavar="[SOURCE] OUTPUT")
+@click.option("--cv-train", type=click.Choice(["train", "validated"]), default="train", show_default=True,
+              help="Common Voice train split: train.tsv as released, or validated.tsv minus every clip whose speaker or "
+                   "sentence is in dev.tsv/test.tsv (rejections cv_speaker_in_dev_test, cv_sentence_in_dev_test).")
+@click.option("--ali", is_flag=True,
+              help="Read SOURCE as a folder of anaouder .ali alignments (detected anyway when it holds .ali files): "
+                   "every aligned sentence is cut out of its long recording.")
 @click.option("--hf", metavar="NAME", help="Read a Hugging Face dataset (hub name or local folder) instead of SOURCE.")
 @click.option("--hf-config", metavar="CONFIG", help="Dataset configuration, e.g. the language 'br' for Common Voice.")
 @click.option("--hf-split", "hf_splits", multiple=True, metavar="SPLIT",
@@ -95,13 +104,15 @@ def parse_bytes(ctx: click.Context | None, param: click.Parameter | None, value:
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Decoding processes; 0: one per available CPU. Output is identical for any value.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr.")
-def main(paths, hf, hf_config, hf_splits, token, text_column, audio_column, speaker_column, val_fraction, test_fraction,
+def main(paths, cv_train, ali, hf, hf_config, hf_splits, token, text_column, audio_column, speaker_column, val_fraction, test_fraction,
          speaker_from_folder, seed, min_seconds, max_seconds, samples_per_shard, max_shard_bytes, audio_format, overwrite, workers, progress):
-    """Shard SOURCE (a corpus folder, Common Voice release or .tsv) or --hf NAME into OUTPUT."""
+    """Shard SOURCE (a corpus folder, Common Voice release, folder of .ali alignments or .tsv) or --hf NAME into OUTPUT."""
     if hf and len(paths) != 1:
         raise click.UsageError("with --hf NAME give only OUTPUT (no SOURCE)")
     if not hf and len(paths) != 2:
         raise click.UsageError("expected SOURCE OUTPUT (or --hf NAME OUTPUT)")
+    if hf and (ali or cv_train != "train"):
+        raise click.UsageError("--ali and --cv-train read a SOURCE folder, not --hf")
     output = Path(paths[-1])
     options = shards.ShardOptions(
         val_fraction=val_fraction, test_fraction=test_fraction, samples_per_shard=samples_per_shard,
@@ -117,7 +128,8 @@ def main(paths, hf, hf_config, hf_splits, token, text_column, audio_column, spea
             corpus = corpus_lib.open_hf_corpus(hf, config=hf_config, splits=hf_splits, token=token, text_column=text_column,
                                                audio_column=audio_column, speaker_column=speaker_column)
         else:
-            corpus = corpus_lib.open_corpus(paths[0], exclude=output, speaker_from_folder=speaker_from_folder)
+            corpus = corpus_lib.open_corpus(paths[0], exclude=output, speaker_from_folder=speaker_from_folder,
+                                            cv_train=cv_train, ali=ali)
         manifest = shards.shard_corpus(corpus, output, options, overwrite=overwrite, progress=progress)
     except (corpus_lib.CorpusError, shards.ShardError) as error:
         raise Failure(str(error)) from None

@@ -1,13 +1,18 @@
 """Finding and validating inputs: turn a corpus into `Item`s to decode and `Rejection`s to record.
 
-Four kinds of source, detected by `open_corpus` (or chosen with `open_hf_corpus`):
+Five kinds of source, detected by `open_corpus` (or chosen with `open_hf_corpus`):
 
 - folder: `ID.wav` + `ID.txt` pairs at any depth (`.flac`, `.mp3`, `.ogg` too). Top-level sub-folders named
   `train`, `validation`/`dev`, `test` are kept as splits. Hidden files and folders (".name") are not inputs.
 - common_voice: a release folder (`train.tsv`, `dev.tsv`, `test.tsv`, `clips/`); its splits are kept and
-  `client_id` is the speaker.
+  `client_id` is the speaker. With `cv_train="validated"`, train is `validated.tsv` minus every clip whose
+  speaker or sentence is in `dev.tsv` or `test.tsv` (those are rejections `cv_speaker_in_dev_test` /
+  `cv_sentence_in_dev_test`); dev and test stay as released.
 - tsv: one `path<TAB>text` per line (optional header `path<TAB>text[<TAB>speaker…]`), paths relative to the
   TSV's folder or absolute.
+- ali: a folder with anaouder `.ali` alignments (detected when it holds any, or `ali=True`): every aligned
+  sentence is an input cut out of its long recording (`wdsbr.ali`); ID.wav + ID.txt pairs beside them are
+  listed as in a folder, the recordings the .ali files align are not.
 - hf: a Hugging Face dataset (hub name or local folder) read with `datasets` in streaming mode; audio bytes
   are decoded by `wdsbr.audio`, not by `datasets`.
 
@@ -29,11 +34,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
 from wdsbr.audio import AUDIO_EXTENSIONS
+from wdsbr.text import clean_text
 
 SPLITS = ("train", "validation", "test")
 # Split folder / TSV / HF split names -> our split names.
 SPLIT_NAMES = {"train": "train", "validation": "validation", "dev": "validation", "test": "test"}
 COMMON_VOICE_TSVS = {"train.tsv": "train", "dev.tsv": "validation", "test.tsv": "test"}
+CV_TRAIN_SOURCES = {"train": "train.tsv", "validated": "validated.tsv"}  # --cv-train
 # When one stem has several audio files beside its .txt, the first of these wins (lossless before lossy).
 AUDIO_PREFERENCE = (".flac", ".wav", ".ogg", ".mp3")
 MAX_KEY_CHARS = 80  # keeps "KEY.flac" inside the 100-character USTAR member name
@@ -53,6 +60,11 @@ REASONS = {
     "ambiguous_transcript": "another .txt with the same stem (different case) was used",
     "duplicate_key": "the same input is listed twice",
     "outside_splits": "the corpus has split folders and this file is in none of them",
+    "cv_speaker_in_dev_test": "--cv-train validated: the clip's speaker (client_id) is in dev.tsv or test.tsv",
+    "cv_sentence_in_dev_test": "--cv-train validated: the clip's sentence is in dev.tsv or test.tsv (exact or after clean_text)",
+    "bad_alignment": "an .ali line whose segment cannot be read, or a sentence without {start; end}",
+    "empty_segment": "an .ali segment whose end is not after its start",
+    "beyond_recording_end": "an .ali segment that ends after its recording does",
 }
 
 
@@ -72,6 +84,8 @@ class Item:
     split: str | None = None  # given split; None means the hash split decides
     speaker: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # anything else the source gives, into KEY.json
+    segment: tuple[float, float] | None = None  # (start, end) s inside `audio`, a long recording (.ali)
+    split_group: str | None = None  # hashed for the split when the speaker is unknown (an .ali's recording)
 
 
 @dataclass(frozen=True)
@@ -87,7 +101,7 @@ class Rejection:
 class Corpus:
     """An opened source: what it is (for the manifest) and its entries in a deterministic order."""
 
-    kind: str  # folder | common_voice | tsv | hf
+    kind: str  # folder | common_voice | tsv | ali | hf
     description: dict[str, Any]  # the manifest's "source" (never a token)
     entries: Iterable[Item | Rejection]
     total: int | None  # number of entries when known up front (not for a streamed HF dataset)
@@ -139,10 +153,11 @@ def hash_split(name: str, val_fraction: float, test_fraction: float) -> str:
 
 
 def assign_split(item: Item, val_fraction: float, test_fraction: float) -> str:
-    """The item's given split, else the hash split of its speaker (so no speaker is in two splits) or key."""
+    """The item's given split, else the hash split of its speaker (so no speaker is in two splits), else of its
+    split group (all of a recording's unknown voices in one split), else of its key."""
     if item.split is not None:
         return item.split
-    return hash_split(item.speaker if item.speaker else item.key, val_fraction, test_fraction)
+    return hash_split(item.speaker or item.split_group or item.key, val_fraction, test_fraction)
 
 
 def _sha1_hex(text: str) -> str:
@@ -192,36 +207,59 @@ def detect_kind(path: Path) -> str:
     return "folder"
 
 
-def open_corpus(path: str | Path, *, exclude: str | Path | None = None, speaker_from_folder: bool = False) -> Corpus:
-    """List a folder, Common Voice release or TSV manifest (kind detected); `exclude` is a folder to skip (the output).
+def open_corpus(path: str | Path, *, exclude: str | Path | None = None, speaker_from_folder: bool = False,
+                cv_train: str = "train", ali: bool = False) -> Corpus:
+    """List a folder, Common Voice release, TSV manifest or folder of .ali alignments (kind detected); `exclude`
+    is a folder to skip (the output).
 
     `speaker_from_folder`: in a folder corpus, the first folder below the root (below the split folder when the
-    corpus has split folders) names the speaker, so hash splits keep each speaker in one split."""
+    corpus has split folders) names the speaker, so hash splits keep each speaker in one split.
+    `cv_train`: a Common Voice release's train split from "train" (train.tsv) or "validated" (validated.tsv
+    minus the speakers and sentences of dev.tsv and test.tsv).
+    `ali`: read the folder as .ali alignments (detected anyway when it holds .ali files); an error if it has none."""
     path = Path(path)
     kind = detect_kind(path)
     root = path.resolve()
+    excluded = Path(exclude).resolve() if exclude is not None else None
+    if cv_train not in CV_TRAIN_SOURCES:
+        raise CorpusError(f"--cv-train {cv_train!r}: expected one of {', '.join(CV_TRAIN_SOURCES)}")
+    if cv_train != "train" and kind != "common_voice":
+        raise CorpusError(f"--cv-train {cv_train}: {path} is not a Common Voice release folder (clips/ + dev.tsv, test.tsv)")
+    has_ali = kind == "folder" and any(p.suffix.lower() == ".ali" for p in _walk_files(root, excluded))
+    if ali and not has_ali:
+        raise CorpusError(f"--ali: {path} is not a folder of .ali alignments (no .ali file in it)")
+    if has_ali:
+        kind = "ali"
+    description: dict[str, Any] = {"kind": kind, "path": str(root)}
     if kind == "tsv":
         entries = list_tsv(root)
     elif kind == "common_voice":
-        entries = list_common_voice(root)
+        entries = list_common_voice(root, train_from=cv_train, info=description)
+    elif kind == "ali":
+        entries = list_ali(root, exclude=excluded, speaker_from_folder=speaker_from_folder, info=description)
     else:
-        entries = list_folder(root, exclude=Path(exclude).resolve() if exclude is not None else None,
-                              speaker_from_folder=speaker_from_folder)
-    return Corpus(kind, {"kind": kind, "path": str(root)}, entries, total=len(entries), listed=True)
+        entries = list_folder(root, exclude=excluded, speaker_from_folder=speaker_from_folder)
+    return Corpus(kind, description, entries, total=len(entries), listed=True)
 
 
-def list_folder(root: Path, *, exclude: Path | None = None, speaker_from_folder: bool = False) -> list[Item | Rejection]:
-    """Pair `ID.<audio>` with `ID.txt` in the same folder, at any depth, in sorted path order."""
+def list_folder(root: Path, *, exclude: Path | None = None, speaker_from_folder: bool = False,
+                skip: frozenset[PurePosixPath] = frozenset(), taken: dict[str, str] | None = None) -> list[Item | Rejection]:
+    """Pair `ID.<audio>` with `ID.txt` in the same folder, at any depth, in sorted path order.
+
+    `skip`: relative paths that are not inputs here (the recordings .ali files align); `taken`: keys already
+    claimed by other entries of the same corpus."""
     groups: dict[tuple[str, str], list[PurePosixPath]] = {}
     for relative in _walk_files(root, exclude):
         suffix = relative.suffix.lower()
+        if relative in skip:
+            continue
         if suffix == ".txt" or suffix in AUDIO_EXTENSIONS:
             groups.setdefault((str(relative.parent), relative.stem), []).append(relative)
     top_dirs = {child.name.lower() for child in root.iterdir() if child.is_dir() and not child.name.startswith(".")}
     split_folders = sorted(top_dirs & set(SPLIT_NAMES))
 
     entries: list[Item | Rejection] = []
-    taken: dict[str, str] = {}
+    taken = {} if taken is None else taken
     for (_, stem), paths in sorted(groups.items()):
         texts = sorted(p for p in paths if p.suffix.lower() == ".txt")
         audios = sorted(
@@ -259,17 +297,32 @@ def list_folder(root: Path, *, exclude: Path | None = None, speaker_from_folder:
     return entries
 
 
-def list_common_voice(root: Path) -> list[Item | Rejection]:
-    """Rows of train.tsv / dev.tsv / test.tsv (dev -> validation) with clips/ audio and client_id as speaker."""
+def list_common_voice(root: Path, *, train_from: str = "train", info: dict[str, Any] | None = None) -> list[Item | Rejection]:
+    """Rows of train.tsv / dev.tsv / test.tsv (dev -> validation) with clips/ audio and client_id as speaker.
+
+    `train_from="validated"`: train is validated.tsv instead of train.tsv, minus every clip whose speaker
+    (`client_id`) or sentence is in dev.tsv or test.tsv — rejected as `cv_speaker_in_dev_test` (checked first)
+    or `cv_sentence_in_dev_test`. Sentences match when their text is equal, or equal after `clean_text` (the
+    detail says which). A validated.tsv row for a clip that dev.tsv or test.tsv lists is that clip's dev/test
+    input, not a second one: it is not listed again, and `info` counts it. dev and test stay as released.
+    `info` (the manifest's "source") receives what was read and excluded.
+    """
+    tables = {split: (tsv_name, *_read_cv_tsv(root / tsv_name)) for tsv_name, split in COMMON_VOICE_TSVS.items()
+              if (root / tsv_name).is_file() and not (split == "train" and train_from != "train")}
+    held_out = _held_out(tables) if train_from == "validated" else {}
+    if train_from == "validated":
+        validated = root / CV_TRAIN_SOURCES["validated"]
+        if not validated.is_file():
+            raise CorpusError(f"--cv-train validated: {validated} does not exist (a Common Voice release has one)")
+        if not held_out["files"]:
+            raise CorpusError(f"--cv-train validated: {root} has no dev.tsv or test.tsv to keep out of train")
+        tables = {"train": (validated.name, *_read_cv_tsv(validated)), **tables}
+
     entries: list[Item | Rejection] = []
     taken: dict[str, str] = {}
-    for tsv_name, split in COMMON_VOICE_TSVS.items():
-        tsv = root / tsv_name
-        if not tsv.is_file():
-            continue
-        header, rows = _read_tsv(tsv)
-        if header is None or "path" not in header or "sentence" not in header:
-            raise CorpusError(f"{tsv}: expected a header with 'path' and 'sentence' columns (a Common Voice TSV), got {header}")
+    excluded = {"cv_speaker_in_dev_test": 0, "cv_sentence_in_dev_test": 0}
+    rows_in_held_out = 0
+    for split, (tsv_name, header, rows) in tables.items():
         for line_number, fields in rows:
             where = f"{tsv_name} line {line_number}"
             if isinstance(fields, bytes):
@@ -282,6 +335,15 @@ def list_common_voice(root: Path) -> list[Item | Rejection]:
             if not clip:
                 entries.append(Rejection(where, "missing_audio", f"{where} has no path"))
                 continue
+            if train_from == "validated" and split == "train":
+                if clip in held_out["clips"]:
+                    rows_in_held_out += 1
+                    continue
+                rejection = _held_out_rejection(row, source, where, held_out)
+                if rejection is not None:
+                    excluded[rejection.reason] += 1
+                    entries.append(rejection)
+                    continue
             if not (root / "clips" / clip).is_file():
                 entries.append(Rejection(source, "missing_file", f"{where}: {source} does not exist"))
                 continue
@@ -294,6 +356,149 @@ def list_common_voice(root: Path) -> list[Item | Rejection]:
                 Item(key=key, source=source, audio=str(root / "clips" / clip), text=row.get("sentence"), split=split,
                      speaker=row.get("client_id") or None, meta=meta)
             )
+    if info is not None and train_from == "validated":
+        info["cv_train"] = {
+            "train_from": "validated.tsv",
+            "held_out": held_out["files"],
+            "sentence_match": "exact text, or equal after wdsbr.text.clean_text",
+            "excluded_from_train": excluded,
+            "validated_rows_of_dev_test_clips": rows_in_held_out,
+        }
+    return entries
+
+
+def _read_cv_tsv(tsv: Path) -> tuple[list[str], list[tuple[int, list[str] | bytes]]]:
+    header, rows = _read_tsv(tsv)
+    if header is None or "path" not in header or "sentence" not in header:
+        raise CorpusError(f"{tsv}: expected a header with 'path' and 'sentence' columns (a Common Voice TSV), got {header}")
+    return header, rows
+
+
+def _held_out(tables: dict[str, tuple]) -> dict[str, Any]:
+    """What dev.tsv and test.tsv hold, every row counted (whether or not its clip exists): speaker -> files,
+    exact sentence -> files, cleaned sentence -> files, clip names."""
+    held: dict[str, Any] = {"files": [], "clips": set(), "speakers": {}, "sentences": {}, "cleaned": {}}
+    for split in ("validation", "test"):
+        if split not in tables:
+            continue
+        tsv_name, header, rows = tables[split]
+        held["files"].append(tsv_name)
+        for _, fields in rows:
+            if isinstance(fields, bytes):  # its speaker and sentence cannot be read; its clip name can
+                held["clips"].add(_raw_field(fields, header.index("path")))
+                continue
+            row = dict(zip(header, fields))
+            held["clips"].add(row.get("path", "").strip())
+            sentence = row.get("sentence", "").strip()
+            for table, value in (("speakers", row.get("client_id", "").strip()), ("sentences", sentence),
+                                 ("cleaned", clean_text(sentence))):
+                if value:
+                    held[table].setdefault(value, set()).add(tsv_name)
+    return held
+
+
+def _held_out_rejection(row: dict[str, str], source: str, where: str, held: dict[str, Any]) -> Rejection | None:
+    """The rejection of a validated.tsv row whose speaker or sentence is in dev/test, else None."""
+    speaker = row.get("client_id", "").strip()
+    if speaker and speaker in held["speakers"]:
+        files = " and ".join(sorted(held["speakers"][speaker]))
+        return Rejection(source, "cv_speaker_in_dev_test", f"{where}: speaker {_short(speaker, 16)} also speaks in {files}")
+    sentence = row.get("sentence", "").strip()
+    if sentence in held["sentences"]:
+        files = " and ".join(sorted(held["sentences"][sentence]))
+        return Rejection(source, "cv_sentence_in_dev_test", f"{where}: sentence {_short(sentence, 40)!r} is in {files} (exact text)")
+    cleaned = clean_text(sentence)
+    if cleaned and cleaned in held["cleaned"]:
+        files = " and ".join(sorted(held["cleaned"][cleaned]))
+        return Rejection(source, "cv_sentence_in_dev_test",
+                         f"{where}: sentence {_short(sentence, 40)!r} is in {files} (equal after clean_text)")
+    return None
+
+
+def _short(text: str, length: int) -> str:
+    return text if len(text) <= length else text[:length] + "…"
+
+
+def list_ali(root: Path, *, exclude: Path | None = None, speaker_from_folder: bool = False,
+             info: dict[str, Any] | None = None) -> list[Item | Rejection]:
+    """Every aligned sentence of every `.ali` file (any depth, sorted) as an Item cut out of its recording, then
+    the folder's ID.wav + ID.txt pairs (`list_folder`) without the recordings the .ali files align.
+
+    An item's source is `path/of.ali:LINE`; its KEY.json gets `recording`, `start`, `end`, `gender`, `lang`
+    and `accent` when known, and the .ali header (`source`, `author`, `licence`, ...). Speaker "unknown" is no speaker: such segments
+    are split by their recording, so one recording is never in two splits. Top-level split folders are kept
+    as in `list_folder`. Rejections: `missing_audio` (no recording), `empty_transcript`, `empty_segment`,
+    `bad_alignment`; `too_long` and `beyond_recording_end` come when the segment is read.
+    """
+    from wdsbr.ali import RECORDING_EXTENSIONS, UNKNOWN, parse_ali  # here: only this source needs it
+
+    files = [relative for relative in _walk_files(root, exclude) if relative.suffix.lower() == ".ali"]
+    top_dirs = {child.name.lower() for child in root.iterdir() if child.is_dir() and not child.name.startswith(".")}
+    split_folders = sorted(top_dirs & set(SPLIT_NAMES))
+    entries: list[Item | Rejection] = []
+    taken: dict[str, str] = {}
+    recordings: set[str] = set()  # every recording aligned, inside the root or not
+    for relative in files:
+        name = str(relative)
+        try:
+            ali = parse_ali(root / relative)
+        except UnicodeDecodeError as error:
+            entries.append(Rejection(name, "text_not_utf8", f"{relative.name} is not valid UTF-8 ({error.reason} at byte {error.start})"))
+            continue
+        except OSError as error:
+            entries.append(Rejection(name, "unreadable_transcript", f"{relative.name}: {error.strerror or error}"))
+            continue
+        entries.extend(Rejection(f"{name}:{line}", "bad_alignment", f"{relative.name} line {line}: {problem}")
+                       for line, problem in ali.problems)
+        split = None
+        if split_folders:
+            top = relative.parts[0].lower() if len(relative.parts) > 1 else None
+            if top not in SPLIT_NAMES:
+                detail = f"the corpus has split folders ({', '.join(split_folders)}); this file is in none of them"
+                entries.extend(Rejection(f"{name}:{sentence.line}", "outside_splits", detail) for sentence in ali.sentences)
+                continue
+            split = SPLIT_NAMES[top]
+        audio = ali.audio_path
+        recording = _relative_source(audio, root) if audio is not None else None
+        if audio is not None and audio.is_file():
+            recordings.add(recording)
+        folders = relative.parts[1 if split else 0 : -1]
+        folder_speaker = folders[0] if speaker_from_folder and folders else None
+        header = {k: v for k, v in ali.header.items() if k not in ("audio-path", "start", "end", "parser") and v not in ("", [])}
+        for sentence in ali.sentences:
+            source = f"{name}:{sentence.line}"
+            where = f"{relative.name} line {sentence.line}"
+            if audio is None or not audio.is_file():
+                detail = (f"{where}: its recording {recording} does not exist" if audio is not None else
+                          f"{where}: no {{audio-path: …}} and no {relative.stem}.{{{','.join(RECORDING_EXTENSIONS)}}} beside it")
+                entries.append(Rejection(source, "missing_audio", detail))
+                continue
+            if not sentence.text:
+                entries.append(Rejection(source, "empty_transcript", f"{where} has a segment and no text"))
+                continue
+            if not sentence.end > sentence.start or sentence.start < 0:
+                entries.append(Rejection(source, "empty_segment", f"{where}: segment {sentence.start:g}-{sentence.end:g} s is empty"))
+                continue
+            stem = str(relative.with_suffix(""))
+            key = claim_key(make_key(f"{stem}/{round(sentence.start * 1000):08d}-{round(sentence.end * 1000):08d}"), source, taken)
+            if key is None:
+                entries.append(Rejection(source, "duplicate_key", f"{where}: listed twice"))
+                continue
+            speaker = sentence.metadata.get("speaker")
+            speaker = None if speaker in (UNKNOWN, "", None) else str(speaker)
+            gender = sentence.metadata.get("gender")
+            meta = {**header, "recording": recording, "start": sentence.start, "end": sentence.end}
+            if gender not in (UNKNOWN, "", None):
+                meta["gender"] = gender
+            meta.update({k: sentence.metadata[k] for k in ("lang", "accent") if sentence.metadata.get(k)})
+            entries.append(Item(key=key, source=source, audio=str(audio), text=sentence.text, split=split,
+                                speaker=speaker or folder_speaker, meta=meta, segment=(sentence.start, sentence.end),
+                                split_group=recording))
+    inside = frozenset(PurePosixPath(recording) for recording in recordings if not Path(recording).is_absolute())
+    entries += list_folder(root, exclude=exclude, speaker_from_folder=speaker_from_folder, skip=inside, taken=taken)
+    if info is not None:
+        info["ali_files"] = len(files)
+        info["recordings"] = len(recordings)
     return entries
 
 

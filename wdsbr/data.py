@@ -237,11 +237,14 @@ def _tokenize(samples: Iterable[dict], counter: SkipCounter, tokenizer, prompt_i
 
 
 def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_tokens: int,
-          max_seconds: float = MAX_SECONDS, gap_seconds: float = PACK_GAP_SECONDS) -> Iterator[dict]:
+          max_seconds: float = MAX_SECONDS, gap_seconds: float = PACK_GAP_SECONDS, fraction: float = 1.0) -> Iterator[dict]:
     """Concatenate consecutive utterances of the (shuffled) stream into one window of at most `max_seconds`,
     `gap_seconds` of silence between them, with their cleaned transcripts joined by a space as one label
     sequence within the decoder's limit. Greedy and in stream order: an utterance is never split, never
-    dropped, never repeated, and at most one window is held in memory."""
+    dropped, never repeated, and at most one window is held in memory.
+
+    `fraction` < 1 packs only that share of windows: a window whose first utterance's key hashes above it
+    keeps that utterance alone, so the model also sees single-utterance windows like validation's."""
     gap = np.zeros(int(round(gap_seconds * SAMPLE_RATE)), dtype=np.float32)
     max_samples = int(max_seconds * SAMPLE_RATE)
 
@@ -255,9 +258,15 @@ def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_t
                 "text": " ".join(s["text"] for s in group), "labels": labels, "utterances": len(group),
                 "speech_seconds": sum(len(s["audio"]) for s in group) / SAMPLE_RATE}
 
+    def packs(sample: dict) -> bool:
+        return fraction >= 1.0 or _seed(sample["key"]) / 2**64 < fraction
+
     group: list[dict] = []
     group_labels: list[int] = []
     for sample in samples:
+        if group and not packs(group[0]):
+            yield window(group, group_labels)
+            group = []
         if group:
             length = sum(len(s["audio"]) for s in group) + len(gap) * len(group) + len(sample["audio"])
             labels = labels_for(group + [sample]) if length <= max_samples else None
@@ -316,18 +325,20 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
                       shuffle_buffer: int = 1000, epoch_samples: int | None = None, rank: int = 0,
                       world_size: int = 1, skip_counter: SkipCounter | None = None,
                       normalize: Callable[[str], str] = clean_text, max_label_tokens: int = 448,
-                      decoder_start_token_id: int | None = None, pack: bool = False) -> torch.utils.data.DataLoader:
+                      decoder_start_token_id: int | None = None, pack: float = 0.0) -> torch.utils.data.DataLoader:
     """The training stream of one epoch on this rank: exactly `batches_per_epoch(...)` batches, of which the
     first `start_batch` are skipped (already consumed by the run being resumed).
 
-    `pack`: each sample is a window of several consecutive utterances (`_pack`); an epoch is then the number of
-    windows the shards' audio fills (manifest seconds / (30 s × PACK_FILL)), about one pass."""
+    `pack` (0 to 1): that share of samples are windows of several consecutive utterances (`_pack`); an epoch
+    then holds fewer windows, sized from the shards' audio (manifest seconds / (30 s × PACK_FILL)) for full
+    packing, interpolated for a fraction: about one pass."""
     shards = list_shards(shards)
     epoch_samples = epoch_samples or count_samples(shards)
     if pack:
         seconds = count_seconds(shards)
         if seconds is not None:
-            epoch_samples = min(epoch_samples, math.ceil((seconds + PACK_GAP_SECONDS * epoch_samples) / (MAX_SECONDS * PACK_FILL)))
+            windows = math.ceil((seconds + PACK_GAP_SECONDS * epoch_samples) / (MAX_SECONDS * PACK_FILL))
+            epoch_samples = min(epoch_samples, math.ceil((1 - pack) * epoch_samples + pack * windows))
     batches_per_rank = batches_per_epoch(epoch_samples, micro_batch_size, world_size)
     if not 0 <= start_batch < batches_per_rank:
         raise ValueError(f"start_batch {start_batch} is outside the epoch's {batches_per_rank} batches")
@@ -346,8 +357,8 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
         functools.partial(_tokenize, counter=counter, tokenizer=tokenizer, prompt_ids=prompt_ids,
                           normalize=normalize, max_label_tokens=max_label_tokens),
         # --pack: consecutive utterances share one 30 s window and one label sequence
-        *([functools.partial(_pack, tokenizer=tokenizer, prompt_ids=prompt_ids, max_label_tokens=max_label_tokens)]
-          if pack else []),
+        *([functools.partial(_pack, tokenizer=tokenizer, prompt_ids=prompt_ids, max_label_tokens=max_label_tokens,
+                             fraction=pack)] if pack else []),
         # group into micro-batches of decoded samples (features are computed after the resume skip)
         wds.batched(micro_batch_size, collation_fn=None, partial=False),
         # exactly this worker's share of the epoch

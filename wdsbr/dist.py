@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-import torch.distributed as torch_dist
+import sys
 
 
 def _env_int(*names: str, default: int) -> int:
@@ -19,15 +19,23 @@ def _env_int(*names: str, default: int) -> int:
     return default
 
 
+def _process_group():
+    """torch.distributed when a process group is up; never imports torch itself (CLIs start faster)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return None
+    return torch.distributed
+
+
 def rank() -> int:
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        return torch_dist.get_rank()
+    if (group := _process_group()) is not None:
+        return group.get_rank()
     return _env_int("RANK", "SLURM_PROCID", default=0)
 
 
 def world_size() -> int:
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        return torch_dist.get_world_size()
+    if (group := _process_group()) is not None:
+        return group.get_world_size()
     return _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
 
 

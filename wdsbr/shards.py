@@ -1,17 +1,20 @@
 """Writing shards: decode every corpus item in a process pool, check it, and write WebDataset tars + manifest.
 
     entries (wdsbr.corpus) ──► shuffle listed entries by --seed ──► assign split (given, else hash)
-      ──► process pool, bounded and in order: transcript → decode → mono → 16 kHz → duration → PCM-16 flac/wav
+      ──► process pool, bounded and in order: transcript → decode (the whole file, or only an .ali segment of a
+          long recording) → mono → 16 kHz → duration → PCM-16 flac/wav
       ──► parent: one SplitWriter per split → OUT/{train,validation,test}/shard-NNNNNN.tar ──► OUT/manifest.json
 
 A sample is three tar members with one key: `KEY.flac` (or `.wav`), `KEY.txt` (the transcript as given,
 stripped) and `KEY.json` (`duration`, `source`, `sample_rate_in`, `speaker` when known, and whatever else the
 source gives). Shards and the manifest's `splits` are byte-identical across runs and across `--workers`:
-the parent writes results in input order and every tar member has mtime 0.
+the parent writes results in input order and every tar member has mtime 0. The manifest's `overlap` counts the
+speakers and sentences (after `clean_text`) written both to train and to validation or test.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -31,8 +34,10 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm import tqdm
 
 import wdsbr
+from wdsbr.ali import SegmentPastEnd, read_segment
 from wdsbr.audio import SAMPLE_RATE, AudioError, EmptyAudioError, decode_audio, encode_audio, probe_seconds, resample
 from wdsbr.corpus import SPLITS, Corpus, Item, Rejection, assign_split, read_transcript
+from wdsbr.text import clean_text
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-%06d.tar"
@@ -69,6 +74,7 @@ class Sample:
     fields: dict[str, bytes]  # tar member extension -> bytes
     seconds: float
     bytes_in: int  # size of the source audio, for throughput
+    sentence: bytes = b""  # digest of the transcript after clean_text, to count sentences shared across splits
 
 
 def default_workers() -> int:
@@ -131,14 +137,25 @@ def prepare_sample(item: Item, options: ShardOptions) -> Sample | Rejection:
             return Rejection(item.source, "missing_file", f"{item.audio}: {error.strerror or error}")
     if bytes_in == 0:
         return Rejection(item.source, "empty_audio", "the audio file is 0 bytes")
-    # Refuse an hour-long file from its header before decoding it all into memory; the margin covers
-    # approximate headers, and the decoded length below is the real check.
-    header_seconds = probe_seconds(item.audio)
-    if header_seconds is not None and header_seconds > 2 * options.max_seconds + 1:
-        return Rejection(item.source, "too_long", f"{header_seconds:.2f} s (file header) > --max-seconds {options.max_seconds:g}")
+    if item.segment is not None:  # a sentence of a long recording (.ali): decode only its segment
+        start, end = item.segment
+        if end - start > options.max_seconds:
+            return Rejection(item.source, "too_long", f"segment {start:g}-{end:g} s is {end - start:.2f} s > --max-seconds {options.max_seconds:g}")
+    else:
+        # Refuse an hour-long file from its header before decoding it all into memory; the margin covers
+        # approximate headers, and the decoded length below is the real check.
+        header_seconds = probe_seconds(item.audio)
+        if header_seconds is not None and header_seconds > 2 * options.max_seconds + 1:
+            return Rejection(item.source, "too_long", f"{header_seconds:.2f} s (file header) > --max-seconds {options.max_seconds:g}")
     try:
-        samples, sample_rate_in = decode_audio(item.audio)
+        if item.segment is not None:
+            samples, sample_rate_in, recording_seconds = read_segment(item.audio, *item.segment)
+            bytes_in = int(bytes_in * len(samples) / sample_rate_in / recording_seconds)  # this segment's share
+        else:
+            samples, sample_rate_in = decode_audio(item.audio)
         samples = resample(samples, sample_rate_in, SAMPLE_RATE)
+    except SegmentPastEnd as error:
+        return Rejection(item.source, "beyond_recording_end", str(error))
     except EmptyAudioError as error:
         return Rejection(item.source, "empty_audio", str(error))
     except AudioError as error:
@@ -160,7 +177,27 @@ def prepare_sample(item: Item, options: ShardOptions) -> Sample | Rejection:
         "json": json.dumps(metadata, ensure_ascii=False, sort_keys=True).encode("utf-8"),
     }
     assert item.split is not None, "the parent assigns every split before decoding"
-    return Sample(item.key, item.split, item.speaker, fields, seconds, bytes_in)
+    return Sample(item.key, item.split, item.speaker, fields, seconds, bytes_in, sentence_digest(text))
+
+
+def sentence_digest(text: str) -> bytes:
+    """16 bytes identifying a transcript after `clean_text` (what the manifest's sentence overlap compares);
+    empty when nothing is left to compare."""
+    cleaned = clean_text(text)
+    return hashlib.blake2b(cleaned.encode("utf-8"), digest_size=16).digest() if cleaned else b""
+
+
+def count_overlap(writers: dict[str, "SplitWriter"]) -> dict[str, Any]:
+    """Speakers and sentences written to train that were also written to validation or test: the manifest's
+    proof that held-out data is held out (0 and 0 for `--cv-train validated`)."""
+    held_speakers = writers["validation"].speakers | writers["test"].speakers
+    held_sentences = writers["validation"].sentences | writers["test"].sentences
+    return {
+        "between": "train and validation+test",
+        "speakers": len(writers["train"].speakers & held_speakers),
+        "sentences": len(writers["train"].sentences & held_sentences),
+        "sentences_compared": "after wdsbr.text.clean_text (so exact repeats count too)",
+    }
 
 
 def ordered_map(function: Callable, items: Iterable, workers: int, *, chunk_size: int = 8) -> Iterator:
@@ -199,6 +236,7 @@ class SplitWriter:
         self.max_shard_bytes = max_shard_bytes
         self.shards: list[dict[str, Any]] = []  # manifest rows of the closed shards
         self.speakers: set[str] = set()
+        self.sentences: set[bytes] = set()  # sentence_digest of every transcript written
         self._tar = None
         self._name = ""
         self._samples = 0
@@ -220,6 +258,8 @@ class SplitWriter:
         self._bytes += size
         if sample.speaker is not None:
             self.speakers.add(sample.speaker)
+        if sample.sentence:
+            self.sentences.add(sample.sentence)
 
     def close(self) -> None:
         if self._tar is not None:
@@ -326,6 +366,7 @@ def shard_corpus(
         "audio_format": options.audio_format,
         "options": asdict(options),
         "splits": {split: writer.summary() for split, writer in writers.items()},
+        "overlap": count_overlap(writers),
         "rejected": [asdict(rejection) for rejection in rejected],
         "counts": {
             "found": found,
@@ -374,6 +415,10 @@ def format_summary(manifest: dict[str, Any], output_dir: str | Path) -> str:
         shards = _plural(len(summary["shards"]), "shard")
         lines.append(f"  {split:<10} {summary['samples']:>8} samples {summary['hours']:>10.3f} h {shards:>10}")
     run = manifest["run"]
+    overlap = manifest.get("overlap")
+    if overlap:
+        lines.append(f"  train shares {_plural(overlap['speakers'], 'speaker')} and {_plural(overlap['sentences'], 'sentence')}"
+                     " with validation+test")
     lines.append(
         f"{counts['found']} inputs in {run['wall_seconds']:.1f} s with {_plural(run['workers'], 'worker')}: "
         f"{run['clips_per_second'] or 0:.1f} clips/s, {run['input_megabytes_per_second'] or 0:.2f} MB/s of source audio"

@@ -1,7 +1,9 @@
 """Transcript cleaning: the default Breton-aware `clean_text` and loading a replacement normaliser.
 
 Raw text stays in the shards; cleaning happens when labels are built and when WER is scored, so a new
-normaliser needs no re-sharding. A project plugs its own cleaner in with `--text-normalizer module:function`.
+normaliser needs no re-sharding. `--text-normalizer breton` uses the Breton community's normaliser (numbers,
+ordinals, times and percentages spelled out; see `wdsbr.breton`), and a project plugs its own cleaner in with
+`--text-normalizer module:function`.
 """
 
 from __future__ import annotations
@@ -39,15 +41,31 @@ def clean_text(text: str) -> str:
     return " ".join(_WORD.findall(text))
 
 
-def load_normalizer(spec: str | None) -> Callable[[str], str]:
-    """Resolve `--text-normalizer`: None or "default" is `clean_text`; "module:function" imports that callable.
+def unify_marks(text: str) -> str:
+    """NFC, every apostrophe variant to "'" and hyphen look-alikes to "-"; case and punctuation are left alone.
 
-    Raises ValueError with a one-line explanation when the spec cannot be resolved.
+    >>> unify_marks("C‘hoant am eus ’vat")
+    "C'hoant am eus 'vat"
+    """
+    text = unicodedata.normalize("NFC", text)
+    return _HYPHENS.sub("-", _APOSTROPHES.sub("'", text))
+
+
+def load_normalizer(spec: str | None) -> Callable[[str], str]:
+    """Resolve `--text-normalizer`: None or "default" is `clean_text`; "breton" is `wdsbr.breton.normalize_breton`
+    (the Breton community's normaliser, anaouder, imported only then); "module:function" imports that callable.
+
+    Raises ValueError with a one-line explanation when the spec cannot be resolved (for "breton" without
+    anaouder: the command that installs it).
     """
     if spec is None or spec in ("", "default", "clean_text"):
         return clean_text
+    if spec == "breton":
+        from wdsbr.breton import load_breton_normalizer  # lazy: anaouder is an optional dependency
+
+        return load_breton_normalizer()
     if ":" not in spec:
-        raise ValueError(f"--text-normalizer {spec!r}: expected 'default' or 'module:function' (e.g. mypkg.text:normalise)")
+        raise ValueError(f"--text-normalizer {spec!r}: expected 'default', 'breton' or 'module:function' (e.g. mypkg.text:normalise)")
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -1,0 +1,197 @@
+"""wdsbr.breton: the Breton community's normaliser (anaouder) as `--text-normalizer breton`, and Breton scores.
+
+Expected strings are anaouder 1.0.5's output, each checked by hand as correct Breton: numbers take the
+feminine (peder plac'h) and put the counted noun after the first element (pemzek bloaz ha tri-ugent = 75
+years), percentages are "dre gant", ordinals kentañ/eilvet/trede/pevare, times "eizh eur hanter".
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_speech_corpus
+from wdsbr import breton
+from wdsbr.text import clean_text, load_normalizer
+
+# (written, normalised by the breton normaliser)
+BRETON = [
+    ("c'hwi a zo 3 bugel", "c'hwi a zo tri bugel"),
+    ("E 1998 e oa 25% eus an dud.",
+     "e mil nav c'hant triwec'h ha pevar-ugent e oa pemp warn-ugent dre gant eus an dud"),  # year, percentage
+    ("Ar 1añ a viz Du", "ar kentañ a viz du"),  # ordinal in a date
+    ("d’ar 15 a viz Gouere 2024", "d'ar pemzek a viz gouere daou vil pevar warn-ugent"),  # date, ’
+    ("Ganet e oa d’an 11 a viz Here 1950 e Kemper.",
+     "ganet e oa d'an unnek a viz here mil nav c'hant hanter-kant e kemper"),
+    ("An 2vet, an 3de hag ar 4re", "an eilvet an trede hag ar pevare"),  # ordinals
+    ("Er XIXvet kantved", "er naontekvet kantved"),  # Roman ordinal
+    ("Da 8e30 e vo", "da eizh eur hanter e vo"),  # time
+    ("Ma mamm-gozh a oa 90 vloaz", "ma mamm-gozh a oa dek vloaz ha pevar-ugent"),  # noun inside the number
+    ("75 bloaz", "pemzek bloaz ha tri-ugent"),
+    ("Bez ez eus 4 plac’h", "bez ez eus peder plac'h"),  # feminine four
+    ("Bremañ ez eus 3 000 a dud", "bremañ ez eus tri mil a dud"),  # thousands separator
+    ("5 km", "pemp kilometr"),  # unit
+    ("Ur c‘hi, ur c′hazh", "ur c'hi ur c'hazh"),  # apostrophe look-alikes ‘ ′ in the c'h digraph
+    ("N’eo ket, nʼeo ket!", "n'eo ket n'eo ket"),  # ’ and ʼ
+    ("Jean-Pierre a zo e Pont-Aven", "jean-pierre a zo e pont-aven"),  # hyphenated names kept whole
+    ("Mont a ra war-lerc’h e vreur Yann-Vari.", "mont a ra war-lerc'h e vreur yann-vari"),
+    ("“Demat!” emezañ.", "demat emezañ"),
+]
+
+
+@pytest.fixture()
+def anaouder():
+    return pytest.importorskip("anaouder.text", reason=f"anaouder is not installed ({breton.INSTALL})")
+
+
+class Prediction:  # the two fields breton_scores reads (wdsbr.evaluation.Prediction has them too)
+    def __init__(self, reference: str, prediction: str):
+        self.reference, self.prediction = reference, prediction
+
+
+# --- the normaliser ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("written, expected", BRETON, ids=[written for written, _ in BRETON])
+def test_breton_normaliser_spells_out_numbers_dates_ordinals_and_keeps_breton_words(anaouder, written, expected):
+    assert breton.normalize_breton(written) == expected
+
+
+def test_text_normalizer_breton_resolves_to_the_anaouder_normaliser(anaouder):
+    normalize = load_normalizer("breton")
+    assert normalize is breton.normalize_breton
+    assert normalize("c'hwi a zo 3 bugel") == "c'hwi a zo tri bugel"
+    assert load_normalizer("default") is clean_text  # the dependency-free default is unchanged
+
+
+def test_breton_output_is_already_clean_and_normalising_twice_changes_nothing(anaouder):
+    for written, expected in BRETON:
+        assert clean_text(expected) == expected
+        assert breton.normalize_breton(expected) == expected
+
+
+def test_a_token_anaouder_cannot_read_is_kept_and_the_rest_still_spelled_out(anaouder):
+    with pytest.raises(KeyError):  # anaouder's Roman numeral table stops at XXXV
+        anaouder.normalize_sentence("Louis XXXIX e 1789")
+    assert breton.normalize_breton("Louis XXXIX e 1789.") == "louis xxxix e mil seizh kant nav ha pevar-ugent"
+
+
+def test_without_anaouder_the_breton_normaliser_is_one_line_naming_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "anaouder", None)  # import anaouder -> ImportError
+    monkeypatch.setitem(sys.modules, "anaouder.text", None)
+    breton._anaouder_text.cache_clear()
+    try:
+        with pytest.raises(ValueError) as error:
+            load_normalizer("breton")
+        message = str(error.value)
+        assert message.startswith("--text-normalizer breton: the Breton normaliser needs anaouder")
+        assert "pip install --no-deps anaouder==" in message and "'.[breton]'" in message and "\n" not in message
+        assert breton.anaouder_version() is None
+    finally:
+        breton._anaouder_text.cache_clear()
+
+
+def test_breton_normaliser_builds_labels_behind_the_br_transcribe_prompt(anaouder, tmp_path, tiny_processor):
+    """Through the real loader (1 DataLoader worker, so the normaliser is pickled): the labels are
+    <|br|><|transcribe|><|notimestamps|> + the spelled-out text + <|endoftext|> (the start token is the model's)."""
+    from wdsbr.corpus import open_corpus
+    from wdsbr.data import make_eval_loader
+    from wdsbr.shards import ShardOptions, shard_corpus
+
+    corpus = write_speech_corpus(tmp_path / "corpus", 2)
+    (corpus / "spk0" / "utt000.txt").write_text("E 1998 e oa 25% eus an dud.", encoding="utf-8")
+    (corpus / "spk1" / "utt001.txt").write_text("Ar 1añ a viz Du", encoding="utf-8")
+    shard_corpus(open_corpus(corpus), tmp_path / "shards", ShardOptions(val_fraction=0, test_fraction=0, workers=1),
+                 progress=False)
+    tokenizer = tiny_processor.tokenizer
+    loader = make_eval_loader(tmp_path / "shards" / "train", tokenizer, list(tokenizer.prefix_tokens), n_mels=80,
+                              micro_batch_size=2, num_workers=1, normalize=load_normalizer("breton"))
+    (batch,) = list(loader)
+    labels = {key: [token for token in row.tolist() if token != -100] for key, row in zip(batch["keys"], batch["labels"])}
+    for key, expected in (("spk0__utt000", BRETON[1][1]), ("spk1__utt001", "ar kentañ a viz du")):
+        tokens = tokenizer.convert_ids_to_tokens(labels[key])
+        assert tokens[:3] == ["<|br|>", "<|transcribe|>", "<|notimestamps|>"] and tokens[-1] == "<|endoftext|>"
+        assert tokenizer.decode(labels[key][3:-1]) == expected
+
+
+# --- scores -----------------------------------------------------------------------------------------------
+
+RESULTS = [
+    Prediction("C’hwi a zo 3 bugel.", "c'hwi a zo tri bugel"),
+    Prediction("Demat, Yann-Vari!", "demat yann vari"),
+    Prediction("Setu 2 vloaz.", "setu daou bloaz"),
+]
+
+
+def test_breton_scores_label_each_number_with_the_normaliser_that_made_it(anaouder):
+    scores = breton.breton_scores(RESULTS, "breton")
+    # raw: whitespace words as written. 3 substitutions (C’hwi, 3, bugel.) + 2 substitutions and 1 insertion
+    # (Demat, / Yann-Vari! against demat yann vari) + 3 substitutions, over 5 + 2 + 3 reference words
+    assert scores["wer_raw"] == pytest.approx(9 / 10)
+    # breton + clean-up: "c'hwi a zo tri bugel" / "demat yann vari" (hyphen to space) / "setu daou vloaz":
+    # only vloaz -> bloaz is wrong: 1 of 11 words, 1 of 50 characters (spaces count)
+    assert scores["wer_normalized"] == pytest.approx(1 / 11)
+    assert scores["cer_normalized"] == pytest.approx(1 / 50)
+    # Whisper's BasicTextNormalizer splits at apostrophes and keeps digits: "c hwi a zo 3 bugel" vs
+    # "c hwi a zo tri bugel" (1 of 6), "demat yann vari" (0 of 3), "setu 2 vloaz" vs "setu daou bloaz" (2 of 3)
+    assert scores["wer_whisper_basic"] == pytest.approx(3 / 12)
+    assert scores["samples_normalized"] == 3
+    assert scores["normalizers"] == {
+        "wer_raw": "none",
+        "wer_normalized": "breton + breton-scoring (numbers spelled out by anaouder 1.0.5)",
+        "cer_normalized": "breton + breton-scoring (numbers spelled out by anaouder 1.0.5)",
+        "wer_whisper_basic": "whisper-basic (transformers BasicTextNormalizer)",
+    }
+
+
+def test_breton_scoring_cleanup_splits_hyphens_keeps_inner_apostrophes_and_spells_numbers(anaouder):
+    assert breton.scoring_cleanup("Mont a ra war-lerc’h Yann-Vari, d’ar 3 !", verbalize_numbers=True) == \
+        "mont a ra war lerc'h yann vari d'ar tri"
+    assert breton.scoring_cleanup("Mont a ra war-lerc’h, d’ar 3 !", verbalize_numbers=False) == "mont a ra war lerc'h d'ar 3"
+    # spelling is the normaliser's business: the clean-up does not apply anaouder's corrections (aman -> amañ)
+    assert breton.scoring_cleanup("Aman ez eus 3 bugel", verbalize_numbers=True) == "aman ez eus tri bugel"
+    assert breton.normalize_breton("Aman ez eus 3 bugel") == "amañ ez eus tri bugel"
+
+
+def test_breton_scores_without_anaouder_say_numbers_were_not_spelled_out(monkeypatch):
+    monkeypatch.setattr(breton, "anaouder_version", lambda: None)
+    scores = breton.breton_scores(RESULTS, "default")
+    # default + clean-up: "c'hwi a zo 3 bugel" vs "... tri ...", "demat yann vari", "setu 2 vloaz" vs "setu daou bloaz"
+    assert scores["wer_normalized"] == pytest.approx(3 / 11)
+    assert scores["wer_raw"] == pytest.approx(9 / 10)
+    assert scores["normalizers"]["wer_normalized"] == \
+        "default + breton-scoring (numbers not spelled out: anaouder is not installed)"
+
+
+def test_breton_scores_use_the_evaluation_prediction_type_and_skip_empty_references(anaouder):
+    from wdsbr.evaluation import Prediction as EvalPrediction
+
+    results = [EvalPrediction("a", "Demat!", "demat"), EvalPrediction("b", "…", "hm")]
+    scores = breton.breton_scores(results, "default")
+    assert scores["wer_normalized"] == 0.0  # "…" cleans to nothing: left out of the normalised numbers
+    assert scores["samples_normalized"] == 1
+    assert scores["empty_references_by_normalizer"] == {"wer_raw": 0, "wer_normalized": 1, "wer_whisper_basic": 1}
+    assert scores["wer_raw"] == 1.0  # raw keeps it: "Demat!" vs "demat" and "…" vs "hm", 2 errors in 2 words
+
+
+def test_breton_scores_extend_the_trainers_scores_without_overwriting_them(anaouder):
+    from wdsbr.evaluation import Prediction as EvalPrediction, score
+
+    results = [EvalPrediction(str(i), r.reference, r.prediction) for i, r in enumerate(RESULTS)]
+    scores = score(results, clean_text)
+    merged = {**scores, **breton.breton_scores(results, "default")}
+    assert {name: merged[name] for name in scores} == scores
+    assert set(breton.SCORE_KEYS) <= set(merged) and all(name in merged["normalizers"] for name in breton.SCORE_KEYS)
+
+
+def test_the_module_imports_without_anaouder_torch_or_transformers():
+    """`load_normalizer` imports wdsbr.breton in every DataLoader worker: it must stay light."""
+    import subprocess
+
+    code = ("import sys, wdsbr.breton; heavy = {'anaouder', 'torch', 'transformers'} & set(sys.modules); "
+            "print(sorted(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    assert out == "[]"
