@@ -57,7 +57,7 @@ class SkipCounter:
     """Counts of skipped samples by reason, shared between the main process and its DataLoader workers."""
 
     def __init__(self) -> None:
-        self._counts = multiprocessing.Array("q", len(SKIP_REASONS))
+        self._counts = _worker_context().Array("q", len(SKIP_REASONS))  # the context the workers come from
 
     def add(self, reason: str, detail: str = "") -> None:
         with self._counts.get_lock():
@@ -313,11 +313,21 @@ def _ignore_stop_signals(_worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def _worker_context():
+    """Workers come from a forkserver that imported this module once: cheap to start, and never forked from the
+    trainer itself, whose threads (DeepSpeed, gloo, tqdm, queue feeders) can leave CPython 3.11's thread-state
+    lock held in a forked child, which then hangs forever (seen at an evaluation under Slurm)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["wdsbr.data"])
+    return context
+
+
 def _loader(pipeline: wds.DataPipeline, num_workers: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         pipeline, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
         prefetch_factor=2 if num_workers else None, persistent_workers=False,
-        worker_init_fn=_ignore_stop_signals if num_workers else None)
+        worker_init_fn=_ignore_stop_signals if num_workers else None,
+        multiprocessing_context=_worker_context() if num_workers else None)
 
 
 def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, micro_batch_size: int,
