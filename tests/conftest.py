@@ -6,6 +6,7 @@ Nothing is downloaded: the model and tokenizer are built here, the audio is synt
 from __future__ import annotations
 
 import os
+import socket
 
 from pathlib import Path
 
@@ -32,6 +33,13 @@ def speech_like(seconds: float, sample_rate: int = 16_000, seed: int = 0) -> np.
     noise = rng.standard_normal(n) * (np.sin(2 * np.pi * 1.3 * t) > 0.8)
     audio = 0.3 * voiced * (0.6 + 0.4 * formants / 2) * envelope + 0.05 * noise
     return (audio / max(1e-6, np.abs(audio).max()) * 0.8).astype(np.float32)
+
+
+def free_port() -> int:
+    """A free loopback port for a launcher's rendezvous (tests run launchers one after another)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 WORDS = ["demat", "kenavo", "trugarez", "c'hoant", "bara", "mor", "ti", "gêr", "brezhoneg", "skol"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from conftest import speech_like
+from conftest import free_port, speech_like
 from wdsbr.corpus import open_corpus
 from wdsbr.shards import ShardOptions, shard_corpus
 from wdsbr.text import clean_text
@@ -129,11 +128,8 @@ def test_prints_one_json_line_of_scores_after_a_progress_bar(single, model, shar
 
 
 def test_two_ranks_under_the_deepspeed_launcher_give_the_same_numbers(single, model, shards):
-    with socket.socket() as probe:  # a free port: other DeepSpeed tests may be running
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     result = evaluate("--model", model, "--data", shards, *FAST,
-                      launcher=[str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port)])
+                      launcher=[str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port())])
     two_ranks = json_line(result)
     one_rank = single[1]
     assert two_ranks["world_size"] == 2

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import speech_like, write_speech_corpus
+from conftest import free_port, speech_like, write_speech_corpus
 from wdsbr.corpus import open_corpus
 from wdsbr.data import (SkipCounter, _warn_few_shards, batches_per_epoch, list_shards, make_eval_loader,
                         make_train_loader)
@@ -34,12 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
 TOKEN = "hf_reliability_secret_token_987"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env(**extra: str) -> dict:
@@ -57,7 +50,7 @@ def shards(tmp_path_factory) -> Path:
 
 
 def train_command(model: str, train: str, val: str, output: Path, *args: str, ranks: int = 2) -> list[str]:
-    return [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(_free_port()), "launch/train.py",
+    return [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(free_port()), "launch/train.py",
             "--deepspeed", "configs/ds_zero2.json", "--model", model, "--train-shards", train, "--val-shards", val,
             "--output-dir", str(output), "--batch-size", "3", "--num-workers", "1", "--shuffle-buffer", "8",
             "--lr", "1e-3", "--warmup-steps", "2", "--log-every", "2", "--generation-max-length", "6", *args]
@@ -231,7 +224,7 @@ def test_6_a_killed_rank_fails_the_job_fast_the_checkpoint_survives_and_resume_c
     tag = latest_checkpoint(out / "checkpoints")
     assert tag is not None and checkpoint_problem(out / "checkpoints" / tag, 2) is None
     step = int(tag.split("-")[1])
-    resumed = subprocess.run([DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port()), "launch/train.py",
+    resumed = subprocess.run([DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "launch/train.py",
                               "--output-dir", str(out), "--resume", "--max-steps", str(step + 2)],
                              cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -312,7 +305,7 @@ def test_9_resume_falls_back_past_a_damaged_checkpoint_and_refuses_when_none_is_
     broken = next((checkpoints / "step-00000006").glob("*rank_1_*optim_states.pt"))
     broken.write_bytes(broken.read_bytes()[:-5000])  # truncated
     resume = [DEEPSPEED, "--num_gpus", "2", "--master_port", "0", "launch/train.py", "--output-dir", str(out), "--resume"]
-    resume[4] = str(_free_port())
+    resume[4] = str(free_port())
     fell_back = subprocess.run(resume, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert fell_back.returncode == 0, fell_back.stderr[-3000:]
     assert f"skipping a damaged checkpoint: {broken} is" in fell_back.stderr
@@ -322,7 +315,7 @@ def test_9_resume_falls_back_past_a_damaged_checkpoint_and_refuses_when_none_is_
     for tag in ("step-00000004", "step-00000006"):
         if (checkpoints / tag).is_dir():
             (checkpoints / tag / "mp_rank_00_model_states.pt").unlink()
-    resume[4] = str(_free_port())
+    resume[4] = str(free_port())
     refused = subprocess.run(resume, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0
     errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
@@ -354,7 +347,7 @@ def test_10_a_poisoned_batch_is_skipped_on_every_rank_and_training_goes_on(tiny_
         print(json.dumps(dict(skipped=skipped, unchanged=unchanged, trained=loss is not None and bool(torch.isfinite(loss)),
                               moved=moved, steps=engine.global_steps)))
     """)
-    env = _env(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    env = _env(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     result = subprocess.run([PYTHON, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])

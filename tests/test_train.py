@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import speech_like, write_speech_corpus
+from conftest import free_port, speech_like, write_speech_corpus
 from wdsbr.corpus import open_corpus
 from wdsbr.metrics import read_metrics
 from wdsbr.shards import ShardOptions, shard_corpus
@@ -42,14 +41,8 @@ def shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(output: Path, *args: str, ranks: int = 2) -> subprocess.CompletedProcess:
-    command = [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(_free_port()), "launch/train.py",
+    command = [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(free_port()), "launch/train.py",
                "--deepspeed", "configs/ds_zero2.json", "--output-dir", str(output), *args]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

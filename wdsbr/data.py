@@ -356,7 +356,6 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
     handler = functools.partial(_count_and_continue, counter)
     _warn_few_shards(len(shards), world_size * max(1, num_workers))
     pipeline = wds.DataPipeline(
-        # endless seeded shard order, dealt to (rank, worker) readers
         # this reader's share of the shards, read from tar and shuffled as raw bytes (before the costly decode);
         # a truncated shard ends that shard, counted
         functools.partial(_dealt_train_samples, shards, seed, epoch, rank, world_size, start_batch,
