@@ -10,52 +10,56 @@ A progress bar goes to stderr, then one JSON line to stdout:
      "normalizer": "default", "skipped_samples": …, "rejected_inputs": …, …}
 `--output preds.tsv` also writes every sample, worst first, and `preds.md` (worst samples, frequent substitutions).
 
-It runs the trainer's validation code (the same loader, generate() prompt, normaliser and `score`), so on the
-validation shards a model gets the WER the trainer logged for it. The defaults are the trainer's: precision (fp16
-on GPU, bf16 on CPU), greedy decoding, 225 new tokens, batches of 16 from 4 DataLoader workers. In fp16/bf16 the
-way samples are grouped into batches can move a rare token; for the trainer's exact number keep its world size,
---batch-size (its --eval-batch-size) and --num-workers. Under a launcher each rank transcribes an exact share.
+It runs the trainer's validation code (the same loader, generate() prompt, normaliser and `score_all`), so on the
+validation shards a model gets the WER the trainer logged for it. When --model is a run's best/ (or the run
+folder), the run's language, normaliser, beams, generation length, eval batch size and precision are taken from
+its config.json unless given (one line says which); otherwise the defaults are the trainer's: precision (fp16 on
+GPU, bf16 on CPU), greedy decoding, 225 new tokens, batches of 16 from up to 4 DataLoader workers. In fp16/bf16 the
+way samples are grouped into batches can move a rare token; for the trainer's exact number keep its world size
+and --num-workers too. Under a launcher each rank transcribes an exact share.
 
 Sections, in order: config → distributed → data → model → transcribe → score and report.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .` too
+import wdsbr  # noqa: E402
+
+wdsbr.check_dependencies()  # a plain `python` without the set-up: one line naming the fix, no traceback
+
 import json
 import math
 import shutil
-import sys
-import tarfile
 import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import NoReturn
 
 import click
 import torch
 import transformers
+from click.core import ParameterSource
 from tqdm import tqdm
 
 from wdsbr import dist
-from wdsbr.breton import SCORE_KEYS, breton_scores
 from wdsbr.cli import run
-from wdsbr.data import SkipCounter, count_samples, list_shards, make_eval_loader
-from wdsbr.evaluation import (eval_data_kind, gather, generate_kwargs, run_validation, score, shard_for_evaluation,
-                              sum_across_ranks, take_samples)
-from wdsbr.model import is_multilingual, language_code, load_model, load_processor
-from wdsbr.report import score_samples, write_markdown, write_tsv
-from wdsbr.shards import ShardError
-from wdsbr.text import load_normalizer
+from wdsbr.data import DEFAULT_WORKERS, SkipCounter, make_eval_loader
+from wdsbr.eval_data import eval_data_kind, expected_samples, prepare_shards
+from wdsbr.evaluation import gather, generate_kwargs, run_validation, sum_across_ranks
+from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor
+from wdsbr.report import write_markdown, write_tsv
+from wdsbr.scoring import SCORE_KEYS, load_normalizer, score_all, score_samples
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# A local model folder needs all of these (any one name of each) to load as model + processor.
-MODEL_FILES = {
-    "config.json": ("config.json",),
-    "weights": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"),
-    "tokenizer": ("tokenizer.json", "vocab.json"),
-    "feature extractor config": ("preprocessor_config.json", "processor_config.json"),
-}
+# When --model is a run's best/ (or the run folder), these come from the run's config.json unless given:
+# evaluate.py option -> the trainer's option(s) it takes, first one set wins.
+FROM_RUN = {"language": ("language",), "text_normalizer": ("text_normalizer",), "num_beams": ("num_beams",),
+            "generation_max_length": ("generation_max_length",), "batch_size": ("eval_batch_size", "batch_size"),
+            "precision": ("precision",)}
 
 # ------------------------------------------------------------------------------------------------------ config
 O = click.option
@@ -72,16 +76,42 @@ O = click.option
 @O("--text-normalizer", default="default", show_default=True, help="'default' (wdsbr.text.clean_text), 'breton' (anaouder: numbers spelled out) or module:function; applied to both sides.")
 @O("--max-samples", type=int, default=None, help="Score only the first N samples of the data (a quick look).")
 @O("--precision", type=click.Choice(list(DTYPES)), default="fp16", show_default=True, help="Compute dtype; fp16 falls back to bf16 on CPU, as in training.")
-@O("--num-workers", type=int, default=4, show_default=True, help="DataLoader workers per rank, as in training (and decoding processes for a folder).")
+@O("--num-workers", type=int, default=DEFAULT_WORKERS, show_default=True, help="DataLoader workers per rank, as in training (and decoding processes for a folder); default: 4, at most the CPU cores.")
 @O("--debug", is_flag=True, help="Show tracebacks for configuration errors.")
 @O("--local_rank", "--local-rank", "local_rank", type=int, default=None, hidden=True)  # passed by the deepspeed launcher
 def main(**opts):
     """Transcribe --data with --model and print WER, CER and speed as one JSON line."""
+    ctx = click.get_current_context()
+    explicit = {name for name in opts if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     try:
-        cfg = configure(opts)
+        cfg = configure(from_run(opts, explicit))
     except (OSError, ValueError) as error:
         fail(error, opts["debug"])
     evaluate(cfg)
+
+
+def from_run(opts: dict, explicit: set[str]) -> dict:
+    """--model runs/NAME/best (or runs/NAME): the trainer's language, normaliser, decoding and precision from
+    runs/NAME/config.json, for the options not given, so the number is the one the trainer logged; says which."""
+    model = Path(opts["model"]).expanduser()
+    if (model / "best").is_dir() and (model / "config.json").is_file():
+        opts = {**opts, "model": str(model / "best")}
+        model = model / "best"
+    saved = model.parent / "config.json"
+    if not model.is_dir() or not saved.is_file():
+        return opts
+    try:
+        trained = json.loads(saved.read_text())["options"]
+    except (ValueError, KeyError, TypeError):  # not a run folder's config.json
+        return opts
+    taken = {}
+    for name, sources in FROM_RUN.items():
+        value = next((trained[source] for source in sources if trained.get(source) is not None), None)
+        if name not in explicit and value is not None and value != opts[name]:
+            taken[name] = value
+    if taken:
+        note(f"from {saved}: " + ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in taken.items()))
+    return {**opts, **taken}
 
 
 def fail(error: Exception, debug: bool) -> NoReturn:
@@ -111,7 +141,8 @@ def configure(opts: dict) -> dict:
         language_ok = False
     for name, check in (("--text-normalizer", lambda: load_normalizer(cfg["text_normalizer"])),
                         ("--data", lambda: cfg.update(data_kind=eval_data_kind(cfg["data"]))),
-                        ("--model", lambda: check_model(cfg["model"], cfg["language"] if language_ok else None))):
+                        ("--model", lambda: check_model(cfg["model"], cfg["language"] if language_ok else None,
+                                                        load=not problems))):  # no network when the rest is wrong
         try:
             check()
         except (OSError, ValueError) as error:
@@ -119,23 +150,6 @@ def configure(opts: dict) -> dict:
     if problems:
         raise ValueError("; ".join(problems))
     return cfg
-
-
-def check_model(model: str, language: str | None) -> None:
-    """A local folder must hold a whole model + processor; anything else must load from the hub."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        missing = [what for what, names in MODEL_FILES.items() if not any((path / name).is_file() for name in names)]
-        if missing:
-            raise FileNotFoundError(f"{model}: incomplete model folder, no {' and no '.join(missing)} "
-                                    "(save the model and its WhisperProcessor together with save_pretrained)")
-    elif path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise FileNotFoundError(f"{model}: no such model folder")
-    try:
-        load_processor(model, language)
-    except OSError as error:
-        raise FileNotFoundError(f"{model}: not a local folder, and not loadable from the Hugging Face hub "
-                                f"({str(error).splitlines()[0].split('. ')[0]})") from None
 
 
 def evaluate(cfg: dict) -> None:
@@ -162,7 +176,8 @@ def evaluate(cfg: dict) -> None:
     try:
         prepared = {"shards": cfg["data"], "rejected": [], "skipped": {}}
         if temporary:
-            prepared = from_node_leader(prepare_shards(cfg, workdir) if workdir else {})  # collective: all ranks
+            prepared = from_node_leader(prepare_shards(cfg["data"], cfg["data_kind"], workdir, max_samples=cfg["max_samples"],
+                                                       workers=cfg["num_workers"]) if workdir else {})  # collective: all ranks
         if "error" in prepared:
             fail(ValueError(prepared["error"]), cfg["debug"])
 
@@ -200,17 +215,16 @@ def evaluate(cfg: dict) -> None:
         audio_seconds = totals.pop("audio_seconds")
         skipped_by_reason = {reason: totals.get(reason, 0) + prepared["skipped"].get(reason, 0)
                              for reason in sorted({*totals, *prepared["skipped"]})}
-        scores = score(results, normalize)
-        labelled = breton_scores(results, cfg["text_normalizer"])  # raw, normalised and Whisper-basic WER, labelled
+        scores = score_all(results, cfg["text_normalizer"])  # wer/cer + raw, normalised and Whisper-basic WER, labelled
         row = {"wer": scores["wer"], "cer": scores["cer"], "samples": scores["samples"],
-               **{name: labelled[name] for name in SCORE_KEYS},
+               **{name: scores[name] for name in SCORE_KEYS},
                "audio_hours": round(audio_seconds / 3600, 6), "seconds": round(seconds, 3),
                "rtf": round(seconds / audio_seconds, 4) if audio_seconds else None,
                "loss": loss_sum / tokens if tokens else None,
                "model": cfg["model"], "data": cfg["data"], "normalizer": cfg["text_normalizer"], "language": language,
                "precision": precision, "num_beams": cfg["num_beams"], "batch_size": cfg["batch_size"],
                "world_size": world_size, "skipped_samples": int(sum(skipped_by_reason.values())),
-               "rejected_inputs": len(prepared["rejected"]), "normalizers": labelled["normalizers"]}
+               "rejected_inputs": len(prepared["rejected"]), "normalizers": scores["normalizers"]}
         row = {name: None if isinstance(value, float) and not math.isfinite(value) else value for name, value in row.items()}
         if skipped_by_reason:
             note(f"skipped {plural(row['skipped_samples'], 'sample')}: {by_reason(skipped_by_reason)}")
@@ -251,23 +265,6 @@ def by_reason(counts: dict[str, int] | list[dict]) -> str:
     return ", ".join(f"{reason} {int(count)}" for reason, count in sorted(counts.items()))
 
 
-def prepare_shards(cfg: dict, workdir: str) -> dict:
-    """Temporary shards of a corpus folder (or the first --max-samples samples): {shards, rejected, skipped},
-    or {error} when no input could be kept."""
-    try:
-        shards, rejected = (shard_for_evaluation(cfg["data"], str(Path(workdir) / "corpus"), workers=cfg["num_workers"])
-                            if cfg["data_kind"] == "corpus" else (list_shards(cfg["data"]), []))
-    except ShardError as error:
-        return {"error": f"--data {cfg['data']}: {str(error).split('; see ')[0]}"}
-    counter = SkipCounter()
-    if cfg["max_samples"]:
-        def count_and_continue(error: Exception) -> bool:  # an unreadable shard is skipped and counted
-            counter.add("corrupt_shard", repr(error)[:300])
-            return True
-        shards = take_samples(shards, cfg["max_samples"], str(Path(workdir) / "subset.tar"), count_and_continue)
-    return {"shards": shards, "rejected": rejected, "skipped": counter.as_dict()}
-
-
 def from_node_leader(prepared: dict) -> dict:
     """Collective: all ranks. What this node's first rank prepared (ranks are numbered node by node)."""
     if not torch.distributed.is_initialized():
@@ -275,14 +272,6 @@ def from_node_leader(prepared: dict) -> dict:
     parts: list = [None] * dist.world_size()
     torch.distributed.all_gather_object(parts, prepared)
     return parts[dist.rank() - dist.local_rank()]
-
-
-def expected_samples(shards, world_size: int) -> int | None:
-    """About how many samples rank 0 transcribes, for its progress bar; None when shards are remote."""
-    try:
-        return math.ceil(count_samples(list_shards(shards)) / world_size)
-    except (ValueError, OSError, tarfile.TarError):  # a remote or unreadable shard: the loader counts it
-        return None
 
 
 def metered(loader, bar: tqdm, totals: dict):

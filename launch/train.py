@@ -10,31 +10,33 @@ Sections, in order: config → distributed → model → data → engine → res
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .` too
+import wdsbr  # noqa: E402
+
+wdsbr.check_dependencies("deepspeed")  # a plain `python` without the set-up: one line naming the fix, no traceback
+
 import json
 import signal
-import sys
 import time
-import warnings
-from datetime import datetime
-from pathlib import Path
 
 import click
 import torch
-import transformers
 from click.core import ParameterSource
 
 from wdsbr import dist
-from wdsbr.breton import SCORE_KEYS, breton_scores
-from wdsbr.cli import run
-from wdsbr.data import SkipCounter, list_shards, make_eval_loader, make_train_loader
-from wdsbr.engine import (ConfigError, build_engine, compute_dtype, device_type, environment_summary, init_distributed,
-                          latest_checkpoint, load_checkpoint, load_ds_config, loss_scale, resolve_ds_config,
-                          save_checkpoint, training_step)
-from wdsbr.evaluation import METRICS, EarlyStopping, gather, generate_kwargs, run_validation, score
+from wdsbr.cli import grouped_command, run
+from wdsbr.data import DEFAULT_WORKERS, SkipCounter, list_shards, make_eval_loader, make_train_loader
+from wdsbr.engine import (ConfigError, build_engine, compute_dtype, device_type, init_distributed, latest_checkpoint,
+                          load_checkpoint, load_ds_config, resolve_ds_config, settings_from_options, training_step)
+from wdsbr.evaluation import METRICS, EarlyStopping, generate_kwargs
 from wdsbr.metrics import MetricsLog, progress_bar, say
-from wdsbr.modelcard import describe_shards, training_command, write_model_card
-from wdsbr.model import is_multilingual, language_code, load_model, load_processor, save_model_atomic
-from wdsbr.text import load_normalizer
+from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor
+from wdsbr.scoring import load_normalizer
+from wdsbr.training import (RunState, StepMeter, any_rank_signalled, evaluate, finish, make_run_folder, quiet_libraries,
+                            save_run_checkpoint)
 
 caught: list[str] = []  # SIGTERM (scancel, a launcher stopping) or SIGUSR1 (Slurm's warning before the time limit)
 # --resume restores every option of the run except these (and those given again on the command line).
@@ -42,9 +44,20 @@ NOT_RESUMED = ("resume", "output_dir", "stop_after_steps", "debug", "local_rank"
 
 # ------------------------------------------------------------------------------------------------------ config
 O = click.option
+SECTIONS = {  # --help lists the options under these headings
+    "Data": ["train_shards", "val_shards", "num_workers", "shuffle_buffer", "epoch_samples", "pack", "pack_fraction", "text_normalizer"],
+    "Model": ["model", "language", "freeze_encoder", "gradient_checkpointing"],
+    "Optimisation": ["ds_config_path", "batch_size", "grad_accum", "lr", "warmup_steps", "max_steps", "lr_schedule",
+                     "weight_decay", "max_grad_norm", "precision", "seed"],
+    "Evaluation and early stopping": ["eval_every", "eval_batch_size", "generation_max_length", "num_beams", "metric",
+                                      "min_delta", "patience"],
+    "Checkpoints and resume": ["output_dir", "keep_checkpoints", "resume", "stop_after_steps"],
+    "Logging": ["log_every", "debug", "help"],
+    "Distributed": ["dist_timeout_minutes"],
+}
 
 
-@click.command(context_settings={"max_content_width": 110})
+@click.command(cls=grouped_command(SECTIONS), context_settings={"max_content_width": 110})
 @O("--deepspeed", "ds_config_path", default="configs/ds_zero2.json", show_default=True, help="DeepSpeed JSON; its \"auto\" values come from these options.")
 @O("--model", default="openai/whisper-small", show_default=True, help="Hub id or local folder of a Whisper checkpoint.")
 @O("--language", default="br", show_default=True, help="Language of the transcripts (code or name); ignored by *.en models.")
@@ -65,7 +78,7 @@ O = click.option
 @O("--metric", type=click.Choice(METRICS), default="wer", show_default=True, help="What early stopping and best/ follow.")
 @O("--min-delta", type=float, default=0.0, show_default=True, help="Improvement smaller than this does not count.")
 @O("--patience", type=int, default=3, show_default=True, help="Evaluations without improvement before stopping; 0: never.")
-@O("--num-workers", type=int, default=4, show_default=True, help="DataLoader workers per rank.")
+@O("--num-workers", type=int, default=DEFAULT_WORKERS, show_default=True, help="DataLoader workers per rank (default: 4, at most the CPU cores).")
 @O("--shuffle-buffer", type=int, default=1000, show_default=True, help="Samples in each worker's shuffle buffer.")
 @O("--epoch-samples", type=int, default=None, help="Training samples per epoch (needed for URL shards; else counted).")
 @O("--pack", is_flag=True, help="Pack consecutive utterances into each 30 s window (training only; see README).")
@@ -122,23 +135,24 @@ def configure(opts: dict, explicit: set[str]) -> tuple[dict, dict, list[str]]:
         if cfg[name] < 1:
             problems.append(f"--{name.replace('_', '-')} {cfg[name]}: must be at least 1")
     for name, check in (("language", lambda: language_code(cfg["language"])), ("text_normalizer", lambda: load_normalizer(cfg["text_normalizer"])),
-                        ("train_shards", lambda: list_shards(cfg["train_shards"])), ("val_shards", lambda: list_shards(cfg["val_shards"])),
-                        ("model", lambda: load_processor(cfg["model"], cfg["language"]))):
+                        ("train_shards", lambda: list_shards(cfg["train_shards"])), ("val_shards", lambda: list_shards(cfg["val_shards"]))):
         try:
             check()
         except (OSError, ValueError) as error:
             problems.append(f"--{name.replace('_', '-')}: {error}".replace(f"--{name.replace('_', '-')}: --", "--"))
-    settings = {"micro_batch_size": cfg["batch_size"], "grad_accum_steps": cfg["grad_accum"], "lr": cfg["lr"],
-                "weight_decay": cfg["weight_decay"], "max_grad_norm": cfg["max_grad_norm"], "warmup_steps": cfg["warmup_steps"],
-                "max_steps": cfg["max_steps"], "lr_schedule": cfg["lr_schedule"], "precision": cfg["precision"]}
-    cli_names = {"batch_size": "micro_batch_size", "grad_accum": "grad_accum_steps"}
+    settings, explicit_settings = settings_from_options(cfg, explicit)
     try:
-        ds_config, effective, notes = resolve_ds_config(
-            load_ds_config(cfg["ds_config_path"]), settings, {cli_names.get(n, n) for n in explicit},
-            world_size=dist.world_size(), device_type=device_type())
-    except ConfigError as error:
-        problems.append(str(error))
+        ds_config, effective, notes = resolve_ds_config(load_ds_config(cfg["ds_config_path"]), settings, explicit_settings,
+                                                        world_size=dist.world_size(), device_type=device_type())
+    except ConfigError as error:  # its problems, less the options reported above already
+        reported = {problem.split(" ")[0] for problem in problems}
+        problems += [problem for problem in str(error).split("; ") if problem.split(" ")[0] not in reported]
         ds_config, effective, notes = {}, settings, []
+    try:  # last, and without the network when anything else is wrong: a typo is reported at once
+        check_model(cfg["model"], cfg["language"] if not any(p.startswith("--language") for p in problems) else None,
+                    load=not problems)
+    except (OSError, ValueError) as error:
+        problems.append(f"--model: {error}")
     if problems:
         raise ConfigError("; ".join(problems))
     cfg.update(batch_size=effective["micro_batch_size"], grad_accum=effective["grad_accum_steps"], lr=effective["lr"],
@@ -148,26 +162,14 @@ def configure(opts: dict, explicit: set[str]) -> tuple[dict, dict, list[str]]:
 
 def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     t_start = time.perf_counter()
-    transformers.logging.set_verbosity_error()  # generate()'s per-call advice, weight-loading bars
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")  # DeepSpeed's, not ours
+    quiet_libraries()
     # ------------------------------------------------------------------------------------------ distributed
     init_distributed(cfg["dist_timeout_minutes"])
-    rank, world_size = dist.rank(), dist.world_size()
-    stamp = [cfg["output_dir"] or f"runs/{datetime.now():%Y%m%d-%H%M%S}"]
-    torch.distributed.broadcast_object_list(stamp, src=0)  # collective: all ranks agree on the run folder
-    out = Path(stamp[0])
-    if dist.is_main():
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        for note in notes:
-            say(note)
-        (out / "config.json").write_text(json.dumps({"options": {k: v for k, v in cfg.items() if k != "local_rank"},
-                                                     "deepspeed": ds_config, "environment": environment_summary()}, indent=2))
+    out = make_run_folder(cfg["output_dir"], cfg, ds_config, notes)  # collective: all ranks
     torch.manual_seed(cfg["seed"])
 
     # ------------------------------------------------------------------------------------------------ model
     processor = load_processor(cfg["model"], cfg["language"])
-    tokenizer, prompt_ids = processor.tokenizer, list(processor.tokenizer.prefix_tokens)
     model = load_model(cfg["model"])
     language = language_code(cfg["language"]) if is_multilingual(cfg["model"], model.generation_config) else None
     model.config.use_cache = not cfg["gradient_checkpointing"]
@@ -175,11 +177,11 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
         model.gradient_checkpointing_enable()
     if cfg["freeze_encoder"]:
         model.model.encoder.requires_grad_(False)
-    normalize = load_normalizer(cfg["text_normalizer"])
 
     # ------------------------------------------------------------------------------------------------- data
-    stream = dict(tokenizer=tokenizer, prompt_ids=prompt_ids, n_mels=model.config.num_mel_bins, rank=rank,
-                  world_size=world_size, normalize=normalize, max_label_tokens=model.config.max_target_positions,
+    stream = dict(tokenizer=processor.tokenizer, prompt_ids=list(processor.tokenizer.prefix_tokens),
+                  n_mels=model.config.num_mel_bins, rank=dist.rank(), world_size=dist.world_size(),
+                  normalize=load_normalizer(cfg["text_normalizer"]), max_label_tokens=model.config.max_target_positions,
                   decoder_start_token_id=model.config.decoder_start_token_id, num_workers=cfg["num_workers"])
     skipped = SkipCounter()
     val_loader = make_eval_loader(cfg["val_shards"], micro_batch_size=cfg["eval_batch_size"] or cfg["batch_size"],
@@ -190,130 +192,54 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     dtype, gen_kwargs = compute_dtype(engine), generate_kwargs(language, cfg["num_beams"], cfg["generation_max_length"])
 
     # ----------------------------------------------------------------------------------------------- resume
-    stopper = EarlyStopping(cfg["metric"], cfg["min_delta"], cfg["patience"])
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped_samples": 0, "train_seconds": 0.0}
+    run = RunState(EarlyStopping(cfg["metric"], cfg["min_delta"], cfg["patience"]), seed=cfg["seed"])
     if cfg["resume"]:
-        state = load_checkpoint(engine, out / "checkpoints")  # collective: all ranks
-        stopper = EarlyStopping.from_state_dict(state["early_stopping"])
-        say(f"resumed from step {state['step']} (epoch {state['epoch']}, batch {state['batch_in_epoch']}), best {stopper.metric} {stopper.best}")
-    step, epoch, batch_in_epoch, start_step = state["step"], state["epoch"], state["batch_in_epoch"], state["step"]
-
-    skipped_before = state["skipped_samples"]  # skipped by the jobs this run resumes
-
-    def skipped_total() -> int:
-        """Collective: all ranks. Samples skipped by every rank's loader, over the whole run."""
-        count = torch.tensor([skipped.total()], dtype=torch.float64, device=engine.device)
-        torch.distributed.all_reduce(count)
-        return skipped_before + int(count.item())
-
-    def checkpoint() -> None:
-        """Collective: all ranks. DeepSpeed state + where the data stream and early stopping stand."""
-        at_end = batch_in_epoch == loader.batches_per_rank  # then resume at the start of the next epoch
-        trainer_state = {"step": step, "epoch": epoch + at_end, "batch_in_epoch": 0 if at_end else batch_in_epoch,
-                         "seed": cfg["seed"], "early_stopping": stopper.state_dict(), "skipped_samples": skipped_total(),
-                         "train_seconds": train_seconds, "nonfinite_batches": nonfinite}
-        save_checkpoint(engine, out / "checkpoints", step, trainer_state, cfg["keep_checkpoints"])
-
-    def evaluate() -> bool:
-        """Collective: all ranks. Score the whole validation set; rank 0 decides best/stop and broadcasts it."""
-        results, loss_sum, tokens, seconds = run_validation(engine.module, val_loader, tokenizer, gen_kwargs, dtype, engine.device)
-        results, loss_sum, tokens = gather(results, loss_sum, tokens)
-        decision = [None]
-        if dist.is_main():
-            scores = score(results, normalize)
-            scores.update(breton_scores(results, cfg["text_normalizer"]))  # raw, normalised, Whisper-basic WER, labelled
-            scores["loss"] = loss_sum / max(1, tokens)
-            is_best, save_error = stopper.update(scores, step), None
-            if is_best:
-                try:
-                    save_model_atomic(engine.module, processor, out / "best", language)
-                except OSError as error:  # full disk, read-only folder: the previous best/ is intact; say so, go on
-                    save_error = f"{out / 'best'}: not updated ({error}); the previous best/ is kept"
-                    say(f"error: step {step}: {save_error}")
-            metrics.log("eval", step=step, val_loss=scores["loss"], wer=scores["wer"], cer=scores["cer"], samples=scores["samples"],
-                        eval_seconds=round(seconds, 3), is_best=is_best, bad_evaluations=stopper.bad_evaluations,
-                        best_save_error=save_error, **{name: scores[name] for name in SCORE_KEYS})
-            say(f"step {step}: val_loss {scores['loss']:.4f} wer {scores['wer']:.4f} cer {scores['cer']:.4f}"
-                f" ({scores['samples']} samples, {seconds:.1f} s){' new best' if is_best else ''}")
-            decision = [stopper.should_stop]
-        torch.distributed.broadcast_object_list(decision, src=0)  # collective: rank 0's decision for all
-        return decision[0]
+        run = RunState.resumed(load_checkpoint(engine, out / "checkpoints"), cfg["seed"])  # collective: all ranks
+        say(f"resumed from step {run.step} (epoch {run.epoch}, batch {run.batch_in_epoch}), best {run.stopper.metric} {run.stopper.best}")
 
     # ------------------------------------------------------------------------------------------------- loop
-    metrics = MetricsLog(out)
-    bar = progress_bar(cfg["max_steps"], step)
-    train_seconds, stopped_early, done, nonfinite = state["train_seconds"], False, False, state.get("nonfinite_batches", 0)
-    loss_sum, window = torch.zeros((), device=engine.device), torch.zeros(5, dtype=torch.float64)  # since the last row
-    t_window = time.perf_counter()
-    while not done:
-        loader = make_train_loader(cfg["train_shards"], micro_batch_size=cfg["batch_size"], seed=cfg["seed"], epoch=epoch,
-                                   start_batch=batch_in_epoch, shuffle_buffer=cfg["shuffle_buffer"],
+    metrics, meter, bar = MetricsLog(out), StepMeter(engine.device), progress_bar(cfg["max_steps"], run.step)
+    while not run.done:
+        loader = make_train_loader(cfg["train_shards"], micro_batch_size=cfg["batch_size"], seed=cfg["seed"], epoch=run.epoch,
+                                   start_batch=run.batch_in_epoch, shuffle_buffer=cfg["shuffle_buffer"],
                                    epoch_samples=cfg["epoch_samples"], skip_counter=skipped, pack=cfg["pack_fraction"] if cfg["pack"] else 0.0, **stream)
-        for batch in loader:
+        for batch in meter.timed(loader):
             loss = training_step(engine, batch)
-            batch_in_epoch += 1
+            run.batch_in_epoch += 1
             if loss is None:  # NaN/inf on some rank: skipped everywhere before touching the weights
-                nonfinite += 1
-                say(f"step {step}: non-finite loss, micro-batch skipped ({nonfinite} so far): {', '.join(batch['keys'][:4])}")
+                run.nonfinite_batches += 1
+                say(f"step {run.step}: non-finite loss, micro-batch skipped ({run.nonfinite_batches} so far): {', '.join(batch['keys'][:4])}")
                 continue
-            loss_sum += loss.float()  # no .item(): it would sync the GPU every micro-batch
-            window += torch.tensor([1, len(batch["keys"]), batch["utterances"], batch["audio_seconds"], batch["speech_seconds"]])
-            if engine.global_steps == step:
+            meter.add(loss, batch)
+            if engine.global_steps == run.step:
                 continue  # mid-accumulation: DeepSpeed steps the optimizer every --grad-accum micro-batches
-            step = engine.global_steps
+            run.step = engine.global_steps
             bar.update(1)
-            if step % cfg["log_every"] == 0 or step == cfg["max_steps"]:
-                elapsed = time.perf_counter() - t_window
-                totals = torch.cat([loss_sum.double().view(1), window.to(engine.device)])
-                torch.distributed.all_reduce(totals)  # collective: all ranks, on log steps only
-                loss_total, batches_all, samples_all, utterances_all, audio_all, speech_all = totals.tolist()
-                row = dict(step=step, loss=loss_total / batches_all, lr=engine.get_lr()[0], grad_norm=float(engine.get_global_grad_norm() or 0.0),
-                           loss_scale=loss_scale(engine), skipped_steps=engine.skipped_steps,
-                           step_seconds=elapsed / cfg["log_every"], samples_per_s=samples_all / elapsed,
-                           audio_seconds_per_s=audio_all / elapsed, speech_seconds_per_s=speech_all / elapsed,
-                           packing_factor=utterances_all / samples_all, epoch=epoch, skipped_samples=skipped_total(),
-                           nonfinite_batches=nonfinite)
+            if run.step % cfg["log_every"] == 0 or run.step == cfg["max_steps"]:
+                row = meter.row(engine, run, skipped, cfg["log_every"])  # collective: all ranks
                 metrics.log("train", **row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.1f}")
-                train_seconds += elapsed
-                loss_sum.zero_()
-                window.zero_()
-                t_window = time.perf_counter()
-            signalled = torch.tensor([float(bool(caught))], device=engine.device)
-            torch.distributed.all_reduce(signalled, op=torch.distributed.ReduceOp.MAX)  # collective: one signalled rank stops all
-            if signalled.item():
-                say(f"step {step}: {caught[0] if caught else 'another rank was signalled'}: checkpointing and stopping")
-            stop_job = bool(signalled.item()) or (cfg["stop_after_steps"] is not None and step - start_step >= cfg["stop_after_steps"])
-            done = step >= cfg["max_steps"] or stop_job
-            if step % cfg["eval_every"] == 0 or step == cfg["max_steps"]:
-                stopped_early = evaluate()
-                done = done or stopped_early
-            if done or step % cfg["eval_every"] == 0:
-                checkpoint()
-                t_window = time.perf_counter()
-            if done:
+            signalled = any_rank_signalled(caught, engine.device)  # collective: all ranks
+            if signalled:
+                say(f"step {run.step}: {caught[0] if caught else 'another rank was signalled'}: checkpointing and stopping")
+            stop_job = signalled or (cfg["stop_after_steps"] is not None and run.step - run.start_step >= cfg["stop_after_steps"])
+            run.done = run.step >= cfg["max_steps"] or stop_job
+            if run.step % cfg["eval_every"] == 0 or run.step == cfg["max_steps"]:
+                run.stopped_early = evaluate(engine, val_loader, processor, gen_kwargs, dtype, run, normalizer=cfg["text_normalizer"],
+                                             out=out, language=language, metrics=metrics)  # collective: all ranks
+                run.done = run.done or run.stopped_early
+            if run.done or run.step % cfg["eval_every"] == 0:
+                save_run_checkpoint(engine, out, run, skipped, loader.batches_per_rank, cfg["keep_checkpoints"])  # collective
+                meter.restart()
+            if run.done:
                 break
         else:  # the epoch's batches are used up: the next epoch deals a new shard permutation
-            epoch, batch_in_epoch = epoch + 1, 0
+            run.epoch, run.batch_in_epoch = run.epoch + 1, 0
+    bar.total = run.step if run.stopped_early else bar.total  # an early stop closes the bar where it stopped
     bar.close()
 
     # ----------------------------------------------------------------------------------------- final export
-    best = stopper.best_scores or {}
-    summary = dict(step=step, finished=stopped_early or step >= cfg["max_steps"], interrupted=caught[0] if caught else None,
-                   best_step=stopper.best_step, best_metric=cfg["metric"], best_value=stopper.best, best_wer=best.get("wer"),
-                   best_cer=best.get("cer"), stopped_early=stopped_early, train_seconds=round(train_seconds, 3),
-                   total_seconds=round(time.perf_counter() - t_start, 3))
-    metrics.log("summary", **summary)
-    metrics.close()
-    if dist.is_main():  # what a job scheduler reads to decide whether to requeue: finished runs are not restarted
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        if stopper.best is not None and (out / "best").is_dir():  # best/ uploads to the Hub as it is
-            trained_on = describe_shards(cfg["train_shards"])
-            write_model_card(out / "best", language=language or "en", base_model=cfg["model"],
-                             datasets=trained_on["datasets"], hours=trained_on["hours"], scores=stopper.best_scores,
-                             normalizer=cfg["text_normalizer"], command=training_command(sys.argv))
-    if stopper.best is not None:
-        say(f"best {cfg['metric']} {stopper.best:.4f} at step {stopper.best_step}: {out / 'best'}")
+    finish(run, cfg, out, language, metrics, time.perf_counter() - t_start, caught[0] if caught else None)
     torch.distributed.barrier()  # nobody leaves while rank 0 still writes
 
 

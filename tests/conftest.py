@@ -69,3 +69,17 @@ def tiny_processor(tiny_whisper):
     from wdsbr.model import load_processor
 
     return load_processor(tiny_whisper, language="br")
+
+
+@pytest.fixture(scope="session")
+def wordy_whisper(tmp_path_factory) -> str:
+    """A tiny random Whisper that writes words: with timestamp tokens suppressed a random model decodes to text
+    that depends on the audio (otherwise it emits only timestamps, which decode to nothing, and every WER is 1)."""
+    from wdsbr.model import build_tiny_whisper, load_model
+
+    path = build_tiny_whisper(tmp_path_factory.mktemp("wordy-whisper") / "tiny", seed=1)
+    whisper = load_model(str(path))
+    first_timestamp = whisper.generation_config.no_timestamps_token_id + 1
+    whisper.generation_config.suppress_tokens = list(range(first_timestamp, whisper.config.vocab_size))
+    whisper.save_pretrained(path)
+    return str(path)

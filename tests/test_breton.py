@@ -1,4 +1,4 @@
-"""wdsbr.breton: the Breton community's normaliser (anaouder) as `--text-normalizer breton`, and Breton scores.
+"""wdsbr.breton: the Breton community's normaliser (anaouder) as `--text-normalizer breton`, and the scoring clean-up.
 
 Expected strings are anaouder 1.0.5's output, each checked by hand as correct Breton: numbers take the
 feminine (peder plac'h) and put the counted noun after the first element (pemzek bloaz ha tri-ugent = 75
@@ -14,7 +14,8 @@ import pytest
 
 from conftest import write_speech_corpus
 from wdsbr import breton
-from wdsbr.text import clean_text, load_normalizer
+from wdsbr.scoring import load_normalizer
+from wdsbr.text import clean_text
 
 # (written, normalised by the breton normaliser)
 BRETON = [
@@ -44,11 +45,6 @@ BRETON = [
 @pytest.fixture()
 def anaouder():
     return pytest.importorskip("anaouder.text", reason=f"anaouder is not installed ({breton.INSTALL})")
-
-
-class Prediction:  # the two fields breton_scores reads (wdsbr.evaluation.Prediction has them too)
-    def __init__(self, reference: str, prediction: str):
-        self.reference, self.prediction = reference, prediction
 
 
 # --- the normaliser ---------------------------------------------------------------------------------------
@@ -116,35 +112,7 @@ def test_breton_normaliser_builds_labels_behind_the_br_transcribe_prompt(anaoude
         assert tokenizer.decode(labels[key][3:-1]) == expected
 
 
-# --- scores -----------------------------------------------------------------------------------------------
-
-RESULTS = [
-    Prediction("C’hwi a zo 3 bugel.", "c'hwi a zo tri bugel"),
-    Prediction("Demat, Yann-Vari!", "demat yann vari"),
-    Prediction("Setu 2 vloaz.", "setu daou bloaz"),
-]
-
-
-def test_breton_scores_label_each_number_with_the_normaliser_that_made_it(anaouder):
-    scores = breton.breton_scores(RESULTS, "breton")
-    # raw: whitespace words as written. 3 substitutions (C’hwi, 3, bugel.) + 2 substitutions and 1 insertion
-    # (Demat, / Yann-Vari! against demat yann vari) + 3 substitutions, over 5 + 2 + 3 reference words
-    assert scores["wer_raw"] == pytest.approx(9 / 10)
-    # breton + clean-up: "c'hwi a zo tri bugel" / "demat yann vari" (hyphen to space) / "setu daou vloaz":
-    # only vloaz -> bloaz is wrong: 1 of 11 words, 1 of 50 characters (spaces count)
-    assert scores["wer_normalized"] == pytest.approx(1 / 11)
-    assert scores["cer_normalized"] == pytest.approx(1 / 50)
-    # Whisper's BasicTextNormalizer splits at apostrophes and keeps digits: "c hwi a zo 3 bugel" vs
-    # "c hwi a zo tri bugel" (1 of 6), "demat yann vari" (0 of 3), "setu 2 vloaz" vs "setu daou bloaz" (2 of 3)
-    assert scores["wer_whisper_basic"] == pytest.approx(3 / 12)
-    assert scores["samples_normalized"] == 3
-    assert scores["normalizers"] == {
-        "wer_raw": "none",
-        "wer_normalized": "breton + breton-scoring (numbers spelled out by anaouder 1.0.5)",
-        "cer_normalized": "breton + breton-scoring (numbers spelled out by anaouder 1.0.5)",
-        "wer_whisper_basic": "whisper-basic (transformers BasicTextNormalizer)",
-    }
-
+# --- the scoring clean-up (the scores themselves: tests/test_scoring.py) -------------------------------------
 
 def test_breton_scoring_cleanup_splits_hyphens_keeps_inner_apostrophes_and_spells_numbers(anaouder):
     assert breton.scoring_cleanup("Mont a ra war-lerc’h Yann-Vari, d’ar 3 !", verbalize_numbers=True) == \
@@ -153,37 +121,6 @@ def test_breton_scoring_cleanup_splits_hyphens_keeps_inner_apostrophes_and_spell
     # spelling is the normaliser's business: the clean-up does not apply anaouder's corrections (aman -> amañ)
     assert breton.scoring_cleanup("Aman ez eus 3 bugel", verbalize_numbers=True) == "aman ez eus tri bugel"
     assert breton.normalize_breton("Aman ez eus 3 bugel") == "amañ ez eus tri bugel"
-
-
-def test_breton_scores_without_anaouder_say_numbers_were_not_spelled_out(monkeypatch):
-    monkeypatch.setattr(breton, "anaouder_version", lambda: None)
-    scores = breton.breton_scores(RESULTS, "default")
-    # default + clean-up: "c'hwi a zo 3 bugel" vs "... tri ...", "demat yann vari", "setu 2 vloaz" vs "setu daou bloaz"
-    assert scores["wer_normalized"] == pytest.approx(3 / 11)
-    assert scores["wer_raw"] == pytest.approx(9 / 10)
-    assert scores["normalizers"]["wer_normalized"] == \
-        "default + breton-scoring (numbers not spelled out: anaouder is not installed)"
-
-
-def test_breton_scores_use_the_evaluation_prediction_type_and_skip_empty_references(anaouder):
-    from wdsbr.evaluation import Prediction as EvalPrediction
-
-    results = [EvalPrediction("a", "Demat!", "demat"), EvalPrediction("b", "…", "hm")]
-    scores = breton.breton_scores(results, "default")
-    assert scores["wer_normalized"] == 0.0  # "…" cleans to nothing: left out of the normalised numbers
-    assert scores["samples_normalized"] == 1
-    assert scores["empty_references_by_normalizer"] == {"wer_raw": 0, "wer_normalized": 1, "wer_whisper_basic": 1}
-    assert scores["wer_raw"] == 1.0  # raw keeps it: "Demat!" vs "demat" and "…" vs "hm", 2 errors in 2 words
-
-
-def test_breton_scores_extend_the_trainers_scores_without_overwriting_them(anaouder):
-    from wdsbr.evaluation import Prediction as EvalPrediction, score
-
-    results = [EvalPrediction(str(i), r.reference, r.prediction) for i, r in enumerate(RESULTS)]
-    scores = score(results, clean_text)
-    merged = {**scores, **breton.breton_scores(results, "default")}
-    assert {name: merged[name] for name in scores} == scores
-    assert set(breton.SCORE_KEYS) <= set(merged) and all(name in merged["normalizers"] for name in breton.SCORE_KEYS)
 
 
 def test_the_module_imports_without_anaouder_torch_or_transformers():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 
 from conftest import free_port, speech_like
 from wdsbr.corpus import open_corpus
+from wdsbr.metrics import read_metrics
 from wdsbr.shards import ShardOptions, shard_corpus
 from wdsbr.text import clean_text
 
@@ -29,17 +31,9 @@ FAST = ["--precision", "fp32", "--generation-max-length", "6", "--batch-size", "
 # ------------------------------------------------------------------------------------------------ fixtures
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    """A tiny random Whisper that writes words: with timestamp tokens suppressed a random model decodes to text
-    (otherwise it emits only timestamps, which decode to nothing, and every WER is 1)."""
-    from wdsbr.model import build_tiny_whisper, load_model
-
-    path = build_tiny_whisper(tmp_path_factory.mktemp("model") / "tiny", seed=1)
-    whisper = load_model(str(path))
-    first_timestamp = whisper.generation_config.no_timestamps_token_id + 1
-    whisper.generation_config.suppress_tokens = list(range(first_timestamp, whisper.config.vocab_size))
-    whisper.save_pretrained(path)
-    return str(path)
+def model(wordy_whisper) -> str:
+    """A tiny random Whisper whose predictions are words that differ between clips (see conftest)."""
+    return wordy_whisper
 
 
 @pytest.fixture(scope="module")
@@ -176,27 +170,28 @@ def test_a_folder_of_wav_and_txt_pairs_scores_like_the_shards_written_from_it(si
     assert f"rejected 1 input of {corpus}: missing_audio 1 (first: orphan.txt" in result.stderr
 
 
-def test_the_wer_is_the_one_the_trainers_validation_computes(single, model, shards):
-    """launch/train.py's evaluate(): make_eval_loader -> run_validation -> gather -> score, same normaliser."""
-    import torch
-
-    from wdsbr.data import make_eval_loader
-    from wdsbr.evaluation import gather, generate_kwargs, run_validation, score
-    from wdsbr.model import load_model, load_processor
-
-    processor = load_processor(model, "br")
-    whisper = load_model(model).to(torch.float32)
-    loader = make_eval_loader(str(shards), processor.tokenizer, list(processor.tokenizer.prefix_tokens),
-                              n_mels=whisper.config.num_mel_bins, micro_batch_size=3, num_workers=0,
-                              normalize=clean_text, max_label_tokens=whisper.config.max_target_positions,
-                              decoder_start_token_id=whisper.config.decoder_start_token_id)
-    results, loss_sum, tokens, _ = run_validation(whisper, loader, processor.tokenizer, generate_kwargs("br", 1, 6),
-                                                  torch.float32, torch.device("cpu"))
-    results, loss_sum, tokens = gather(results, loss_sum, tokens)
-    trainer = score(results, clean_text)
-    cli = single[1]
-    assert (cli["wer"], cli["cer"], cli["samples"]) == (trainer["wer"], trainer["cer"], trainer["samples"])
-    assert cli["loss"] == pytest.approx(loss_sum / tokens)
+def test_evaluating_a_runs_best_reproduces_the_wer_the_trainer_logged(model, shards, tmp_path):
+    """Train (2 ranks, bf16 as the CPU default), read best/'s eval row from metrics.jsonl, then run the CLI on the
+    same shards with nothing but --model RUN --data (and the run's worker count): the rest comes from the run's
+    config.json. The model writes words, so an equal WER is not 1.0 = 1.0."""
+    out = tmp_path / "run"
+    command = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "launch/train.py",
+               "--deepspeed", "configs/ds_zero2.json", "--model", model, "--train-shards", str(shards), "--val-shards",
+               str(shards), "--output-dir", str(out), "--batch-size", "3", "--num-workers", "1", "--lr", "1e-4",
+               "--warmup-steps", "1", "--max-steps", "2", "--eval-every", "2", "--generation-max-length", "6"]
+    trained = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                             text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (row,) = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert row["is_best"] and row["samples"] == 10 and row["cer"] not in (0.0, 1.0)
+    result = evaluate("--model", out, "--data", shards, "--num-workers", "1",
+                      launcher=[str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port())])
+    cli = json_line(result)
+    assert "--generation-max-length 6, --batch-size 3, --precision bf16" in result.stderr
+    assert (cli["wer"], cli["cer"], cli["samples"], cli["precision"]) == (row["wer"], row["cer"], row["samples"], "bf16")
+    assert {name: cli[name] for name in ("wer_raw", "wer_normalized", "wer_whisper_basic")} == \
+        {name: row[name] for name in ("wer_raw", "wer_normalized", "wer_whisper_basic")}
+    assert cli["loss"] == pytest.approx(row["val_loss"], rel=1e-4)  # the same tokens, summed in another order
 
 
 def test_max_samples_and_fp16_falling_back_to_bf16_on_cpu_like_the_trainer(model, shards):
@@ -240,3 +235,22 @@ def test_the_script_reports_every_problem_in_one_line_and_exits_2(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "no-such-shards: no such file or folder" in lines[0] and "no-such-run/best: no such model folder" in lines[0]
+
+
+# ------------------------------------------------------------------------------------ a run's own settings
+
+def test_a_run_folder_lends_its_settings_to_the_options_not_given(model, shards, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(model, run / "best")
+    options = {"language": "br", "text_normalizer": "default", "num_beams": 1, "generation_max_length": 5,
+               "eval_batch_size": None, "batch_size": 2, "precision": "fp32", "lr": 1e-3}
+    (run / "config.json").write_text(json.dumps({"options": options}))
+    result = CliRunner().invoke(cli(), ["--model", str(run), "--data", str(shards), "--num-workers", "0", "--batch-size", "5"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert scores["model"] == str(run / "best")  # the run folder means its best/
+    assert (scores["precision"], scores["batch_size"]) == ("fp32", 5)  # taken from the run; given on the command line
+    assert f"from {run / 'config.json'}: --generation-max-length 5, --precision fp32" in result.stderr
+
+    plain = CliRunner().invoke(cli(), ["--model", model, "--data", str(shards), "--num-workers", "0", *FAST])
+    assert plain.exit_code == 0 and "config.json:" not in plain.stderr  # a bare model folder lends nothing

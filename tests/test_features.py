@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -90,6 +92,30 @@ def test_matches_hf_when_clip_ends_on_and_around_frame_boundaries(monkeypatch):
     clips = [rng.uniform(-0.5, 0.5, size=length).astype(np.float32) for length in lengths]
     expected = hf_features(clips, 80, numpy_path=True, monkeypatch=monkeypatch)
     assert np.abs(log_mel_spectrogram(clips).numpy() - expected).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["hf-numpy", "hf-torch"])
+@pytest.mark.parametrize("lengths", [[1], [159], [160], [199, 160], [200, 1], [201], [360, 199], [3039], [3040, 3039],
+                                     [3041, 200], [48_000, 16_000, 3041]], ids=lambda lengths: f"longest-{max(lengths)}")
+def test_batches_whose_longest_clip_is_short_take_the_shortened_stft_and_match_hf(lengths, numpy_path, monkeypatch):
+    """Each batch's longest clip decides how many frames are computed: here it ends on or around the hop (160),
+    the half window (200) and a few frames, so the STFT runs on far fewer than 480000 samples (recorded below)."""
+    rng = np.random.default_rng(len(lengths) * 1000 + max(lengths))
+    batch = [rng.uniform(-0.5, 0.5, size=length).astype(np.float32) for length in lengths]
+    widths = []
+    real_stft = torch.stft
+
+    def recording_stft(signal, *args, **kwargs):
+        widths.append(signal.shape[-1])
+        return real_stft(signal, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "stft", recording_stft)
+    ours = log_mel_spectrogram(batch).numpy()
+    monkeypatch.undo()
+    longest = max(lengths)
+    assert widths == [min(math.ceil((longest + 200) / 160), N_FRAMES) * 160] and widths[0] < CHUNK_SAMPLES
+    expected = hf_features(batch, 80, numpy_path=numpy_path, monkeypatch=monkeypatch)
+    assert np.abs(ours - expected).max() <= TOLERANCE
 
 
 def test_all_zero_clip_matches_hf(clips, monkeypatch):

@@ -1,6 +1,5 @@
 """Loading Whisper from a local folder (the same code path as a hub id), prompts, and the tiny model."""
 
-import numpy as np
 import pytest
 import torch
 from transformers import WhisperForConditionalGeneration

@@ -1,11 +1,9 @@
-"""Per-sample scores from one word alignment, worst first, and the TSV / Markdown files evaluate.py writes."""
+"""The TSV / Markdown files evaluate.py writes (the per-sample scores themselves: tests/test_scoring.py)."""
 
 from __future__ import annotations
 
-import math
-
-from wdsbr.evaluation import Prediction, score
-from wdsbr.report import score_samples, write_markdown, write_tsv
+from wdsbr.report import write_markdown, write_tsv
+from wdsbr.scoring import Prediction, score_samples
 from wdsbr.text import clean_text
 
 RESULTS = [
@@ -14,18 +12,6 @@ RESULTS = [
     Prediction("c", "Ur c'hi bras", "ur ki"),              # 1 substitution + 1 deletion / 3 words
     Prediction("d", "?!", "noise"),                        # nothing left to score
 ]
-
-
-def test_each_sample_is_scored_on_normalised_text_worst_first_and_adds_up_to_the_corpus_wer():
-    samples, errors = score_samples(RESULTS, clean_text)
-    assert [(s.key, s.errors, s.reference_words) for s in samples] == [("a", 2, 2), ("c", 2, 3), ("b", 0, 3), ("d", 0, 0)]
-    assert [s.wer for s in samples[:3]] == [1.0, 2 / 3, 0.0] and math.isnan(samples[3].wer)
-    assert (samples[0].reference, samples[0].raw_reference) == ("demat yann", "Demat, Yann!")
-    assert sum(s.errors for s in samples) / sum(s.reference_words for s in samples) == score(RESULTS, clean_text)["wer"]
-    assert errors.substitutions == {("yann", "yan"): 1, ("c'hi", "ki"): 1}  # word by word
-    assert errors.insertions == {"mat": 1} and errors.deletions == {"bras": 1}
-    silent, _ = score_samples([Prediction("x", "mat bras", "")], clean_text)  # nothing predicted: all deleted
-    assert (silent[0].errors, silent[0].wer) == (2, 1.0)
 
 
 def test_the_tsv_keeps_one_sample_per_line_and_the_report_lists_the_worst(tmp_path):

@@ -75,6 +75,23 @@ def test_shards_a_folder_and_prints_a_summary(tmp_path):
         assert {name.rsplit(".", 1)[1] for name in listing} == {"flac", "json", "txt"}
 
 
+def test_an_empty_split_the_options_ask_for_is_warned_about_and_unknown_speakers_are_said_so(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", count=6)  # two speakers, spk0 and spk1
+    result = shard(corpus, tmp_path / "by-speaker", "--workers", "1", "--no-progress", "--speaker-from-folder",
+                   "--val-fraction", "0.05", "--test-fraction", "0")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "by-speaker" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["samples"] == 6  # both speakers hash to train
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "the validation split is empty although --val-fraction 0.05 asks for it" in warnings[0]
+    assert "train shares 0 speakers" in result.stdout  # speakers are known here (folders)
+
+    result = shard(corpus, tmp_path / "no-speakers", "--workers", "1", "--no-progress", "--val-fraction", "0.3",
+                   "--test-fraction", "0.3")
+    assert result.returncode == 0, result.stderr
+    assert "(speakers unknown)" in result.stdout and "0 speakers" not in result.stdout
+
+
 def test_missing_source_is_one_error_line_naming_it(tmp_path):
     result = shard(tmp_path / "no-such-corpus", tmp_path / "shards")
     assert_one_line_error(result, "no-such-corpus")
@@ -91,9 +108,9 @@ def test_non_empty_output_is_refused_unless_overwrite(tmp_path):
     output = tmp_path / "shards"
     assert shard(corpus, output, "--workers", "1", "--no-progress").returncode == 0
     assert_one_line_error(shard(corpus, output, "--workers", "1"), str(output), "--overwrite")
-    result = shard(corpus, output, "--workers", "1", "--overwrite", "--no-progress")
+    result = shard(corpus, output, "--workers", "1", "--overwrite", "--no-progress", "--val-fraction", "0", "--test-fraction", "0")
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    assert result.stderr == ""  # no bar, no warning (no split asked for is empty)
 
 
 def test_bad_options_are_reported_together(tmp_path):
@@ -127,3 +144,8 @@ def test_hf_dataset_with_a_token_that_never_appears_in_output(tmp_path):
     result = shard("--hf", tmp_path / "not-there", tmp_path / "other", env={**env, "HF_TOKEN": TOKEN})
     assert_one_line_error(result, "not-there")
     assert TOKEN not in result.stdout + result.stderr
+    for bad in (["--hf-split", "other"], []):  # --debug shows the traceback, and still not the token
+        source = folder if bad else tmp_path / "not-there"
+        result = shard("--hf", source, tmp_path / "other", *bad, "--debug", "--token", TOKEN, env=env)
+        assert result.returncode != 0 and "Traceback" in result.stderr, result.stderr
+        assert TOKEN not in result.stdout + result.stderr

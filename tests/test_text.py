@@ -1,8 +1,8 @@
-"""clean_text: the Breton-aware default normaliser, and loading a replacement with module:function."""
+"""clean_text: the Breton-aware default normaliser (resolving --text-normalizer: tests/test_scoring.py)."""
 
 import pytest
 
-from wdsbr.text import clean_text, load_normalizer
+from wdsbr.text import clean_text
 
 
 @pytest.mark.parametrize("raw, cleaned", [
@@ -27,20 +27,3 @@ def test_clean_text_is_idempotent():
     assert clean_text(clean_text(text)) == clean_text(text)
 
 
-def test_default_normalizer_is_clean_text():
-    assert load_normalizer(None) is clean_text
-    assert load_normalizer("default") is clean_text
-
-
-def test_module_function_normalizer_is_imported():
-    assert load_normalizer("string:capwords")("a b") == "A B"
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("no_colon", "module:function"),
-    ("no_such_module_xyz:f", "cannot import module"),
-    ("string:no_such_function", "no callable"),
-])
-def test_bad_normalizer_spec_is_one_clear_error(spec, message):
-    with pytest.raises(ValueError, match=message):
-        load_normalizer(spec)

@@ -72,6 +72,7 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
     assert [(r["step"], r["is_best"]) for r in rows(out, "eval")] == [(2, True), (4, False), (6, False)]
     summary = rows(out, "summary")[-1]
     assert (summary["step"], summary["stopped_early"], summary["best_step"]) == (6, True, 2)
+    assert "stopped early at step 6: loss did not improve for 2 evaluations (best " in result.stdout  # said, not inferred
     assert summary["total_seconds"] >= summary["train_seconds"] > 0
     # checkpoints: the last two evaluations, DeepSpeed's `latest` points at the final one
     checkpoints = out / "checkpoints"
@@ -123,14 +124,17 @@ def test_resume_continues_exactly_where_an_interrupted_run_stopped(shards, tiny_
         torch.testing.assert_close(final[0][name], final[1][name], atol=1e-6, rtol=0)
 
 
-def test_validation_on_two_ranks_scores_exactly_what_one_rank_does(shards, tiny_whisper, tmp_path):
-    # lr 0: the weights stay as loaded, so both runs evaluate the same model; fp32 so batching cannot flip a token
+def test_validation_on_two_ranks_scores_exactly_what_one_rank_does(shards, wordy_whisper, tmp_path):
+    # lr 0: the weights stay as loaded, so both runs evaluate the same model; fp32 so batching cannot flip a token.
+    # The model writes words that depend on the audio, so equal scores are not 1.0 = 1.0 from empty predictions.
     common = ("--max-steps", "1", "--eval-every", "1", "--lr", "0", "--precision", "fp32")
     one, two = tmp_path / "one", tmp_path / "two"
-    run_training(shards, tiny_whisper, one, *common, ranks=1)
-    run_training(shards, tiny_whisper, two, *common, ranks=2)
+    run_training(shards, wordy_whisper, one, *common, ranks=1)
+    run_training(shards, wordy_whisper, two, *common, ranks=2)
     (a,), (b,) = rows(one, "eval"), rows(two, "eval")
-    assert (a["wer"], a["cer"], a["samples"]) == (b["wer"], b["cer"], b["samples"]) and a["samples"] == 8
+    assert a["cer"] not in (0.0, 1.0)  # real predictions: neither all empty nor all right
+    scores = ("wer", "cer", "samples", "wer_raw", "wer_normalized", "cer_normalized", "wer_whisper_basic")
+    assert {name: a[name] for name in scores} == {name: b[name] for name in scores} and a["samples"] == 8
     assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
 
 
@@ -155,6 +159,7 @@ def bad_json(tmp_path) -> Path:
     (["--language", "klingon"], "--language: unknown language 'klingon'"),
     (["--deepspeed", "{bad_json}"], "broken.json: not valid JSON"),
     (["--batch-size", "-2"], "--batch-size -2: must be at least 1"),
+    (["--batch-size", "0", "--model", "openai/whisper-small"], "--batch-size 0: must be at least 1"),  # no hub call
     (["--resume", "--output-dir", "{tmp}/nothing"], "--resume: no checkpoint to resume"),
     (["--model", "{tmp}"], "--model:"),
 ])
@@ -167,3 +172,23 @@ def test_bad_configuration_is_one_clear_line_and_exit_2(shards, tiny_whisper, tm
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert "Traceback" not in result.output
+    assert lines[0].count(message.split(":")[0]) == 1  # each problem once
+    if message.startswith("--batch-size"):  # a cheap typo is reported without loading (or asking the hub for) the model
+        assert "--model" not in lines[0]
+
+
+def test_a_hub_model_that_cannot_be_reached_fails_fast_with_one_line(shards, tmp_path):
+    """No cache, HF_HUB_OFFLINE unset, and the hub's endpoint refusing connections: transformers would retry for
+    minutes; the check says what was tried and how to point --model at a local folder (the timeout only stops a hang)."""
+    env = {name: value for name, value in os.environ.items() if name not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf-home"))
+    for script, data in (("launch/train.py", ["--train-shards", str(shards / "train"), "--val-shards", str(shards / "validation"),
+                                              "--output-dir", str(tmp_path / "run")]),
+                         ("launch/evaluate.py", ["--data", str(shards / "validation")])):
+        result = subprocess.run([sys.executable, script, "--model", "openai/whisper-small", *data], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+        for fragment in ("openai/whisper-small: not a local folder, not in the Hugging Face cache", str(tmp_path / "hf-home"),
+                         "127.0.0.1:9 cannot be reached", "point --model at a local folder"):
+            assert fragment in lines[0], lines[0]

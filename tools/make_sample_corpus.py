@@ -39,56 +39,75 @@ VOICES = {
     "b-fr": {"voice": "fr-fr+f2", "speed": 140, "pitch": 62},
 }
 
-# (relative id, voice, transcript exactly as written, words the audio says when they differ from the
-# transcript (numbers), sample rate, channels). Ids are stable: keys derive from these paths.
-CLIPS = [
-    ("speaker-a/a01", "a", "Demat deoc'h, mat an traoù ganeoc'h?", None, TARGET_RATE, 1),
-    ("speaker-a/a02", "a", "C'hoant am eus da zebriñ.", None, TARGET_RATE, 1),
-    ("speaker-a/a03", "a", "Ur c'hi bras a zo e-barzh an ti.", None, TARGET_RATE, 1),
-    ("speaker-a/a04", "a", "Me a zo o chom e Kemper.", None, TARGET_RATE, 1),
-    ("speaker-a/a05", "a", "Mont a ran d'ar skol war-lerc'h merenn.", None, TARGET_RATE, 1),
-    ("speaker-a/a06", "a", "Tri bugel am eus er gêr.", None, TARGET_RATE, 1),
-    ("speaker-a/a07", "a", "E 1998 e oa 25% eus an dud o komz brezhoneg.",
-     "E mil nav c'hant triwec'h ha pevar-ugent e oa pemp warn-ugent dre gant eus an dud o komz brezhoneg.",
-     TARGET_RATE, 1),
-    ("speaker-a/a08", "a", "Glav a ra hiziv, met warc'hoazh e vo brav an amzer.", None, TARGET_RATE, 1),
-    ("speaker-a/a09", "a", "Ar c'hazh a gousk war ar gwele.", None, NATIVE_RATE, 1),
-    ("speaker-a/a10", "a", "Pegement e koust ar bara?", None, TARGET_RATE, 1),
-    ("speaker-a/a11", "a", "N’eo ket aes deskiñ ur yezh nevez.", None, TARGET_RATE, 1),
-    ("speaker-a/a12", "a", "Ganet on bet e 1985.", "Ganet on bet e mil nav c'hant pemp ha pevar-ugent.",
-     TARGET_RATE, 1),
-    ("speaker-a/a13", "a", "Trugarez vras deoc'h evit ho skoazell!", None, TARGET_RATE, 1),
-    ("speaker-a/a14", "a", "Ar besketaerien a ya d'ar mor a-raok an deiz.", None, NATIVE_RATE, 1),
-    ("speaker-a/a15", "a", "Daou gi ha tri c'hazh a zo ganin.", None, TARGET_RATE, 1),
-    ("speaker-a/a16", "a", "Bez’ ez eus 12 miz er bloaz.", "Bez' ez eus daouzek miz er bloaz.", TARGET_RATE, 1),
-    ("speaker-a/a17", "a", "Dec'h em eus gwelet anezhañ er marc'had.", None, TARGET_RATE, 1),
-    ("speaker-a/a18", "a", "Ur gêr vihan eo Landerne.", None, TARGET_RATE, 1),
-    ("speaker-a/a19", "a", "Pebezh amzer fall a zo hiziv!", None, NATIVE_RATE, 1),
-    ("speaker-a/a20", "a", "Ar brezhoneg a zo ur yezh keltiek.", None, TARGET_RATE, 1),
-    ("speaker-a/a21", "a", "Me a garfe kaout ur gambr evit div nozvezh.", None, TARGET_RATE, 1),
-    ("speaker-b/day-1/b01", "b", "3 bugel am eus er gêr.", "Tri bugel am eus er gêr.", TARGET_RATE, 1),
-    ("speaker-b/day-1/b02", "b", "Petra eo da anv, ma mignon?", None, TARGET_RATE, 1),
-    ("speaker-b/day-1/b03", "b-fr", "Emañ ar vugale o c'hoari er porzh.", None, TARGET_RATE, 1),
-    ("speaker-b/day-1/b04", "b", "Brezhoneg a gomzan gant ma mamm-gozh.", None, TARGET_RATE, 1),
-    ("speaker-b/day-1/b05", "b", "Ar 1añ a viz Du eo gouel an Hollsent.",
-     "Ar c'hentañ a viz Du eo gouel an Hollsent.", TARGET_RATE, 1),
-    ("speaker-b/day-1/b06", "b", "Ret eo din mont d'ar gêr bremañ.", None, TARGET_RATE, 2),
-    ("speaker-b/day-1/b07", "b", "Ni a zo o vont da Vrest gant an tren.", None, TARGET_RATE, 1),
-    ("speaker-b/day-1/b08", "b", "Ur banne kafe am bo, mar plij.", None, NATIVE_RATE, 1),
-    ("speaker-b/day-1/b09", "b", "Ne gomprenan ket, lavarit en-dro mar plij.", None, TARGET_RATE, 1),
-    ("speaker-b/day-1/b10", "b", "Peseurt liv eo ho karr-tan?", None, TARGET_RATE, 1),
-    ("speaker-b/day-2/b11", "b", "Al levrioù a zo war an daol.", None, TARGET_RATE, 1),
-    ("speaker-b/day-2/b12", "b", "Bloavezh mat ha yec'hed mat d'an holl!", None, TARGET_RATE, 1),
-    ("speaker-b/day-2/b13", "b-fr", "Ma zad a labour er porzh-mor.", None, TARGET_RATE, 1),
-    ("speaker-b/day-2/b14", "b", "Pelec'h emañ an ti-kêr, mar plij?", None, TARGET_RATE, 1),
-    ("speaker-b/day-2/b15", "b", "Kenavo, ha betek warc’hoazh!", None, NATIVE_RATE, 1),
-    ("speaker-b/day-2/b16", "b", "Ar skolaerez a lenn un istor d'ar vugale.", None, TARGET_RATE, 1),
-    ("speaker-b/day-2/b17", "b-fr", "Debriñ a reomp krampouezh d'ar Sul.", None, TARGET_RATE, 1),
-    ("speaker-b/day-2/b18", "b", "Da 8 eur e krog ar skol.", "Da eizh eur e krog ar skol.", TARGET_RATE, 1),
-    ("speaker-b/day-2/b19", "b", "Un ti brav o deus prenet e-kichen ar mor.", None, TARGET_RATE, 1),
-    ("speaker-b/day-2/b20", "b-fr", "Chom a ra ma breur e Pariz.", None, TARGET_RATE, 1),
-    ("speaker-b/day-2/b21", "b", "Ho pet ur veaj vat!", None, TARGET_RATE, 1),
-]
+# One clip a line: relative id, voice (a key of VOICES), sample rate (TARGET_RATE, or NATIVE_RATE to leave
+# the resampling to the sharder), channels, then the transcript exactly as written; an indented "= ..." line
+# under a clip gives the words its audio says when they differ from the transcript (numbers). Ids are
+# stable: keys derive from these paths.
+_CLIP_TABLE = """
+speaker-a/a01        a     16000  1  Demat deoc'h, mat an traoù ganeoc'h?
+speaker-a/a02        a     16000  1  C'hoant am eus da zebriñ.
+speaker-a/a03        a     16000  1  Ur c'hi bras a zo e-barzh an ti.
+speaker-a/a04        a     16000  1  Me a zo o chom e Kemper.
+speaker-a/a05        a     16000  1  Mont a ran d'ar skol war-lerc'h merenn.
+speaker-a/a06        a     16000  1  Tri bugel am eus er gêr.
+speaker-a/a07        a     16000  1  E 1998 e oa 25% eus an dud o komz brezhoneg.
+                     = E mil nav c'hant triwec'h ha pevar-ugent e oa pemp warn-ugent dre gant eus an dud o komz brezhoneg.
+speaker-a/a08        a     16000  1  Glav a ra hiziv, met warc'hoazh e vo brav an amzer.
+speaker-a/a09        a     22050  1  Ar c'hazh a gousk war ar gwele.
+speaker-a/a10        a     16000  1  Pegement e koust ar bara?
+speaker-a/a11        a     16000  1  N’eo ket aes deskiñ ur yezh nevez.
+speaker-a/a12        a     16000  1  Ganet on bet e 1985.
+                     = Ganet on bet e mil nav c'hant pemp ha pevar-ugent.
+speaker-a/a13        a     16000  1  Trugarez vras deoc'h evit ho skoazell!
+speaker-a/a14        a     22050  1  Ar besketaerien a ya d'ar mor a-raok an deiz.
+speaker-a/a15        a     16000  1  Daou gi ha tri c'hazh a zo ganin.
+speaker-a/a16        a     16000  1  Bez’ ez eus 12 miz er bloaz.
+                     = Bez' ez eus daouzek miz er bloaz.
+speaker-a/a17        a     16000  1  Dec'h em eus gwelet anezhañ er marc'had.
+speaker-a/a18        a     16000  1  Ur gêr vihan eo Landerne.
+speaker-a/a19        a     22050  1  Pebezh amzer fall a zo hiziv!
+speaker-a/a20        a     16000  1  Ar brezhoneg a zo ur yezh keltiek.
+speaker-a/a21        a     16000  1  Me a garfe kaout ur gambr evit div nozvezh.
+speaker-b/day-1/b01  b     16000  1  3 bugel am eus er gêr.
+                     = Tri bugel am eus er gêr.
+speaker-b/day-1/b02  b     16000  1  Petra eo da anv, ma mignon?
+speaker-b/day-1/b03  b-fr  16000  1  Emañ ar vugale o c'hoari er porzh.
+speaker-b/day-1/b04  b     16000  1  Brezhoneg a gomzan gant ma mamm-gozh.
+speaker-b/day-1/b05  b     16000  1  Ar 1añ a viz Du eo gouel an Hollsent.
+                     = Ar c'hentañ a viz Du eo gouel an Hollsent.
+speaker-b/day-1/b06  b     16000  2  Ret eo din mont d'ar gêr bremañ.
+speaker-b/day-1/b07  b     16000  1  Ni a zo o vont da Vrest gant an tren.
+speaker-b/day-1/b08  b     22050  1  Ur banne kafe am bo, mar plij.
+speaker-b/day-1/b09  b     16000  1  Ne gomprenan ket, lavarit en-dro mar plij.
+speaker-b/day-1/b10  b     16000  1  Peseurt liv eo ho karr-tan?
+speaker-b/day-2/b11  b     16000  1  Al levrioù a zo war an daol.
+speaker-b/day-2/b12  b     16000  1  Bloavezh mat ha yec'hed mat d'an holl!
+speaker-b/day-2/b13  b-fr  16000  1  Ma zad a labour er porzh-mor.
+speaker-b/day-2/b14  b     16000  1  Pelec'h emañ an ti-kêr, mar plij?
+speaker-b/day-2/b15  b     22050  1  Kenavo, ha betek warc’hoazh!
+speaker-b/day-2/b16  b     16000  1  Ar skolaerez a lenn un istor d'ar vugale.
+speaker-b/day-2/b17  b-fr  16000  1  Debriñ a reomp krampouezh d'ar Sul.
+speaker-b/day-2/b18  b     16000  1  Da 8 eur e krog ar skol.
+                     = Da eizh eur e krog ar skol.
+speaker-b/day-2/b19  b     16000  1  Un ti brav o deus prenet e-kichen ar mor.
+speaker-b/day-2/b20  b-fr  16000  1  Chom a ra ma breur e Pariz.
+speaker-b/day-2/b21  b     16000  1  Ho pet ur veaj vat!
+"""
+
+
+def parse_clips(table: str) -> list[tuple]:
+    """(relative id, voice, transcript, spoken words or None, sample rate, channels) for each clip of the table."""
+    clips: list[list] = []
+    for line in table.strip("\n").splitlines():
+        if line.startswith(" "):  # "= spoken words" of the clip above
+            clips[-1][3] = line.strip().removeprefix("= ")
+            continue
+        clip_id, voice_key, sample_rate, channels, transcript = line.split(maxsplit=4)
+        clips.append([clip_id, voice_key, transcript, None, int(sample_rate), int(channels)])
+    return [tuple(clip) for clip in clips]
+
+
+CLIPS = parse_clips(_CLIP_TABLE)
 
 # Breton spelling → what the Welsh voice reads closest to Breton, applied in order (lower-cased text).
 _WELSH_RESPELLING = [

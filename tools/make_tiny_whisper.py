@@ -13,6 +13,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .` too
+import wdsbr  # noqa: E402
+
+wdsbr.check_dependencies()  # a plain `python` without the set-up: one line naming the fix, no traceback
+
+
 import click
 
 from wdsbr.cli import run

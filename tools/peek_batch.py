@@ -9,13 +9,20 @@ labels of the first sample, audio seconds, and anything skipped on the way.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .` too
+import wdsbr  # noqa: E402
+
+wdsbr.check_dependencies()  # a plain `python` without the set-up: one line naming the fix, no traceback
+
 
 import click
 
 from wdsbr.cli import run
 from wdsbr.data import make_train_loader
 from wdsbr.model import load_processor
-from wdsbr.text import load_normalizer
+from wdsbr.scoring import load_normalizer
 
 
 @click.command()

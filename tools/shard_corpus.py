@@ -10,44 +10,34 @@ Writes shards/{train,validation,test}/shard-000000.tar … and shards/manifest.j
 rejected and why). The source kind is detected: a .tsv file (path<TAB>text), a Common Voice release folder
 (train/dev/test.tsv + clips/), a folder with anaouder .ali alignments of long recordings, or a folder of
 ID.wav + ID.txt pairs at any depth; --hf reads a Hugging Face dataset (hub name or local folder). See
-wdsbr/corpus.py, wdsbr/ali.py and wdsbr/shards.py.
+wdsbr/corpus.py (and wdsbr/sources/, one module per kind), wdsbr/ali.py and wdsbr/shards.py.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
-import click
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .` too
+import wdsbr  # noqa: E402
 
-try:
-    import wdsbr  # noqa: F401  (installed with `pip install -e .`)
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+wdsbr.check_dependencies()  # a plain `python` without the set-up: one line naming the fix, no traceback
+
+import re
+
+import click
 
 from wdsbr import corpus as corpus_lib
 from wdsbr import shards
-from wdsbr.cli import run
+from wdsbr.cli import grouped_command, run
 
 SECTIONS = {
     "Source": ["cv_train", "ali", "hf", "hf_config", "hf_splits", "token", "text_column", "audio_column", "speaker_column"],
     "Splits": ["val_fraction", "test_fraction", "speaker_from_folder", "seed"],
     "Filtering": ["min_seconds", "max_seconds"],
     "Shards": ["samples_per_shard", "max_shard_bytes", "audio_format", "overwrite"],
-    "Run": ["workers", "progress", "help"],
+    "Run": ["workers", "progress", "debug", "help"],
 }
-
-
-class GroupedCommand(click.Command):
-    """`--help` lists the options under the topic headings of SECTIONS."""
-
-    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        records = {param.name: param.get_help_record(ctx) for param in self.get_params(ctx)}
-        for title, names in SECTIONS.items():
-            rows = [records[name] for name in names if records.get(name)]
-            with formatter.section(title):
-                formatter.write_dl(rows)
 
 
 class Failure(click.ClickException):
@@ -67,7 +57,7 @@ def parse_bytes(ctx: click.Context | None, param: click.Parameter | None, value:
     return int(float(number) * scale)
 
 
-@click.command(cls=GroupedCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=grouped_command(SECTIONS), context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("paths", nargs=-1, metavar="[SOURCE] OUTPUT")
 @click.option("--cv-train", type=click.Choice(["train", "validated"]), default="train", show_default=True,
               help="Common Voice train split: train.tsv as released, or validated.tsv minus every clip whose speaker or "
@@ -104,8 +94,9 @@ def parse_bytes(ctx: click.Context | None, param: click.Parameter | None, value:
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Decoding processes; 0: one per available CPU. Output is identical for any value.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr.")
+@click.option("--debug", is_flag=True, help="Show the traceback of an error (the token is still never shown).")
 def main(paths, cv_train, ali, hf, hf_config, hf_splits, token, text_column, audio_column, speaker_column, val_fraction, test_fraction,
-         speaker_from_folder, seed, min_seconds, max_seconds, samples_per_shard, max_shard_bytes, audio_format, overwrite, workers, progress):
+         speaker_from_folder, seed, min_seconds, max_seconds, samples_per_shard, max_shard_bytes, audio_format, overwrite, workers, progress, debug):
     """Shard SOURCE (a corpus folder, Common Voice release, folder of .ali alignments or .tsv) or --hf NAME into OUTPUT."""
     if hf and len(paths) != 1:
         raise click.UsageError("with --hf NAME give only OUTPUT (no SOURCE)")
@@ -134,6 +125,8 @@ def main(paths, cv_train, ali, hf, hf_config, hf_splits, token, text_column, aud
     except (corpus_lib.CorpusError, shards.ShardError) as error:
         raise Failure(str(error)) from None
     click.echo(shards.format_summary(manifest, output))
+    for line in shards.empty_split_warnings(manifest):  # the trainer needs train and validation: say it now
+        click.echo(line, err=True)
 
 
 if __name__ == "__main__":

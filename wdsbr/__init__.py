@@ -1,7 +1,29 @@
 """wdsbr: fine-tune Whisper on Breton from streamed WebDataset shards with DeepSpeed ZeRO-2.
 
-Modules, one per concern: text (cleaning), audio (decode/resample/encode), features (log-mel),
-corpus (finding and validating pairs), shards (writing), data (streaming loaders), collate, model.
+One module per concern (the README's layout table lists them). This file imports nothing but the standard
+library, so `check_dependencies` can tell a user who runs a tool with the wrong Python what to do.
 """
 
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
 __version__ = "0.1.0"
+# What every tool imports (import name -> PyPI name); deepspeed only where the trainer needs it.
+REQUIRED = {"torch": "torch", "transformers": "transformers", "webdataset": "webdataset", "click": "click",
+            "soundfile": "soundfile", "soxr": "soxr", "jiwer": "jiwer", "numpy": "numpy", "tqdm": "tqdm"}
+
+
+def check_dependencies(*extra: str) -> None:
+    """Exit with one `error:` line naming the fix when this Python lacks what the tools need (a plain `python`
+    outside the virtualenv `make setup` made), instead of a ModuleNotFoundError traceback."""
+    missing = [name for name in (*REQUIRED, *extra) if importlib.util.find_spec(name) is None]
+    if not missing:
+        return
+    venv = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"
+    where = "" if venv.is_file() else " (it does not exist yet)"
+    sys.stderr.write(f"error: {sys.executable} has no {', '.join(missing)}: `make setup` installs them into .venv{where}; "
+                     f"then run the tools with {venv} (or `source .venv/bin/activate`)\n")
+    sys.exit(1)

@@ -1,5 +1,5 @@
-"""Breton: the Breton community's text normaliser as `--text-normalizer breton`, and scores the way Breton ASR
-reports them.
+"""Breton: the Breton community's text normaliser as `--text-normalizer breton`, and the clean-up Breton ASR is
+scored with.
 
 The normaliser is `anaouder.text` (MIT, Gweltaz Duval-Guennoc, https://github.com/gweltou/vosk-br): numbers,
 ordinals, Roman numerals, times, percentages and units spelled out in Breton, with the noun placed and mutated
@@ -8,9 +8,8 @@ optional and imported only here, only when asked for: its declared requirements 
 tqdm, ...) clash with this project's, so it is installed without them (`INSTALL`); its text part needs only
 `sentence-splitter` and `colorama` (the `breton` extra).
 
-`breton_scores` reports, for one set of predictions, WER with no normalisation at all, WER and CER after the
-chosen normaliser plus the Breton scoring clean-up, and WER after Whisper's `BasicTextNormalizer` (the number
-Whisper papers give), each labelled with the normaliser that made it.
+`scoring_cleanup` is what `wdsbr.scoring.score_all` applies for `wer_normalized`/`cer_normalized`. This module
+imports only `wdsbr.text`: it is unpickled in every DataLoader worker and must stay light (no torch).
 """
 
 from __future__ import annotations
@@ -19,14 +18,13 @@ import contextlib
 import io
 import re
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Callable
 
-from wdsbr.text import clean_text, load_normalizer, unify_marks
+from wdsbr.text import clean_text, unify_marks
 
 ANAOUDER_VERSION = "1.0.5"  # the version the tests' expected strings were checked against
 INSTALL = f"pip install -e '.[breton]' && pip install --no-deps anaouder=={ANAOUDER_VERSION}"
-# breton_scores' numbers: names that do not collide with wdsbr.evaluation.score's, so one dict can hold both
-SCORE_KEYS = ("wer_raw", "wer_normalized", "cer_normalized", "wer_whisper_basic")
 _DIGIT = re.compile(r"\d")
 _SCORING_SPLITS = re.compile(r"[-/\u00a0]")  # hyphens, slashes and no-break spaces separate words when scoring
 
@@ -53,8 +51,6 @@ def anaouder_version() -> str | None:
         _anaouder_text()
     except MissingAnaouder:
         return None
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("anaouder")
     except PackageNotFoundError:
@@ -63,7 +59,7 @@ def anaouder_version() -> str | None:
 
 def load_breton_normalizer() -> Callable[[str], str]:
     """`normalize_breton`, after checking anaouder imports: a ValueError naming the install command otherwise
-    (what `wdsbr.text.load_normalizer("breton")` turns into the CLIs' one-line error)."""
+    (what `wdsbr.scoring.load_normalizer("breton")` turns into the CLIs' one-line error)."""
     try:
         _anaouder_text()
     except MissingAnaouder as error:
@@ -119,47 +115,3 @@ def scoring_cleanup(text: str, *, verbalize_numbers: bool) -> str:
         text = verbalize(text, autocorrect=False)
     return clean_text(_SCORING_SPLITS.sub(" ", text))
 
-
-def breton_scores(results: Iterable[Any], normalizer_spec: str | None = "default") -> dict[str, Any]:
-    """Scores of the same predictions (`wdsbr.evaluation.Prediction`s: `.reference`, `.prediction`), each
-    labelled in `normalizers` with what made it:
-
-    - `wer_raw`: no normalisation at all (words are whitespace-separated tokens, case and punctuation count);
-    - `wer_normalized`, `cer_normalized`: `--text-normalizer` (`normalizer_spec`) then `scoring_cleanup`,
-      numbers spelled out when anaouder is installed;
-    - `wer_whisper_basic`: `transformers`' Whisper `BasicTextNormalizer`, for comparison with Whisper papers
-      (it splits words at apostrophes: "c'hoant" -> "c hoant").
-
-    Corpus-level, as `wdsbr.evaluation.score`: total errors over total reference words (characters for CER);
-    references that a normaliser leaves empty are left out of its numbers and counted. No key collides with
-    `score`'s, so `scores.update(breton_scores(results, spec))` keeps both.
-    """
-    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
-
-    from wdsbr.evaluation import score  # imported here: it imports torch, this module must not
-
-    results = list(results)
-    normalize = load_normalizer(normalizer_spec)
-    version = anaouder_version()
-    name = normalizer_spec or "default"
-    cleanup = (f"breton-scoring (numbers spelled out by anaouder {version})" if version
-               else "breton-scoring (numbers not spelled out: anaouder is not installed)")
-    whisper_basic = BasicTextNormalizer()
-    raw = score(results, lambda text: text)
-    normalized = score(results, lambda text: scoring_cleanup(normalize(text), verbalize_numbers=version is not None))
-    basic = score(results, lambda text: " ".join(whisper_basic(text).split()))  # it leaves spaces where symbols were
-    return {
-        "wer_raw": raw["wer"],
-        "wer_normalized": normalized["wer"],
-        "cer_normalized": normalized["cer"],
-        "wer_whisper_basic": basic["wer"],
-        "samples_normalized": normalized["samples"],
-        "empty_references_by_normalizer": {"wer_raw": raw["empty_references"], "wer_normalized": normalized["empty_references"],
-                                           "wer_whisper_basic": basic["empty_references"]},
-        "normalizers": {
-            "wer_raw": "none",
-            "wer_normalized": f"{name} + {cleanup}",
-            "cer_normalized": f"{name} + {cleanup}",
-            "wer_whisper_basic": "whisper-basic (transformers BasicTextNormalizer)",
-        },
-    }

@@ -4,6 +4,7 @@ tool raised it (a shard folder without shards, a model folder without a tokenize
 
 from __future__ import annotations
 
+import runpy
 import sys
 from pathlib import Path
 
@@ -41,3 +42,49 @@ def run(command: click.Command) -> None:
             raise
         say(f"error: {error}")
         sys.exit(2)
+
+
+def grouped_command(sections: dict[str, list[str]]) -> type[click.Command]:
+    """A click command class whose `--help` lists the options under topic headings: {title: [option names]}.
+    An option in no section is listed under "Other", so none is ever hidden by a missing entry."""
+
+    class GroupedCommand(click.Command):
+        def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+            records = {"help" if "--help" in param.opts else param.name: param.get_help_record(ctx)  # click names it oddly
+                       for param in self.get_params(ctx) if isinstance(param, click.Option)}
+            placed = {name for names in sections.values() for name in names}
+            groups = {**sections, "Other": [name for name in records if name not in placed]}
+            for title, names in groups.items():
+                rows = [records[name] for name in names if records.get(name)]
+                if rows:
+                    with formatter.section(title):
+                        formatter.write_dl(rows)
+
+    return GroupedCommand
+
+
+# ------------------------------------------------------------------------------ console scripts (pyproject.toml)
+# `wdsbr-shard`, `wdsbr-train`, `wdsbr-evaluate` run the documented scripts of the checkout this package is
+# installed from (`pip install -e .`, what `make setup` does), so they work from any folder and any shell.
+
+def _run_script(relative: str) -> None:
+    script = Path(__file__).resolve().parents[1] / relative
+    if not script.is_file():
+        sys.stderr.write(f"error: {relative} is not beside the installed package: install wdsbr from its checkout "
+                         "with `pip install -e .` (make setup does)\n")
+        sys.exit(1)
+    sys.argv[0] = str(script)
+    runpy.run_path(str(script), run_name="__main__")
+
+
+def shard_main() -> None:
+    _run_script("tools/shard_corpus.py")
+
+
+def train_main() -> None:
+    """One process; for several, `deepspeed --num_gpus N $(which wdsbr-train) …` or `deepspeed launch/train.py …`."""
+    _run_script("launch/train.py")
+
+
+def evaluate_main() -> None:
+    _run_script("launch/evaluate.py")

@@ -44,6 +44,9 @@ from wdsbr.audio import SAMPLE_RATE, AudioError, load_audio
 from wdsbr.collate import Collator
 from wdsbr.text import clean_text
 
+# DataLoader workers per rank when not given: 4, or fewer on a machine with fewer cores (torch warns beyond them)
+DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
 log = logging.getLogger(__name__)
 
 MAX_SECONDS = 30.0  # Whisper's window: longer audio would be truncated away from its transcript

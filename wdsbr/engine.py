@@ -12,6 +12,7 @@ import datetime
 import json
 import logging
 import os
+import pickle
 import shutil
 import zipfile
 from pathlib import Path
@@ -71,6 +72,18 @@ _FILLED = {
     "optimizer.params.lr": ("lr", "--lr"),
     "optimizer.params.weight_decay": ("weight_decay", "--weight-decay"),
 }
+
+
+# The trainer's options that fill the JSON's "auto" values: option name -> setting name.
+OPTION_SETTINGS = {"batch_size": "micro_batch_size", "grad_accum": "grad_accum_steps", "lr": "lr",
+                   "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm", "warmup_steps": "warmup_steps",
+                   "max_steps": "max_steps", "lr_schedule": "lr_schedule", "precision": "precision"}
+
+
+def settings_from_options(options: dict, explicit: set[str]) -> tuple[dict, set[str]]:
+    """`resolve_ds_config`'s settings from the trainer's options, and which of them the command line gave."""
+    return ({setting: options[name] for name, setting in OPTION_SETTINGS.items()},
+            {OPTION_SETTINGS.get(name, name) for name in explicit})
 
 
 def resolve_ds_config(config: dict[str, Any], settings: dict[str, Any], explicit: set[str], *, world_size: int,
@@ -168,16 +181,42 @@ def _resolve_scheduler(config: dict, effective: dict, explicit: set[str], proble
 
 # ------------------------------------------------------------------------------------------------- engine
 
+class _KnownNoise(logging.Filter):
+    """DeepSpeed warnings that say nothing about the run: its own scheduler asks itself for a learning rate while
+    it is being built. Dropped by exact message; every other warning passes."""
+
+    MESSAGES = ("Attempting to get learning rate from scheduler before it has started",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self.MESSAGES
+
+
 def init_distributed(timeout_minutes: float = 30.0) -> None:
     """Join the process group (NCCL on CUDA, gloo on CPU); a rank that dies makes the others fail within
     `timeout_minutes` instead of hanging."""
+    if not torch.cuda.is_available():  # the accelerator DeepSpeed would pick, without its warning on every rank
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        if dist.local_rank() == 0 and not _cpu_comm_op_built():
+            print("compiling DeepSpeed's CPU communication op (first run only, about a minute)", flush=True)
     import deepspeed
     from deepspeed.utils import logger
 
     logger.setLevel(logging.WARNING)  # DeepSpeed's INFO lines drown the run's own output
+    logger.addFilter(_KnownNoise())
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes),
                                verbose=False)
+
+
+def _cpu_comm_op_built() -> bool:
+    """Whether torch's extension cache holds DeepSpeed's compiled CPU communication op (deepspeed_shm_comm)."""
+    from torch.utils import cpp_extension
+
+    try:
+        folder = Path(cpp_extension._get_build_directory("deepspeed_shm_comm", verbose=False))
+    except (AttributeError, OSError, RuntimeError):  # a torch without the helper: say nothing rather than guess
+        return True
+    return any(folder.glob("*.so"))
 
 
 def device_type() -> str:
@@ -192,8 +231,12 @@ def build_engine(model: torch.nn.Module, ds_config: dict[str, Any]):
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameters, config=ds_config)
-    if type(engine.checkpoint_engine) is TorchCheckpointEngine:  # DeepSpeed's own loads with weights_only=False
-        engine.checkpoint_engine = _weights_only_checkpoint_engine(TorchCheckpointEngine)(engine._config)
+    if type(engine.checkpoint_engine) is not TorchCheckpointEngine:  # never resume through a loader we did not check
+        raise ConfigError(f"DeepSpeed's checkpoint engine is {type(engine.checkpoint_engine).__name__}, not the "
+                          "TorchCheckpointEngine wdsbr makes load weights only: remove checkpoint-engine settings from "
+                          "the DeepSpeed config, or use a DeepSpeed version where the engine is TorchCheckpointEngine")
+    # DeepSpeed's own loads with weights_only=False
+    engine.checkpoint_engine = _weights_only_checkpoint_engine(TorchCheckpointEngine)(engine._config)
     return engine
 
 
@@ -209,7 +252,11 @@ def _weights_only_checkpoint_engine(base: type) -> type:
     class WeightsOnlyCheckpointEngine(base):
         def load(self, path: str, map_location=None):
             with torch.serialization.safe_globals(allowed):
-                return torch.load(path, map_location=map_location, weights_only=True)
+                try:
+                    return torch.load(path, map_location=map_location, weights_only=True)
+                except pickle.UnpicklingError as error:
+                    error.wdsbr_path = path  # which file: load_checkpoint names it in its one-line error
+                    raise
 
     return WeightsOnlyCheckpointEngine
 
@@ -330,7 +377,12 @@ def load_checkpoint(engine, checkpoint_dir: str | Path) -> dict:
         logging.getLogger(__name__).warning("--resume: skipping a damaged checkpoint: %s", problem)
     if tag is None:
         raise ConfigError(f"--resume: no intact checkpoint in {checkpoint_dir}: " + ("; ".join(problems) or "none found"))
-    _, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+    try:
+        _, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+    except pickle.UnpicklingError as error:  # weights_only refused a global: the file holds more than weights
+        refused = getattr(error, "wdsbr_path", checkpoint_dir / tag)
+        raise ConfigError(f"--resume: {refused}: refused, it holds a pickle that is not only weights (nothing of it was "
+                          f"run; {str(error).strip().splitlines()[-1][:200]})") from None
     if not client_state or "trainer_state" not in client_state:
         raise ConfigError(f"--resume: {checkpoint_dir / tag} has no trainer state")
     return client_state["trainer_state"]

@@ -1,9 +1,8 @@
-"""Validation and scoring: `generate()` with the language/task prompt, WER/CER with jiwer on normalised text,
-results gathered exactly across ranks, and the early-stopping rule rank 0 applies.
+"""Validation: `generate()` with the language/task prompt over this rank's exact share, results gathered exactly
+across ranks, and the early-stopping rule rank 0 applies.
 
-One scoring function (`score`) and one normaliser serve the trainer and the evaluation CLI, so the WER a
-model gets in `launch/evaluate.py` equals the WER the trainer logged for it. The CLI's inputs are prepared here
-too: a plain corpus becomes temporary shards written by the project's own writer, read by the same loader.
+The trainer and the evaluation CLI both run `run_validation` + `gather` and score with `wdsbr.scoring.score_all`,
+so the WER a model gets in `launch/evaluate.py` equals the WER the trainer logged for it.
 """
 
 from __future__ import annotations
@@ -11,25 +10,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import jiwer
 import torch
-import webdataset as wds
 
-from wdsbr.corpus import CorpusError, Item, open_corpus
-from wdsbr.data import list_shards
-from wdsbr.shards import ShardOptions, shard_corpus
+from wdsbr.scoring import Prediction
 
 METRICS = ("wer", "cer", "loss")  # all three: lower is better
-
-
-@dataclass
-class Prediction:
-    key: str
-    reference: str  # the raw transcript from the shard
-    prediction: str  # the decoded text, special tokens removed
 
 
 def generate_kwargs(language: str | None, num_beams: int, max_new_tokens: int) -> dict[str, Any]:
@@ -88,23 +75,6 @@ def gather(results: list[Prediction], loss_sum: float, token_count: int) -> tupl
     return merged, sum(p[1] for p in parts), sum(p[2] for p in parts)
 
 
-def score(results: list[Prediction], normalize: Callable[[str], str]) -> dict[str, Any]:
-    """Corpus-level WER and CER (total errors / total reference words or characters) after `normalize`.
-    References that normalise to nothing are left out and counted."""
-    pairs = [(normalize(r.reference), normalize(r.prediction)) for r in results]
-    kept = [(ref, hyp) for ref, hyp in pairs if ref]
-    if not kept:
-        return {"wer": math.nan, "cer": math.nan, "samples": 0, "empty_references": len(pairs)}
-    references, hypotheses = [ref for ref, _ in kept], [hyp for _, hyp in kept]
-    words = jiwer.process_words(references, hypotheses)
-    chars = jiwer.process_characters(references, hypotheses)
-    return {
-        "wer": words.wer, "cer": chars.cer, "samples": len(kept), "empty_references": len(pairs) - len(kept),
-        "reference_words": sum(len(ref.split()) for ref in references),
-        "substitutions": words.substitutions, "deletions": words.deletions, "insertions": words.insertions,
-    }
-
-
 @dataclass
 class EarlyStopping:
     """Rank 0's rule: an evaluation improves when metric < best - min_delta; after `patience` evaluations in a
@@ -140,63 +110,6 @@ class EarlyStopping:
     @classmethod
     def from_state_dict(cls, state: dict) -> "EarlyStopping":
         return cls(**state)
-
-
-# ---------------------------------------------------------------------------------------- evaluation CLI data
-# launch/evaluate.py scores shards, or a plain corpus written to temporary shards by the project's own writer
-# (same decoding, same validation), so a folder and the shards made from it give the same numbers.
-
-def eval_data_kind(spec: str) -> str:
-    """What `--data` names: "shards" (a folder of .tar, a brace pattern, a .tar, a URL) or "corpus" (a folder of
-    ID.wav + ID.txt pairs, or a path<TAB>text .tsv). Raises FileNotFoundError naming the path and the fix."""
-    path = Path(spec)
-    if path.is_dir() and not any(path.glob("*.tar")):
-        try:
-            corpus = open_corpus(path)
-        except CorpusError as error:
-            raise FileNotFoundError(str(error)) from None
-        if corpus.kind == "common_voice":
-            raise FileNotFoundError(f"{spec}: a Common Voice release has splits; shard it (tools/shard_corpus.py) and "
-                                    "pass one split's shards, e.g. shards/test")
-        if any(isinstance(entry, Item) for entry in corpus.entries):
-            return "corpus"
-        split_folders = sorted(p.name for p in path.iterdir() if p.is_dir() and any(p.glob("*.tar")))
-        if split_folders:
-            raise FileNotFoundError(f"{spec}: holds split folders ({', '.join(split_folders)}); "
-                                    f"pass one of them, e.g. {path / split_folders[-1]}")
-        raise FileNotFoundError(f"{spec}: folder has no .tar shards and no audio + .txt pairs")
-    if path.is_file() and path.suffix.lower() == ".tsv":
-        return "corpus"
-    if path.is_file() and not path.name.lower().endswith((".tar", ".tar.gz", ".tgz")):
-        raise FileNotFoundError(f"{spec}: not a .tar shard (give shards, a folder of ID.wav + ID.txt pairs or a .tsv)")
-    if not path.exists() and "{" not in spec and "://" not in spec and not spec.startswith("pipe:"):
-        raise FileNotFoundError(f"{spec}: no such file or folder (give shards or a folder of ID.wav + ID.txt pairs)")
-    list_shards(spec)  # raises when a pattern expands to missing files
-    return "shards"
-
-
-def shard_for_evaluation(source: str, output_dir: str, *, workers: int = 1) -> tuple[list[str], list[dict]]:
-    """Write a corpus (folder of pairs or .tsv) to shards in `output_dir` with `wdsbr.shards.shard_corpus`, every
-    kept input in them whatever split it would get. Returns (shard paths, rejected inputs as manifest rows).
-    Raises `wdsbr.shards.ShardError` when nothing could be kept."""
-    # wav: the members live only as long as the run, so skip the flac encode; both are lossless PCM-16
-    options = ShardOptions(val_fraction=0.0, test_fraction=0.0, audio_format="wav", workers=max(1, workers))
-    manifest = shard_corpus(open_corpus(source), output_dir, options, progress=False)
-    shards = [str(Path(output_dir) / shard["file"]) for split in manifest["splits"].values() for shard in split["shards"]]
-    return shards, manifest["rejected"]
-
-
-def take_samples(shards: list[str], count: int, output_path: str, on_error: Callable[[Exception], bool]) -> list[str]:
-    """The first `count` samples of `shards` in shard order, their raw members copied (not decoded) into one tar
-    at `output_path`: a subset that every world size splits the same way. `on_error` is webdataset's handler
-    for an unreadable shard (count it and go on)."""
-    with wds.TarWriter(output_path, encoder=False, mtime=0) as writer:
-        samples = wds.tarfile_to_samples(handler=on_error)({"url": url} for url in shards)
-        for index, sample in enumerate(samples):
-            if index >= count:
-                break
-            writer.write({name: value for name, value in sample.items() if name == "__key__" or not name.startswith("__")})
-    return [output_path]
 
 
 def sum_across_ranks(counts: dict[str, float]) -> dict[str, float]:

@@ -8,7 +8,13 @@ folders because nothing can be downloaded here.
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from pathlib import Path
+from urllib.parse import urlparse
+
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 
 from transformers import (
     GenerationConfig,
@@ -21,6 +27,14 @@ from transformers import (
 from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 
 TASK = "transcribe"
+HUB_TIMEOUT_SECONDS = 5.0  # one short look at the hub before transformers' own retries (minutes when offline)
+# A local model folder needs all of these (any one name of each) to load as model + processor.
+MODEL_FILES = {
+    "config.json": ("config.json",),
+    "weights": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"),
+    "tokenizer": ("tokenizer.json", "vocab.json"),
+    "feature extractor config": ("preprocessor_config.json", "processor_config.json"),
+}
 # Whisper's special tokens, in the order (and so with the id offsets) the real tokenizers have them.
 _N_TIMESTAMPS = 1501  # <|0.00|> … <|30.00|> in steps of 0.02 s
 
@@ -39,6 +53,56 @@ def is_multilingual(model_name_or_path: str, generation_config: GenerationConfig
     if generation_config is not None and getattr(generation_config, "is_multilingual", None) is not None:
         return bool(generation_config.is_multilingual)
     return not str(model_name_or_path).rstrip("/").endswith(".en")
+
+
+def check_model(model: str, language: str | None, *, load: bool = True) -> None:
+    """`--model` must load as model + processor: a local folder holding all of `MODEL_FILES`, or a hub id that is
+    in the local Hugging Face cache or reachable now. Raises FileNotFoundError with one line saying what was
+    tried and how to fix it; a hub that cannot be reached fails within `HUB_TIMEOUT_SECONDS`, not minutes.
+    `load=False` does only the local checks (no network): for when other options are wrong already."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        missing = [what for what, names in MODEL_FILES.items() if not any((path / name).is_file() for name in names)]
+        if missing:
+            raise FileNotFoundError(f"{model}: incomplete model folder, no {' and no '.join(missing)} "
+                                    "(save the model and its WhisperProcessor together with save_pretrained)")
+    elif path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise FileNotFoundError(f"{model}: no such model folder")
+    if not load:
+        return
+    if not path.is_dir() and not isinstance(try_to_load_from_cache(model, "preprocessor_config.json"), str):
+        problem = hub_problem()
+        if problem:
+            raise FileNotFoundError(f"{model}: not a local folder, not in the Hugging Face cache "
+                                    f"({hub_constants.HF_HUB_CACHE}), and {problem}: download it where there is network "
+                                    f"(huggingface-cli download {model}) or point --model at a local folder")
+    try:
+        load_processor(model, language)
+    except OSError as error:
+        raise FileNotFoundError(f"{model}: not a local folder, and not loadable from the Hugging Face hub "
+                                f"({str(error).splitlines()[0].split('. ')[0]})") from None
+
+
+def hub_problem(timeout: float = HUB_TIMEOUT_SECONDS) -> str | None:
+    """Why the Hugging Face hub cannot be used now (HF_HUB_OFFLINE, or no TCP connection to its endpoint within
+    `timeout`), or None. One connection attempt, in a thread so a slow name lookup cannot stall it either."""
+    if hub_constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(hub_constants.ENDPOINT)
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(f"{host}:{port} cannot be reached ({error.strerror or error})")
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout + 1)
+    return outcome[0] if outcome else f"{host}:{port} did not answer within {timeout:.0f} s"
 
 
 def load_processor(model_name_or_path: str, language: str | None = "br", **hub_kwargs) -> WhisperProcessor:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 # (score key, metric type, what the metric is called); the normaliser comes from scores["normalizers"]
-# (wdsbr.breton.breton_scores) or, for the trainer's own wer/cer, from the --text-normalizer.
+# (wdsbr.scoring.score_all) or, for the trainer's own wer/cer, from the --text-normalizer.
 METRICS = (
     ("wer_normalized", "wer", "WER"),
     ("cer_normalized", "cer", "CER"),
@@ -51,7 +51,7 @@ def write_model_card(
     `datasets`: Hub dataset ids (or plain names) trained on; the first is the one `scores` were measured on
     unless `eval_dataset` says otherwise, on `eval_split`. `hours`: training hours, or hours per split.
     `scores`: fractions (0.123 = 12.3 % WER) keyed as in `METRICS` — `wdsbr.evaluation.score`'s `wer`/`cer`,
-    `wdsbr.breton.breton_scores`'s keys and its `normalizers`; they are written as percentages, the Hub's
+    `wdsbr.scoring.score_all`'s keys and its `normalizers`; they are written as percentages, the Hub's
     convention. `normalizer`: the `--text-normalizer` of the run. `command`: the training command.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData

@@ -1,71 +1,19 @@
-"""Per-sample errors and the files `launch/evaluate.py --output` writes: a TSV of every sample, worst first, and
-a short Markdown report (the worst samples, the most frequent word substitutions, deletions and insertions).
+"""The files `launch/evaluate.py --output` writes: a TSV of every sample, worst first, and a short Markdown
+report (the worst samples, the most frequent word substitutions, deletions and insertions).
 
-Per-sample counts come from one jiwer alignment of the same normalised text `wdsbr.evaluation.score` scores,
-so the per-sample errors add up to the corpus WER.
+The per-sample numbers come from `wdsbr.scoring.score_samples` (one jiwer alignment of the same normalised text
+`score_all` scores, so they add up to the corpus WER); this module only writes them.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-import jiwer
-
-from wdsbr.evaluation import Prediction
+from wdsbr.scoring import SampleScore, WordErrors
 
 TSV_COLUMNS = ("key", "reference", "prediction", "wer", "errors", "reference_words", "raw_reference", "raw_prediction")
-
-
-@dataclass
-class SampleScore:
-    key: str
-    reference: str  # normalised, as scored
-    prediction: str  # normalised, as scored
-    wer: float  # errors / reference words; NaN when the reference normalises to nothing (not scored)
-    errors: int  # substitutions + deletions + insertions
-    reference_words: int
-    raw_reference: str
-    raw_prediction: str
-
-
-@dataclass
-class WordErrors:
-    """How often each word error occurs over the whole set."""
-
-    substitutions: Counter  # (reference word, predicted word) -> count
-    deletions: Counter  # reference word -> count
-    insertions: Counter  # predicted word -> count
-
-
-def score_samples(results: Iterable[Prediction], normalize: Callable[[str], str]) -> tuple[list[SampleScore], WordErrors]:
-    """Every sample's WER from one alignment of the normalised texts, sorted worst first (most errors next,
-    then key); samples whose reference normalises to nothing come last with WER NaN."""
-    results = list(results)
-    pairs = [(normalize(r.reference), normalize(r.prediction)) for r in results]
-    scored = [i for i, (reference, _) in enumerate(pairs) if reference]
-    samples = [SampleScore(r.key, ref, hyp, math.nan, 0, 0, r.reference, r.prediction) for r, (ref, hyp) in zip(results, pairs)]
-    errors = WordErrors(Counter(), Counter(), Counter())
-    if scored:
-        output = jiwer.process_words([pairs[i][0] for i in scored], [pairs[i][1] for i in scored])
-        for i, words, predicted, alignment in zip(scored, output.references, output.hypotheses, output.alignments):
-            edits = 0
-            for chunk in alignment:  # word by word: jiwer's own counts join a chunk's words into one phrase
-                reference = words[chunk.ref_start_idx:chunk.ref_end_idx]
-                prediction = predicted[chunk.hyp_start_idx:chunk.hyp_end_idx]
-                if chunk.type == "substitute":
-                    errors.substitutions.update(zip(reference, prediction))
-                elif chunk.type == "delete":
-                    errors.deletions.update(reference)
-                elif chunk.type == "insert":
-                    errors.insertions.update(prediction)
-                edits += 0 if chunk.type == "equal" else max(len(reference), len(prediction))
-            samples[i].errors, samples[i].reference_words, samples[i].wer = edits, len(words), edits / len(words)
-    samples.sort(key=lambda s: (math.isnan(s.wer), -s.wer if not math.isnan(s.wer) else 0.0, -s.errors, s.key))
-    return samples, errors
 
 
 def _cell(text: str) -> str:

@@ -417,14 +417,32 @@ def format_summary(manifest: dict[str, Any], output_dir: str | Path) -> str:
     run = manifest["run"]
     overlap = manifest.get("overlap")
     if overlap:
-        lines.append(f"  train shares {_plural(overlap['speakers'], 'speaker')} and {_plural(overlap['sentences'], 'sentence')}"
-                     " with validation+test")
+        known = any(summary.get("speakers") for summary in manifest["splits"].values())
+        speakers = _plural(overlap["speakers"], "speaker") if known else "speakers unknown"
+        lines.append(f"  train shares {speakers} and {_plural(overlap['sentences'], 'sentence')} with validation+test"
+                     if known else f"  train shares {_plural(overlap['sentences'], 'sentence')} with validation+test ({speakers})")
     lines.append(
         f"{counts['found']} inputs in {run['wall_seconds']:.1f} s with {_plural(run['workers'], 'worker')}: "
         f"{run['clips_per_second'] or 0:.1f} clips/s, {run['input_megabytes_per_second'] or 0:.2f} MB/s of source audio"
     )
     lines.append(f"wrote {Path(output_dir) / MANIFEST}")
     return "\n".join(lines)
+
+
+def empty_split_warnings(manifest: dict[str, Any]) -> list[str]:
+    """One line per split the options ask for that came out empty (the trainer needs train and validation):
+    a split given by the source (its folder, TSV or HF split), or a hashed one with a fraction above 0."""
+    options, splits = manifest["options"], manifest["splits"]
+    wanted = {"train": True, "validation": options["val_fraction"] > 0, "test": options["test_fraction"] > 0}
+    warnings = []
+    for split, asked in wanted.items():
+        if asked and not splits.get(split, {}).get("samples"):
+            why = (f"--{'val' if split == 'validation' else split}-fraction {options['val_fraction' if split == 'validation' else 'test_fraction']}"
+                   if split != "train" else "every input")
+            hint = (" (with --speaker-from-folder or known speakers, whole speakers are hashed: a corpus of few speakers"
+                    " needs a larger fraction, or split folders train/ validation/ test/)" if split != "train" else "")
+            warnings.append(f"warning: the {split} split is empty although {why} asks for it{hint}")
+    return warnings
 
 
 def _plural(count: int, noun: str) -> str:

@@ -1,17 +1,15 @@
-"""Transcript cleaning: the default Breton-aware `clean_text` and loading a replacement normaliser.
+"""Transcript cleaning: the default Breton-aware `clean_text` and the mark folding every normaliser starts with.
 
 Raw text stays in the shards; cleaning happens when labels are built and when WER is scored, so a new
-normaliser needs no re-sharding. `--text-normalizer breton` uses the Breton community's normaliser (numbers,
-ordinals, times and percentages spelled out; see `wdsbr.breton`), and a project plugs its own cleaner in with
-`--text-normalizer module:function`.
+normaliser needs no re-sharding. This module is a leaf (no wdsbr import): `--text-normalizer` names are
+resolved by `wdsbr.scoring.load_normalizer` (`default` is `clean_text`, `breton` is `wdsbr.breton`'s,
+`module:function` any callable).
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 import unicodedata
-from typing import Callable
 
 # Every apostrophe look-alike a Breton transcript is typed with, folded to ASCII "'":
 # ’ (U+2019) ‘ (U+2018) ʼ (U+02BC) ´ (U+00B4) ` (U+0060) ′ (U+2032) ʹ (U+02B9) ＇ (U+FF07)
@@ -50,28 +48,3 @@ def unify_marks(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     return _HYPHENS.sub("-", _APOSTROPHES.sub("'", text))
 
-
-def load_normalizer(spec: str | None) -> Callable[[str], str]:
-    """Resolve `--text-normalizer`: None or "default" is `clean_text`; "breton" is `wdsbr.breton.normalize_breton`
-    (the Breton community's normaliser, anaouder, imported only then); "module:function" imports that callable.
-
-    Raises ValueError with a one-line explanation when the spec cannot be resolved (for "breton" without
-    anaouder: the command that installs it).
-    """
-    if spec is None or spec in ("", "default", "clean_text"):
-        return clean_text
-    if spec == "breton":
-        from wdsbr.breton import load_breton_normalizer  # lazy: anaouder is an optional dependency
-
-        return load_breton_normalizer()
-    if ":" not in spec:
-        raise ValueError(f"--text-normalizer {spec!r}: expected 'default', 'breton' or 'module:function' (e.g. mypkg.text:normalise)")
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"--text-normalizer {spec!r}: cannot import module {module_name!r} ({error})") from None
-    function = getattr(module, attr, None)
-    if not callable(function):
-        raise ValueError(f"--text-normalizer {spec!r}: module {module_name!r} has no callable {attr!r}")
-    return function

@@ -1,0 +1,211 @@
+"""Training helpers for `launch/train.py`: the run's state, the train rows, checkpoints that carry the data
+stream's position, validation with rank 0's decision, and the end-of-run records.
+
+`RunState` is everything a run is at (step, data epoch and position, timers, counters, early stopping): the
+loop moves it, `save_run_checkpoint` writes it as `trainer_state.json`, the metrics rows read it, `--resume`
+restores it. Functions marked "collective" must be called by every rank at the same point.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import transformers
+
+from wdsbr import dist
+from wdsbr.data import SkipCounter
+from wdsbr.engine import environment_summary, loss_scale, save_checkpoint
+from wdsbr.evaluation import EarlyStopping, gather, run_validation
+from wdsbr.metrics import MetricsLog, say
+from wdsbr.model import save_model_atomic
+from wdsbr.modelcard import describe_shards, training_command, write_model_card
+from wdsbr.scoring import SCORE_KEYS, score_all
+
+
+def quiet_libraries() -> None:
+    """Keep the run's own lines readable: transformers' per-call generate() advice and weight-loading bars, and
+    DeepSpeed's FutureWarnings about torch.distributed (theirs to fix, not the user's)."""
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+
+
+@dataclass
+class RunState:
+    """Where the run stands. The saved fields are `trainer_state.json` in every checkpoint."""
+
+    stopper: EarlyStopping
+    seed: int = 0
+    step: int = 0  # optimizer steps
+    epoch: int = 0  # data epoch: which shard permutation the stream deals
+    batch_in_epoch: int = 0  # micro-batches of this epoch consumed (a resume skips exactly these)
+    skipped_samples: int = 0  # bad samples skipped by the jobs this run resumes
+    train_seconds: float = 0.0  # wall-clock of the train windows (evaluation and checkpoints excluded)
+    nonfinite_batches: int = 0  # NaN/inf micro-batches skipped on every rank
+    start_step: int = 0  # this job's first step (for --stop-after-steps); not saved
+    stopped_early: bool = False
+    done: bool = False
+
+    @classmethod
+    def resumed(cls, saved: dict, seed: int) -> "RunState":
+        """The state a checkpoint's `trainer_state.json` holds; `seed` is the one this job's stream uses."""
+        return cls(stopper=EarlyStopping.from_state_dict(saved["early_stopping"]), seed=seed, step=saved["step"],
+                   epoch=saved["epoch"], batch_in_epoch=saved["batch_in_epoch"], skipped_samples=saved["skipped_samples"],
+                   train_seconds=saved["train_seconds"], nonfinite_batches=saved.get("nonfinite_batches", 0),
+                   start_step=saved["step"])
+
+
+def make_run_folder(output_dir: str | None, options: dict, ds_config: dict, notes: list[str]) -> Path:
+    """Collective: all ranks agree on the run folder (rank 0's timestamp when none is given); rank 0 creates it,
+    prints the configuration notes and writes the resolved `config.json`."""
+    stamp = [output_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}"]
+    torch.distributed.broadcast_object_list(stamp, src=0)  # collective: all ranks
+    out = Path(stamp[0])
+    if dist.is_main():
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for note in notes:
+            say(note)
+        (out / "config.json").write_text(json.dumps({"options": {k: v for k, v in options.items() if k != "local_rank"},
+                                                     "deepspeed": ds_config, "environment": environment_summary()}, indent=2))
+    return out
+
+
+def skipped_total(skipped: SkipCounter, run: RunState, device: torch.device) -> int:
+    """Collective: all ranks. Samples skipped by every rank's loader, over the whole run (resumed jobs included)."""
+    count = torch.tensor([skipped.total()], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(count)  # collective: all ranks
+    return run.skipped_samples + int(count.item())
+
+
+def save_run_checkpoint(engine, out: Path, run: RunState, skipped: SkipCounter, batches_per_rank: int, keep: int) -> None:
+    """Collective: all ranks. DeepSpeed state + where the data stream and early stopping stand."""
+    at_end = run.batch_in_epoch == batches_per_rank  # then resume at the start of the next epoch
+    trainer_state = {"step": run.step, "epoch": run.epoch + at_end, "batch_in_epoch": 0 if at_end else run.batch_in_epoch,
+                     "seed": run.seed, "early_stopping": run.stopper.state_dict(),
+                     "skipped_samples": skipped_total(skipped, run, engine.device),
+                     "train_seconds": run.train_seconds, "nonfinite_batches": run.nonfinite_batches}
+    save_checkpoint(engine, out / "checkpoints", run.step, trainer_state, keep)  # collective: all ranks
+
+
+class StepMeter:
+    """What the loop did since the last train row: summed loss, micro-batches, samples, utterances, audio and
+    speech seconds, on device (no host sync per micro-batch), the wall-clock window they took, and how long
+    each rank waited for data (`data_wait_seconds`, one number per rank: the rank that makes the others wait)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.loss_sum = torch.zeros((), device=device)
+        self.counts = torch.zeros(5, dtype=torch.float64)
+        self.data_wait = 0.0  # seconds this rank waited for its next batch: a slow reader shows here
+        self.restart()
+
+    def timed(self, loader) -> Iterator[dict]:
+        """The loader's batches, adding the time this rank waits for each one to `data_wait`."""
+        batches = iter(loader)
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            self.data_wait += time.perf_counter() - start
+            if batch is None:
+                return
+            yield batch
+
+    def restart(self) -> None:
+        """Open a new timing window (after an evaluation or checkpoint, whose time is not training time)."""
+        self.t_window = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, batch: dict) -> None:
+        self.loss_sum += loss.float()  # no .item(): it would sync the GPU every micro-batch
+        self.counts += torch.tensor([1, len(batch["keys"]), batch["utterances"], batch["audio_seconds"], batch["speech_seconds"]])
+
+    def row(self, engine, run: RunState, skipped: SkipCounter, log_every: int) -> dict:
+        """Collective: all ranks. The train row over every rank's window; adds the window to `run.train_seconds`."""
+        elapsed = time.perf_counter() - self.t_window
+        waits = torch.zeros(dist.world_size(), dtype=torch.float64)
+        waits[dist.rank()] = self.data_wait  # summed below: every rank's own wait, in rank order
+        totals = torch.cat([self.loss_sum.double().view(1), self.counts.to(self.device), waits.to(self.device)])
+        torch.distributed.all_reduce(totals)  # collective: all ranks, on log steps only
+        loss_total, batches, samples, utterances, audio, speech = totals[:6].tolist()
+        row = dict(step=run.step, loss=loss_total / batches, lr=engine.get_lr()[0],
+                   grad_norm=float(engine.get_global_grad_norm() or 0.0), loss_scale=loss_scale(engine),
+                   skipped_steps=engine.skipped_steps, step_seconds=elapsed / log_every, samples_per_s=samples / elapsed,
+                   audio_seconds_per_s=audio / elapsed, speech_seconds_per_s=speech / elapsed,
+                   packing_factor=utterances / samples, epoch=run.epoch,
+                   skipped_samples=skipped_total(skipped, run, engine.device), nonfinite_batches=run.nonfinite_batches,
+                   data_wait_seconds=[round(wait, 3) for wait in totals[6:].tolist()])
+        run.train_seconds += elapsed
+        self.loss_sum.zero_()
+        self.counts.zero_()
+        self.data_wait = 0.0
+        self.restart()
+        return row
+
+
+def any_rank_signalled(caught: list[str], device: torch.device) -> bool:
+    """Collective: all ranks. True when any rank caught SIGTERM/SIGUSR1: one signalled rank stops them all."""
+    signalled = torch.tensor([float(bool(caught))], device=device)
+    torch.distributed.all_reduce(signalled, op=torch.distributed.ReduceOp.MAX)  # collective: all ranks
+    return bool(signalled.item())
+
+
+def evaluate(engine, val_loader, processor, gen_kwargs: dict, dtype: torch.dtype, run: RunState, *,
+             normalizer: str, out: Path, language: str | None, metrics: MetricsLog) -> bool:
+    """Collective: all ranks. Score the whole validation set; rank 0 records it, saves a new best/ and decides
+    whether to stop, and broadcasts the decision (True: stop early)."""
+    results, loss_sum, tokens, seconds = run_validation(engine.module, val_loader, processor.tokenizer, gen_kwargs,
+                                                        dtype, engine.device)
+    results, loss_sum, tokens = gather(results, loss_sum, tokens)  # collective: all ranks
+    decision = [None]
+    if dist.is_main():
+        scores = score_all(results, normalizer)  # wer/cer + raw, normalised and Whisper-basic WER, labelled
+        scores["loss"] = loss_sum / max(1, tokens)
+        is_best, save_error = run.stopper.update(scores, run.step), None
+        if is_best:
+            try:
+                save_model_atomic(engine.module, processor, out / "best", language)
+            except OSError as error:  # full disk, read-only folder: the previous best/ is intact; say so, go on
+                save_error = f"{out / 'best'}: not updated ({error}); the previous best/ is kept"
+                say(f"error: step {run.step}: {save_error}")
+        metrics.log("eval", step=run.step, val_loss=scores["loss"], wer=scores["wer"], cer=scores["cer"],
+                    samples=scores["samples"], eval_seconds=round(seconds, 3), is_best=is_best,
+                    bad_evaluations=run.stopper.bad_evaluations, best_save_error=save_error,
+                    **{name: scores[name] for name in SCORE_KEYS})
+        say(f"step {run.step}: val_loss {scores['loss']:.4f} wer {scores['wer']:.4f} cer {scores['cer']:.4f}"
+            f" ({scores['samples']} samples, {seconds:.1f} s){' new best' if is_best else ''}")
+        decision = [run.stopper.should_stop]
+    torch.distributed.broadcast_object_list(decision, src=0)  # collective: rank 0's decision for all
+    return decision[0]
+
+
+def finish(run: RunState, cfg: dict, out: Path, language: str | None, metrics: MetricsLog, total_seconds: float,
+           interrupted: str | None) -> dict:
+    """The summary row and `summary.json` (what a job scheduler reads to decide whether to requeue: a finished
+    run is not restarted), and best/'s model card; rank 0 writes, every rank returns the summary."""
+    stopper, best = run.stopper, run.stopper.best_scores or {}
+    summary = dict(step=run.step, finished=run.stopped_early or run.step >= cfg["max_steps"], interrupted=interrupted,
+                   best_step=stopper.best_step, best_metric=cfg["metric"], best_value=stopper.best, best_wer=best.get("wer"),
+                   best_cer=best.get("cer"), stopped_early=run.stopped_early, train_seconds=round(run.train_seconds, 3),
+                   total_seconds=round(total_seconds, 3))
+    metrics.log("summary", **summary)
+    metrics.close()
+    if dist.is_main():
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if stopper.best is not None and (out / "best").is_dir():  # best/ uploads to the Hub as it is
+            trained_on = describe_shards(cfg["train_shards"])
+            write_model_card(out / "best", language=language or "en", base_model=cfg["model"],
+                             datasets=trained_on["datasets"], hours=trained_on["hours"], scores=stopper.best_scores,
+                             normalizer=cfg["text_normalizer"], command=training_command(sys.argv))
+    if run.stopped_early:
+        best_so_far = f"best {stopper.best:.4f} at step {stopper.best_step}" if stopper.best is not None else "no finite value"
+        say(f"stopped early at step {run.step}: {stopper.metric} did not improve for {stopper.patience} evaluations ({best_so_far})")
+    if stopper.best is not None:
+        say(f"best {cfg['metric']} {stopper.best:.4f} at step {stopper.best_step}: {out / 'best'}")
+    return summary
