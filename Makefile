@@ -43,7 +43,7 @@ shard: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-bench: setup  # ~12 minutes on 2 CPU cores; bench/RESULTS.md is written from the JSON in bench/results/
+bench: setup  # ~23 minutes on 2 shared CPU cores (2026-12-01); bench/RESULTS.md is written from the JSON in bench/results/
 	$(BIN)/python -c "import accelerate, psutil" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/bench_features.py
 	$(BIN)/python bench/bench_loader.py

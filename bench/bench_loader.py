@@ -15,7 +15,9 @@ process, candidates interleaved over --repeats repetitions):
 
 Peak memory as the corpus grows (1×, 4×, 16× --rss-base clips): one child process per measurement iterates one
 epoch of each pipeline (everything in that process: 0 workers, map in process) and reports
-getrusage(RUSAGE_SELF / RUSAGE_CHILDREN).ru_maxrss; the recipe's Arrow cache size on disk is recorded too.
+getrusage(RUSAGE_SELF / RUSAGE_CHILDREN).ru_maxrss, which includes the resident pages of memory-mapped files (the
+recipe reads its Arrow cache through mmap), and the peak anonymous memory (RSS minus file-backed pages, sampled
+every 20 ms: what the corpus costs in heap and tensors); the recipe's Arrow cache size on disk is recorded too.
 Writes bench/results/loader.json.
 """
 
@@ -33,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DataCollatorSpeechSeq2SeqWithPadding, child_rusage, fmt, hf_map, hf_raw_dataset,  # noqa: E402
+from common import (AnonymousPeak, DataCollatorSpeechSeq2SeqWithPadding, child_rusage, fmt, hf_map, hf_raw_dataset,  # noqa: E402
                     plural, print_table, run_measured, save_results, shard_folder, summarize, write_corpus)
 
 from wdsbr.data import make_train_loader  # noqa: E402
@@ -85,8 +87,10 @@ def hf_epochs(rows: list[dict], cache_dir: Path, processor, num_proc: int, batch
 # ---------------------------------------------------------------------------------------------- RSS child
 
 def rss_child(args: argparse.Namespace) -> None:
-    """One epoch of one pipeline in this (fresh) process; prints peak RSS as JSON on the last line."""
+    """One epoch of one pipeline in this (fresh) process; prints peak RSS (ru_maxrss: mapped files included) and
+    peak anonymous memory (mapped files excluded) as JSON on the last line."""
     torch.set_num_threads(1)
+    anonymous = AnonymousPeak()
     processor = load_processor(args.model, language="br")
     if args.rss_child == "wdsbr":  # `datasets` is not imported here: its import alone is ~90 MB
         result = wdsbr_epoch(Path(args.shards), processor, 0, args.batch_size)
@@ -94,7 +98,7 @@ def rss_child(args: argparse.Namespace) -> None:
         quiet_datasets()
         rows = json.loads(Path(args.rows).read_text())
         result = hf_epochs(rows, Path(args.cache), processor, 1, args.batch_size)
-    print(json.dumps({**result, **child_rusage()}))
+    print(json.dumps({**result, **child_rusage(), "anonymous_mb": anonymous.stop()}))
 
 
 def measure_rss(kind: str, shards: Path, rows_file: Path, cache: Path, model: Path, batch_size: int) -> dict:
@@ -195,8 +199,9 @@ def main() -> None:
     print_table(["pipeline", "samples/s, first epoch", "samples/s, later epochs", "per core (first epoch)", "per core vs recipe"], table)
     print(f"\npeak RSS of one process iterating one epoch (MB); the recipe's Arrow cache is "
           f"{throughput[names[-1]]['cache_mb_per_clip']:.2f} MB per clip on disk\n")
-    print_table(["clips", "wdsbr", "hf recipe", "hf cache on disk (MB)"],
-                [[row["clips"], f"{row['self_mb']:.0f}", f"{other['self_mb']:.0f}", f"{other['cache_mb']:.0f}"]
+    print_table(["clips", "wdsbr RSS / anonymous", "hf recipe RSS / anonymous", "hf cache on disk (MB)"],
+                [[row["clips"], f"{row['self_mb']:.0f} / {row['anonymous_mb']:.0f}",
+                  f"{other['self_mb']:.0f} / {other['anonymous_mb']:.0f}", f"{other['cache_mb']:.0f}"]
                  for row, other in zip(memory[0::2], memory[1::2])])
     print(f"\nwrote {out} in {report['bench_seconds']:.0f} s")
 

@@ -5,13 +5,17 @@ Face recipe: DDP over a dataset prepared by `map`), same model, clips, batch, st
 
 Candidates, interleaved over --repeats repetitions, each a fresh launch:
   - wdsbr, N ranks     deepspeed --num_gpus N launch/train.py … --precision P --num-workers 1 --log-every 1
-                       --eval-every (larger than --max-steps); step times from its metrics.jsonl train rows
-                       (one per step), the first --warmup-rows rows left out. (Its final evaluation and
+                       --eval-every (larger than --max-steps); step times from the wall-clock `time` of its
+                       metrics.jsonl train rows (one per step, written after the row's all-reduces: the step's
+                       whole cost), the first --warmup-rows steps left out. (Its final evaluation and
                        checkpoint come after the last row: outside the measured window.)
   - hf trainer, N ranks  python bench/hf_train.py (N = 1) or torchrun --nproc_per_node N bench/hf_train.py:
                        Seq2SeqTrainer, DataCollatorSpeechSeq2SeqWithPadding, dataloader_num_workers 1, no
-                       evaluation; step times from the end times of the same steps. Audio-seconds/s is samples/s
-                       times the corpus's mean clip length (the mapped dataset keeps no lengths).
+                       evaluation; step times from the wall-clock end times of the same steps (on_step_end).
+                       Audio-seconds/s is samples/s times the corpus's mean clip length (the mapped dataset keeps
+                       no lengths).
+Both sides: a step's time is the difference of consecutive step-end timestamps taken with time.time() in the
+rank-0 process, so both windows hold the same work (the step, its bookkeeping, the next batch's wait).
 A run's samples/s is the global batch over its median step time (the mean is in the JSON too): on a shared
 machine a few steps slowed by other work would otherwise move the mean. CPU seconds per sample (user + system of
 the whole launched tree over the same steps, sampled every 0.2 s) is the cost that other load does not inflate.
@@ -71,9 +75,10 @@ def wdsbr_rates(out: Path, warmup_rows: int, launched: float, measured) -> dict:
     train = [r for r in rows if r["kind"] == "train"]
     kept = train[warmup_rows:]
     cpu = measured.cpu_seconds_between(train[warmup_rows - 1]["time"], train[-1]["time"])
-    seconds = [r["step_seconds"] for r in kept]  # --log-every 1: one step per row
-    samples = sum(r["samples_per_s"] * s for r, s in zip(kept, seconds))
-    audio = sum(r["audio_seconds_per_s"] * s for r, s in zip(kept, seconds))
+    # step-end timestamps, as the recipe's: row k is written when step k's bookkeeping is done (--log-every 1)
+    seconds = [b["time"] - a["time"] for a, b in zip(train[warmup_rows - 1:], kept)]
+    samples = sum(r["samples_per_s"] * r["step_seconds"] for r in kept)  # the samples of each step (its own window)
+    audio = sum(r["audio_seconds_per_s"] * r["step_seconds"] for r in kept)
     global_batch = samples / len(kept)
     return {"samples_per_s": global_batch / statistics.median(seconds), "audio_seconds_per_s": audio / samples * global_batch / statistics.median(seconds),
             "mean_samples_per_s": samples / sum(seconds), "steps_measured": len(kept), "step_seconds": seconds,
@@ -111,7 +116,7 @@ def loader_alone(shards: Path, processor, batch_size: int, batches: int) -> floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions (a target is met only beyond their spread)")
     parser.add_argument("--batch-size", type=int, default=4, help="micro-batch per rank, both trainers")
     parser.add_argument("--max-steps", type=int, default=14)
     parser.add_argument("--warmup-rows", type=int, default=4, help="first steps left out of the rates")
@@ -215,7 +220,7 @@ def main() -> None:
                  "largest process RSS (MB)", "tree PSS (MB)",
                  "s to 1st step / after last / total"], table)
     print(f"\nwdsbr loader alone, 1 worker, batch {args.batch_size}: {fmt(loader)} samples/s = "
-          f"{report['loader_vs_training_1_rank']:.0f}x what 1 rank trains")
+          f"{report['loader_vs_training_1_rank']:.0f}x what 1 rank of this tiny model trains on this CPU")
     print(f"wrote {out} in {report['bench_seconds']:.0f} s")
 
 

@@ -289,6 +289,36 @@ def run_measured(command: list[str], *, env: dict | None = None, cwd: Path | Non
     return Measured(result["rc"], result["wall_s"], result["max_process_rss_mb"], peak[0], series, output)
 
 
+class AnonymousPeak:
+    """Samples this process's anonymous resident memory (RSS minus file-backed pages: heap, tensors, buffers) every
+    20 ms in a thread and keeps the peak. ru_maxrss also counts the pages of memory-mapped files (the recipe's Arrow
+    cache is read through mmap), which the page cache can drop at any time; the anonymous part is what a larger
+    corpus really costs."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self._process, self.peak_mb, self._stop = psutil.Process(), 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        info = self._process.memory_info()
+        self.peak_mb = max(self.peak_mb, (info.rss - info.shared) / 1e6)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self._sample()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return self.peak_mb
+
+
 def child_rusage() -> dict[str, float]:
     """Peak RSS in MB of this process and of its largest finished child (DataLoader workers, map's pool)."""
     import resource

@@ -115,11 +115,13 @@ def main() -> None:
                 rows.append([case, name, mm(r), f"{r['vs_hf_numpy']:.1f}×", f"{r['max_abs_diff_vs_hf_numpy']:.1e}"])
             ours = results["wdsbr"]
             equal = all(r["max_abs_diff_vs_hf_numpy"] <= 1e-3 for r in results.values())
+            vs_torch = ours["median"] / results["hf-torch"]["median"]  # the headline: what the recipe runs with torch installed
             summary.append([f"log-mel, {case}", f"{ours['median']:.0f} windows/s",
-                            f"{results['hf-numpy']['median']:.0f} (numpy) / {results['hf-torch']['median']:.0f} (torch)",
-                            f"{ours['vs_hf_numpy']:.1f}× / {ours['median'] / results['hf-torch']['median']:.1f}×",
-                            f"≥ 5×, equal outputs: {verdict(ours['vs_hf_numpy'] >= 5 and equal)} vs numpy, "
-                            f"{verdict(ours['median'] / results['hf-torch']['median'] >= 5 and equal)} vs torch"])
+                            f"{results['hf-torch']['median']:.0f} (torch path, the recipe's default) / "
+                            f"{results['hf-numpy']['median']:.0f} (numpy)",
+                            f"{vs_torch:.1f}× / {ours['vs_hf_numpy']:.1f}×",
+                            f"≥ 5×, equal outputs: {verdict(vs_torch >= 5 and equal)} vs torch, "
+                            f"{verdict(ours['vs_hf_numpy'] >= 5 and equal)} vs numpy"])
         sections += ["## 1. Features: `python bench/bench_features.py`",
                      "",
                      f"30 s log-mel windows per second, batch {features['batch_size']}, {features['repeats']} repeats, torch threads "
@@ -136,20 +138,26 @@ def main() -> None:
         ours = next(r for name, r in throughput.items() if name.startswith("wdsbr"))  # the fewest workers
         recipe_name = next(name for name in throughput if name.startswith("hf recipe"))
         recipe = throughput[recipe_name]
-        summary.append([f"data pipeline, per core (first epoch): {next(iter(throughput))} vs {recipe_name}", f"{ours['per_core']['median']:.0f} samples/s",
-                        f"{recipe['per_core']['median']:.0f} (later epochs {recipe['cached_epoch_samples_per_s']['median']:.0f})",
-                        f"{ours['per_core_vs_hf_recipe']:.1f}×", "(no target)"])
+        # Steady state: every wdsbr epoch streams the same way; the recipe's later epochs read its Arrow cache.
+        # Neither side's one-off step is in it (the recipe's `map`: its first epoch below; wdsbr's sharding: section 3).
+        recipe_procs = recipe["samples_per_s"]["median"] / recipe["per_core"]["median"]
+        recipe_steady = recipe["cached_epoch_samples_per_s"]["median"] / recipe_procs
+        summary.append([f"data pipeline, per core, steady state (every epoch vs the recipe's cached epochs): "
+                        f"{next(iter(throughput))} vs {recipe_name}", f"{ours['per_core']['median']:.0f} samples/s",
+                        f"{recipe_steady:.0f} (first epoch, with its one-off map: {recipe['per_core']['median']:.0f})",
+                        f"{ours['per_core']['median'] / recipe_steady:.1f}×", "(no target)"])
         memory = loader["memory"]
         mem_rows = []
         for ours_row, hf_row in zip(memory[0::2], memory[1::2]):
-            mem_rows.append([f"{ours_row['scale']}× ({ours_row['clips']} clips)", f"{ours_row['self_mb']:.0f}",
-                             f"{hf_row['self_mb']:.0f}", f"{hf_row['cache_mb']:.0f}"])
+            mem_rows.append([f"{ours_row['scale']}× ({ours_row['clips']} clips)",
+                             f"{ours_row['anonymous_mb']:.0f} / {ours_row['self_mb']:.0f}",
+                             f"{hf_row['anonymous_mb']:.0f} / {hf_row['self_mb']:.0f}", f"{hf_row['cache_mb']:.0f}"])
         first, last = memory[0], memory[-2]
         first_hf, last_hf = memory[1], memory[-1]
-        growth, growth_hf = last["self_mb"] / first["self_mb"], last_hf["self_mb"] / first_hf["self_mb"]
-        summary.append([f"peak RSS, {first['clips']} → {last['clips']} clips",
-                        f"{first['self_mb']:.0f} → {last['self_mb']:.0f} MB",
-                        f"{first_hf['self_mb']:.0f} → {last_hf['self_mb']:.0f} MB (+ {last_hf['cache_mb']:.0f} MB Arrow cache on disk)",
+        growth, growth_hf = last["anonymous_mb"] / first["anonymous_mb"], last_hf["anonymous_mb"] / first_hf["anonymous_mb"]
+        summary.append([f"peak anonymous memory (RSS less mapped files), {first['clips']} → {last['clips']} clips",
+                        f"{first['anonymous_mb']:.0f} → {last['anonymous_mb']:.0f} MB",
+                        f"{first_hf['anonymous_mb']:.0f} → {last_hf['anonymous_mb']:.0f} MB (+ {last_hf['cache_mb']:.0f} MB Arrow cache on disk)",
                         f"{growth:.2f}× / {growth_hf:.2f}× growth", f"flat for streaming: {verdict(growth <= 1.15)}"])
         sections += ["## 2. Data pipeline: `python bench/bench_loader.py`",
                      "",
@@ -161,9 +169,12 @@ def main() -> None:
                      "Arrow cache. Per core: divided by the processes doing the work.",
                      "", *table(["pipeline", "samples/s, first epoch", "samples/s, later epochs", "per core", "per core vs recipe"], rows),
                      "",
-                     "Peak RSS (MB) of one process iterating one epoch (`getrusage(RUSAGE_SELF).ru_maxrss` in a fresh child "
-                     "per measurement; everything in that process):",
-                     "", *table(["corpus", "wdsbr", "hf recipe", "hf Arrow cache on disk (MB)"], mem_rows), ""]
+                     "Peak memory (MB) of one process iterating one epoch, in a fresh child per measurement (everything in "
+                     "that process): anonymous (RSS less file-backed pages, sampled every 20 ms: heap, tensors, buffers) / "
+                     "`ru_maxrss` (which also counts resident pages of memory-mapped files: the recipe reads its Arrow cache "
+                     "through mmap, so its RSS grows with the corpus even where the page cache could drop those pages):",
+                     "", *table(["corpus", "wdsbr anonymous / RSS", "hf recipe anonymous / RSS", "hf Arrow cache on disk (MB)"],
+                                mem_rows), ""]
 
     if train:
         results = train["results"]
@@ -178,13 +189,19 @@ def main() -> None:
             if not name.startswith("wdsbr"):
                 continue
             other = results[name.replace("wdsbr", "hf trainer")]
-            overlap = r["samples_per_s"]["max"] >= other["samples_per_s"]["min"]
-            state = verdict(r["vs_hf_trainer"] >= 1.0) if r["vs_hf_trainer"] >= 1.0 or not overlap else "**within spread**"
+            # met only beyond the spread: every wdsbr repetition faster than every recipe one (missed: the reverse)
+            if r["samples_per_s"]["min"] > other["samples_per_s"]["max"]:
+                state = verdict(True)
+            elif r["samples_per_s"]["max"] < other["samples_per_s"]["min"]:
+                state = verdict(False)
+            else:
+                state = "**within spread**"
             summary.append([f"training, {name.split(', ')[1]}", f"{r['samples_per_s']['median']:.2f} samples/s",
                             f"{other['samples_per_s']['median']:.2f}",
                             f"{r['vs_hf_trainer']:.2f}× (CPU per sample: {r['cpu_vs_hf_trainer']:.2f}×)", f"≥ 1×: {state}"])
         ratio = train["loader_vs_training_1_rank"]
-        summary.append([f"loader alone (1 worker) vs 1-rank training, batch {train['batch_size_per_rank']}",
+        summary.append([f"loader alone (1 worker) vs 1-rank CPU training of the tiny d_model {train['model']['d_model']} model, "
+                        f"batch {train['batch_size_per_rank']} (not a GPU step: the GPU check measures that)",
                         f"{train['loader_alone_1_worker_samples_per_s']['median']:.0f} samples/s", "",
                         f"{ratio:.0f}×", f"≥ 5×: {verdict(ratio >= 5)}"])
         m = train["model"]
@@ -196,8 +213,9 @@ def main() -> None:
                      f"would turn the JSON's fp16 into bf16; fp32 is the precision both run the same way), "
                      f"{train['threads_per_rank']} torch thread per rank, 1 DataLoader worker per rank, {train['repeats']} repeats. wdsbr: "
                      "`deepspeed --num_gpus N launch/train.py` (ZeRO-2, gloo on CPU), rates from `metrics.jsonl`. HF: "
-                     "`Seq2SeqTrainer` (DDP via torchrun for 2 ranks) over the `map`ped dataset (map not timed here), rates from "
-                     "step end times. A run's samples/s is its global batch over its median step time; CPU s per sample is the user + "
+                     "`Seq2SeqTrainer` (DDP via torchrun for 2 ranks) over the `map`ped dataset (map not timed here). Both "
+                     "timed alike: a step is the difference of consecutive step-end wall-clock timestamps on rank 0 (wdsbr: "
+                     "its metrics rows' `time`, written after the row's all-reduces; HF: `on_step_end`). A run's samples/s is its global batch over its median step time; CPU s per sample is the user + "
                      "system time of the whole launched tree over the same steps (what other load on the machine does not "
                      "inflate; efficiency > 1× means wdsbr spends less CPU per sample). Memory: the largest process's ru_maxrss, and the summed PSS of the launched tree "
                      "(launcher + ranks + workers). Start-up: launch to the end of step 1; after: last step to exit (wdsbr "

@@ -192,54 +192,54 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     dtype, gen_kwargs = compute_dtype(engine), generate_kwargs(language, cfg["num_beams"], cfg["generation_max_length"])
 
     # ----------------------------------------------------------------------------------------------- resume
-    run = RunState(EarlyStopping(cfg["metric"], cfg["min_delta"], cfg["patience"]), seed=cfg["seed"])
+    state = RunState(EarlyStopping(cfg["metric"], cfg["min_delta"], cfg["patience"]), seed=cfg["seed"])
     if cfg["resume"]:
-        run = RunState.resumed(load_checkpoint(engine, out / "checkpoints"), cfg["seed"])  # collective: all ranks
-        say(f"resumed from step {run.step} (epoch {run.epoch}, batch {run.batch_in_epoch}), best {run.stopper.metric} {run.stopper.best}")
+        state = RunState.resumed(load_checkpoint(engine, out / "checkpoints"), cfg["seed"])  # collective: all ranks
+        say(f"resumed from step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch}), best {state.stopper.metric} {state.stopper.best}")
 
     # ------------------------------------------------------------------------------------------------- loop
-    metrics, meter, bar = MetricsLog(out), StepMeter(engine.device), progress_bar(cfg["max_steps"], run.step)
-    while not run.done:
-        loader = make_train_loader(cfg["train_shards"], micro_batch_size=cfg["batch_size"], seed=cfg["seed"], epoch=run.epoch,
-                                   start_batch=run.batch_in_epoch, shuffle_buffer=cfg["shuffle_buffer"],
+    metrics, meter, bar = MetricsLog(out), StepMeter(engine.device), progress_bar(cfg["max_steps"], state.step)
+    while not state.done:
+        loader = make_train_loader(cfg["train_shards"], micro_batch_size=cfg["batch_size"], seed=cfg["seed"], epoch=state.epoch,
+                                   start_batch=state.batch_in_epoch, shuffle_buffer=cfg["shuffle_buffer"],
                                    epoch_samples=cfg["epoch_samples"], skip_counter=skipped, pack=cfg["pack_fraction"] if cfg["pack"] else 0.0, **stream)
         for batch in meter.timed(loader):
             loss = training_step(engine, batch)
-            run.batch_in_epoch += 1
+            state.batch_in_epoch += 1
             if loss is None:  # NaN/inf on some rank: skipped everywhere before touching the weights
-                run.nonfinite_batches += 1
-                say(f"step {run.step}: non-finite loss, micro-batch skipped ({run.nonfinite_batches} so far): {', '.join(batch['keys'][:4])}")
+                state.nonfinite_batches += 1
+                say(f"step {state.step}: non-finite loss, micro-batch skipped ({state.nonfinite_batches} so far): {', '.join(batch['keys'][:4])}")
                 continue
             meter.add(loss, batch)
-            if engine.global_steps == run.step:
+            if engine.global_steps == state.step:
                 continue  # mid-accumulation: DeepSpeed steps the optimizer every --grad-accum micro-batches
-            run.step = engine.global_steps
+            state.step = engine.global_steps
             bar.update(1)
-            if run.step % cfg["log_every"] == 0 or run.step == cfg["max_steps"]:
-                row = meter.row(engine, run, skipped, cfg["log_every"])  # collective: all ranks
+            if state.step % cfg["log_every"] == 0 or state.step == cfg["max_steps"]:
+                row = meter.row(engine, state, skipped, cfg["log_every"])  # collective: all ranks
                 metrics.log("train", **row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.1f}")
             signalled = any_rank_signalled(caught, engine.device)  # collective: all ranks
             if signalled:
-                say(f"step {run.step}: {caught[0] if caught else 'another rank was signalled'}: checkpointing and stopping")
-            stop_job = signalled or (cfg["stop_after_steps"] is not None and run.step - run.start_step >= cfg["stop_after_steps"])
-            run.done = run.step >= cfg["max_steps"] or stop_job
-            if run.step % cfg["eval_every"] == 0 or run.step == cfg["max_steps"]:
-                run.stopped_early = evaluate(engine, val_loader, processor, gen_kwargs, dtype, run, normalizer=cfg["text_normalizer"],
+                say(f"step {state.step}: {caught[0] if caught else 'another rank was signalled'}: checkpointing and stopping")
+            stop_job = signalled or (cfg["stop_after_steps"] is not None and state.step - state.start_step >= cfg["stop_after_steps"])
+            state.done = state.step >= cfg["max_steps"] or stop_job
+            if state.step % cfg["eval_every"] == 0 or state.step == cfg["max_steps"]:
+                state.stopped_early = evaluate(engine, val_loader, processor, gen_kwargs, dtype, state, normalizer=cfg["text_normalizer"],
                                              out=out, language=language, metrics=metrics)  # collective: all ranks
-                run.done = run.done or run.stopped_early
-            if run.done or run.step % cfg["eval_every"] == 0:
-                save_run_checkpoint(engine, out, run, skipped, loader.batches_per_rank, cfg["keep_checkpoints"])  # collective
+                state.done = state.done or state.stopped_early
+            if state.done or state.step % cfg["eval_every"] == 0:
+                save_run_checkpoint(engine, out, state, skipped, loader.batches_per_rank, cfg["keep_checkpoints"])  # collective
                 meter.restart()
-            if run.done:
+            if state.done:
                 break
         else:  # the epoch's batches are used up: the next epoch deals a new shard permutation
-            run.epoch, run.batch_in_epoch = run.epoch + 1, 0
-    bar.total = run.step if run.stopped_early else bar.total  # an early stop closes the bar where it stopped
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    bar.total = state.step if state.stopped_early else bar.total  # an early stop closes the bar where it stopped
     bar.close()
 
     # ----------------------------------------------------------------------------------------- final export
-    finish(run, cfg, out, language, metrics, time.perf_counter() - t_start, caught[0] if caught else None)
+    finish(state, cfg, out, language, metrics, time.perf_counter() - t_start, caught[0] if caught else None)
     torch.distributed.barrier()  # nobody leaves while rank 0 still writes
 
 

@@ -121,11 +121,16 @@ def test_prints_one_json_line_of_scores_after_a_progress_bar(single, model, shar
         "world_size": 1, "skipped_samples": 0, "rejected_inputs": 0}
 
 
-def test_two_ranks_under_the_deepspeed_launcher_give_the_same_numbers(single, model, shards):
-    result = evaluate("--model", model, "--data", shards, *FAST,
+def test_two_ranks_under_the_deepspeed_launcher_give_the_same_numbers(single, model, shards, tmp_path):
+    tsv = tmp_path / "two-ranks.tsv"
+    result = evaluate("--model", model, "--data", shards, "--output", tsv, *FAST,
                       launcher=[str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port())])
     two_ranks = json_line(result)
     one_rank = single[1]
+    # sample by sample: the same predictions, and they are words that differ between clips (not all empty)
+    per_sample = {row["key"]: row["raw_prediction"] for row in read_tsv(single[2])}
+    assert {row["key"]: row["raw_prediction"] for row in read_tsv(tsv)} == per_sample
+    assert len(set(per_sample.values())) > 1 and sum(map(bool, per_sample.values())) > len(per_sample) // 2
     assert two_ranks["world_size"] == 2
     for name in ("wer", "cer", "samples", "audio_hours", "skipped_samples"):
         assert two_ranks[name] == one_rank[name], name

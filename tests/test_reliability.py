@@ -238,8 +238,9 @@ def test_6_a_killed_rank_fails_the_job_fast_the_checkpoint_survives_and_resume_c
         finally:
             subprocess.run(["pkill", "-KILL", "-g", str(launcher.pid)])  # whatever is left of the job
             launcher.wait()
-    # DeepSpeed's launcher polls its ranks every second, then gives the survivors 30 s to exit before it kills
-    # them (terminate_process_tree): the README's "about 30 s". Not a speed claim: a bound that catches a hang.
+    # The survivor's next collective fails on the dead peer (gloo), DeepSpeed's launcher sees a rank gone (it polls
+    # every second) and stops the rest, giving them at most 30 s (terminate_process_tree): 5.5 s measured here.
+    # The README says "within seconds"; 60 s bounds it (twice that grace) without timing a shared machine.
     print(f"the job failed {failed_after:.1f} s after rank 1 was killed")
     assert code != 0 and failed_after < 60, failed_after
     tag = latest_checkpoint(out / "checkpoints")
@@ -347,7 +348,7 @@ def test_8_and_10_through_the_trainer_a_failed_best_save_and_a_non_finite_loss_o
     folder is made impossible to create: every later save fails, the run says why and goes on, the old best/ loads."""
     poisoned, bad_key = _poison_one_sample(shards / "train", tmp_path)
     out = tmp_path / "run"
-    command = train_command(tiny_whisper, str(poisoned), str(shards / "validation"), out, "--max-steps", "10",
+    command = train_command(tiny_whisper, str(poisoned), str(shards / "validation"), out, "--max-steps", "6",
                             "--eval-every", "2", "--metric", "loss", "--min-delta", "-1000", "--patience", "0")
     with open(tmp_path / "stdout.log", "w") as stdout_log:
         launcher = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=stdout_log, stderr=subprocess.STDOUT)
@@ -362,15 +363,15 @@ def test_8_and_10_through_the_trainer_a_failed_best_save_and_a_non_finite_loss_o
     assert code == 0, stdout[-4000:]
     rows = read_metrics(out)
     evals = [r for r in rows if r["kind"] == "eval"]
-    assert all(r["is_best"] for r in evals) and [r["step"] for r in evals] == [2, 4, 6, 8, 10]  # --min-delta -1000
+    assert all(r["is_best"] for r in evals) and [r["step"] for r in evals] == [2, 4, 6]  # --min-delta -1000
     failed = [r for r in evals if r["best_save_error"]]
-    assert failed and failed[-1]["step"] == 10 and "not updated" in failed[-1]["best_save_error"]
-    assert f"error: step 10: {out / 'best'}: not updated" in stdout  # said, and the run went on to its last step
+    assert failed and failed[-1]["step"] == 6 and "not updated" in failed[-1]["best_save_error"]
+    assert f"error: step 6: {out / 'best'}: not updated" in stdout  # said, and the run went on to its last step
     saved = [r["step"] for r in evals if not r["best_save_error"]]
     from transformers import WhisperForConditionalGeneration
 
     WhisperForConditionalGeneration.from_pretrained(str(out / "best"))  # the last good best/ loads
-    assert saved and max(saved) < 10 and not list(out.glob(".best.old"))
+    assert saved and max(saved) < 6 and not list(out.glob(".best.old"))
     # 10: the poisoned micro-batch was skipped on both ranks, counted, and named
     summary = json.loads((out / "summary.json").read_text())
     state = json.loads((out / "checkpoints" / f"step-{summary['step']:08d}" / "trainer_state.json").read_text())

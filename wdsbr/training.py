@@ -78,21 +78,21 @@ def make_run_folder(output_dir: str | None, options: dict, ds_config: dict, note
     return out
 
 
-def skipped_total(skipped: SkipCounter, run: RunState, device: torch.device) -> int:
+def skipped_total(skipped: SkipCounter, state: RunState, device: torch.device) -> int:
     """Collective: all ranks. Samples skipped by every rank's loader, over the whole run (resumed jobs included)."""
     count = torch.tensor([skipped.total()], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(count)  # collective: all ranks
-    return run.skipped_samples + int(count.item())
+    return state.skipped_samples + int(count.item())
 
 
-def save_run_checkpoint(engine, out: Path, run: RunState, skipped: SkipCounter, batches_per_rank: int, keep: int) -> None:
+def save_run_checkpoint(engine, out: Path, state: RunState, skipped: SkipCounter, batches_per_rank: int, keep: int) -> None:
     """Collective: all ranks. DeepSpeed state + where the data stream and early stopping stand."""
-    at_end = run.batch_in_epoch == batches_per_rank  # then resume at the start of the next epoch
-    trainer_state = {"step": run.step, "epoch": run.epoch + at_end, "batch_in_epoch": 0 if at_end else run.batch_in_epoch,
-                     "seed": run.seed, "early_stopping": run.stopper.state_dict(),
-                     "skipped_samples": skipped_total(skipped, run, engine.device),
-                     "train_seconds": run.train_seconds, "nonfinite_batches": run.nonfinite_batches}
-    save_checkpoint(engine, out / "checkpoints", run.step, trainer_state, keep)  # collective: all ranks
+    at_end = state.batch_in_epoch == batches_per_rank  # then resume at the start of the next epoch
+    trainer_state = {"step": state.step, "epoch": state.epoch + at_end, "batch_in_epoch": 0 if at_end else state.batch_in_epoch,
+                     "seed": state.seed, "early_stopping": state.stopper.state_dict(),
+                     "skipped_samples": skipped_total(skipped, state, engine.device),
+                     "train_seconds": state.train_seconds, "nonfinite_batches": state.nonfinite_batches}
+    save_checkpoint(engine, out / "checkpoints", state.step, trainer_state, keep)  # collective: all ranks
 
 
 class StepMeter:
@@ -126,22 +126,22 @@ class StepMeter:
         self.loss_sum += loss.float()  # no .item(): it would sync the GPU every micro-batch
         self.counts += torch.tensor([1, len(batch["keys"]), batch["utterances"], batch["audio_seconds"], batch["speech_seconds"]])
 
-    def row(self, engine, run: RunState, skipped: SkipCounter, log_every: int) -> dict:
-        """Collective: all ranks. The train row over every rank's window; adds the window to `run.train_seconds`."""
+    def row(self, engine, state: RunState, skipped: SkipCounter, log_every: int) -> dict:
+        """Collective: all ranks. The train row over every rank's window; adds the window to `state.train_seconds`."""
         elapsed = time.perf_counter() - self.t_window
         waits = torch.zeros(dist.world_size(), dtype=torch.float64)
         waits[dist.rank()] = self.data_wait  # summed below: every rank's own wait, in rank order
         totals = torch.cat([self.loss_sum.double().view(1), self.counts.to(self.device), waits.to(self.device)])
         torch.distributed.all_reduce(totals)  # collective: all ranks, on log steps only
         loss_total, batches, samples, utterances, audio, speech = totals[:6].tolist()
-        row = dict(step=run.step, loss=loss_total / batches, lr=engine.get_lr()[0],
+        row = dict(step=state.step, loss=loss_total / batches, lr=engine.get_lr()[0],
                    grad_norm=float(engine.get_global_grad_norm() or 0.0), loss_scale=loss_scale(engine),
                    skipped_steps=engine.skipped_steps, step_seconds=elapsed / log_every, samples_per_s=samples / elapsed,
                    audio_seconds_per_s=audio / elapsed, speech_seconds_per_s=speech / elapsed,
-                   packing_factor=utterances / samples, epoch=run.epoch,
-                   skipped_samples=skipped_total(skipped, run, engine.device), nonfinite_batches=run.nonfinite_batches,
+                   packing_factor=utterances / samples, epoch=state.epoch,
+                   skipped_samples=skipped_total(skipped, state, engine.device), nonfinite_batches=state.nonfinite_batches,
                    data_wait_seconds=[round(wait, 3) for wait in totals[6:].tolist()])
-        run.train_seconds += elapsed
+        state.train_seconds += elapsed
         self.loss_sum.zero_()
         self.counts.zero_()
         self.data_wait = 0.0
@@ -156,7 +156,7 @@ def any_rank_signalled(caught: list[str], device: torch.device) -> bool:
     return bool(signalled.item())
 
 
-def evaluate(engine, val_loader, processor, gen_kwargs: dict, dtype: torch.dtype, run: RunState, *,
+def evaluate(engine, val_loader, processor, gen_kwargs: dict, dtype: torch.dtype, state: RunState, *,
              normalizer: str, out: Path, language: str | None, metrics: MetricsLog) -> bool:
     """Collective: all ranks. Score the whole validation set; rank 0 records it, saves a new best/ and decides
     whether to stop, and broadcasts the decision (True: stop early)."""
@@ -167,32 +167,32 @@ def evaluate(engine, val_loader, processor, gen_kwargs: dict, dtype: torch.dtype
     if dist.is_main():
         scores = score_all(results, normalizer)  # wer/cer + raw, normalised and Whisper-basic WER, labelled
         scores["loss"] = loss_sum / max(1, tokens)
-        is_best, save_error = run.stopper.update(scores, run.step), None
+        is_best, save_error = state.stopper.update(scores, state.step), None
         if is_best:
             try:
                 save_model_atomic(engine.module, processor, out / "best", language)
             except OSError as error:  # full disk, read-only folder: the previous best/ is intact; say so, go on
                 save_error = f"{out / 'best'}: not updated ({error}); the previous best/ is kept"
-                say(f"error: step {run.step}: {save_error}")
-        metrics.log("eval", step=run.step, val_loss=scores["loss"], wer=scores["wer"], cer=scores["cer"],
+                say(f"error: step {state.step}: {save_error}")
+        metrics.log("eval", step=state.step, val_loss=scores["loss"], wer=scores["wer"], cer=scores["cer"],
                     samples=scores["samples"], eval_seconds=round(seconds, 3), is_best=is_best,
-                    bad_evaluations=run.stopper.bad_evaluations, best_save_error=save_error,
+                    bad_evaluations=state.stopper.bad_evaluations, best_save_error=save_error,
                     **{name: scores[name] for name in SCORE_KEYS})
-        say(f"step {run.step}: val_loss {scores['loss']:.4f} wer {scores['wer']:.4f} cer {scores['cer']:.4f}"
+        say(f"step {state.step}: val_loss {scores['loss']:.4f} wer {scores['wer']:.4f} cer {scores['cer']:.4f}"
             f" ({scores['samples']} samples, {seconds:.1f} s){' new best' if is_best else ''}")
-        decision = [run.stopper.should_stop]
+        decision = [state.stopper.should_stop]
     torch.distributed.broadcast_object_list(decision, src=0)  # collective: rank 0's decision for all
     return decision[0]
 
 
-def finish(run: RunState, cfg: dict, out: Path, language: str | None, metrics: MetricsLog, total_seconds: float,
+def finish(state: RunState, cfg: dict, out: Path, language: str | None, metrics: MetricsLog, total_seconds: float,
            interrupted: str | None) -> dict:
     """The summary row and `summary.json` (what a job scheduler reads to decide whether to requeue: a finished
     run is not restarted), and best/'s model card; rank 0 writes, every rank returns the summary."""
-    stopper, best = run.stopper, run.stopper.best_scores or {}
-    summary = dict(step=run.step, finished=run.stopped_early or run.step >= cfg["max_steps"], interrupted=interrupted,
+    stopper, best = state.stopper, state.stopper.best_scores or {}
+    summary = dict(step=state.step, finished=state.stopped_early or state.step >= cfg["max_steps"], interrupted=interrupted,
                    best_step=stopper.best_step, best_metric=cfg["metric"], best_value=stopper.best, best_wer=best.get("wer"),
-                   best_cer=best.get("cer"), stopped_early=run.stopped_early, train_seconds=round(run.train_seconds, 3),
+                   best_cer=best.get("cer"), stopped_early=state.stopped_early, train_seconds=round(state.train_seconds, 3),
                    total_seconds=round(total_seconds, 3))
     metrics.log("summary", **summary)
     metrics.close()
@@ -203,9 +203,9 @@ def finish(run: RunState, cfg: dict, out: Path, language: str | None, metrics: M
             write_model_card(out / "best", language=language or "en", base_model=cfg["model"],
                              datasets=trained_on["datasets"], hours=trained_on["hours"], scores=stopper.best_scores,
                              normalizer=cfg["text_normalizer"], command=training_command(sys.argv))
-    if run.stopped_early:
+    if state.stopped_early:
         best_so_far = f"best {stopper.best:.4f} at step {stopper.best_step}" if stopper.best is not None else "no finite value"
-        say(f"stopped early at step {run.step}: {stopper.metric} did not improve for {stopper.patience} evaluations ({best_so_far})")
+        say(f"stopped early at step {state.step}: {stopper.metric} did not improve for {stopper.patience} evaluations ({best_so_far})")
     if stopper.best is not None:
         say(f"best {cfg['metric']} {stopper.best:.4f} at step {stopper.best_step}: {out / 'best'}")
     return summary
