@@ -73,13 +73,21 @@ def tiny_processor(tiny_whisper):
 
 @pytest.fixture(scope="session")
 def wordy_whisper(tmp_path_factory) -> str:
-    """A tiny random Whisper that writes words: with timestamp tokens suppressed a random model decodes to text
-    that depends on the audio (otherwise it emits only timestamps, which decode to nothing, and every WER is 1)."""
+    """A tiny random Whisper whose greedy transcripts are text that differs from clip to clip. Timestamp tokens are
+    suppressed (a random model otherwise emits only timestamps, which decode to nothing: every WER 1), and the
+    encoder and cross-attention matrices are scaled ×30: at the default init the audio barely reaches the decoder
+    and every clip gets the same words (10 clips: 1 distinct transcript at ×1, 3 at ×10, 10 at ×30)."""
+    import torch
+
     from wdsbr.model import build_tiny_whisper, load_model
 
     path = build_tiny_whisper(tmp_path_factory.mktemp("wordy-whisper") / "tiny", seed=1)
     whisper = load_model(str(path))
     first_timestamp = whisper.generation_config.no_timestamps_token_id + 1
     whisper.generation_config.suppress_tokens = list(range(first_timestamp, whisper.config.vocab_size))
+    with torch.no_grad():
+        for name, parameter in whisper.named_parameters():
+            if parameter.dim() > 1 and (name.startswith("model.encoder.") or ".encoder_attn." in name):
+                parameter.mul_(30.0)
     whisper.save_pretrained(path)
     return str(path)
