@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 __version__ = "0.1.0"
-# What every tool imports (import name -> PyPI name); deepspeed only where the trainer needs it.
-REQUIRED = {"torch": "torch", "transformers": "transformers", "webdataset": "webdataset", "click": "click",
-            "soundfile": "soundfile", "soxr": "soxr", "jiwer": "jiwer", "numpy": "numpy", "tqdm": "tqdm"}
+# What every tool imports (import names, here also the PyPI names); deepspeed only where the trainer needs it.
+REQUIRED = ("torch", "transformers", "webdataset", "click", "soundfile", "soxr", "jiwer", "numpy", "tqdm")
 
 
 def check_dependencies(*extra: str) -> None:
