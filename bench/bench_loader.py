@@ -1,6 +1,7 @@
 """Benchmark the data pipeline: wdsbr's streaming loader against the Hugging Face recipe, on the same clips.
 
     python bench/bench_loader.py [--clips 256] [--batch-size 16] [--repeats 3] [--rss-base 64]
+    python bench/bench_loader.py --sections epoch [--before c2b1d01]      # the exact epoch only (~5 min)
 
 Throughput (samples/s from stored audio to padded batches of [B, 80, 3000] log-mel + labels, torch threads 1 per
 process, candidates interleaved over --repeats repetitions):
@@ -19,18 +20,37 @@ getrusage(RUSAGE_SELF / RUSAGE_CHILDREN).ru_maxrss, which includes the resident 
 recipe reads its Arrow cache through mmap), and the peak anonymous memory (RSS minus file-backed pages, sampled
 every 20 ms: what the corpus costs in heap and tensors); the recipe's Arrow cache size on disk is recorded too.
 Writes bench/results/loader.json.
+
+The exact epoch (`--sections epoch`), today's loader against the one at git commit --before (its
+wdsbr/data.py, loaded beside today's package), on the same shards, 2 ranks × 2 DataLoader workers:
+  - coverage: how many samples one epoch shows once, more than once and never: the issue-16 shards (44
+    samples in plain webdataset shards of 14, 6, 1, 9, 3, 11; micro-batch 2 and 3) and the shard tool's
+    layout (130 samples in shards of 32 and a last one of 2; micro-batch 4)
+  - cost: samples/s of the raw read stage (tar -> shuffle buffer, each reader's quota of samples), where the
+    mid-shard seek happens, and of the whole loader (to padded log-mel batches, 0 workers), on 1,000-sample
+    shards (3,500 clips of 1 s in shards of 1,000, 1,000, 1,000 and 500, so every reader starts mid-shard),
+    interleaved over --repeats. Writes bench/results/loader_epoch.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import importlib
+import io
+import itertools
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import webdataset as wds
 
 import torch
 
@@ -38,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (AnonymousPeak, DataCollatorSpeechSeq2SeqWithPadding, child_rusage, fmt, hf_map, hf_raw_dataset,  # noqa: E402
                     plural, print_table, run_measured, save_results, shard_folder, summarize, write_corpus)
 
+from wdsbr import streams  # noqa: E402
 from wdsbr.data import make_train_loader  # noqa: E402
 from wdsbr.model import build_tiny_whisper, load_processor  # noqa: E402
 
@@ -114,6 +135,123 @@ def measure_rss(kind: str, shards: Path, rows_file: Path, cache: Path, model: Pa
     return {**result, "peak_tree_pss_mb": measured.peak_tree_pss_mb}
 
 
+# -------------------------------------------------------------------------------------------- exact epoch
+
+def load_before(ref: str, folder: Path):
+    """wdsbr/data.py as it was at git commit `ref`, importable as `data_before` (it imports today's wdsbr.audio,
+    wdsbr.collate and wdsbr.text, unchanged since); `folder` goes on sys.path, so workers import it too."""
+    source = subprocess.run(["git", "show", f"{ref}:wdsbr/data.py"], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, check=True).stdout
+    (folder / "data_before.py").write_text(source)
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("data_before")
+
+
+def plain_shards(folder: Path, sizes: list[int], seconds: float) -> list[str]:
+    """Shards written with plain webdataset (no manifest: counts from the tar headers), 1 s or shorter clips."""
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = []
+    for seed in range(32):
+        buffer = io.BytesIO()
+        rng = np.random.default_rng(seed)
+        sf.write(buffer, (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000, format="WAV")
+        clips.append(buffer.getvalue())
+    paths = []
+    for shard, size in enumerate(sizes):
+        path = folder / f"shard-{shard:06d}.tar"
+        with wds.TarWriter(str(path)) as writer:
+            for index in range(size):
+                writer.write({"__key__": f"s{shard}_{index:04d}", "wav": clips[(shard + index) % len(clips)], "txt": "demat"})
+        paths.append(str(path))
+    return paths
+
+
+def coverage(module, shards: list[str], processor, micro_batch_size: int, world_size: int = 2, workers: int = 2) -> dict:
+    """One epoch on every rank: samples shown once, more than once, never; batches per rank."""
+    tokenizer = processor.tokenizer
+    seen, batches = collections.Counter(), []
+    for rank in range(world_size):
+        loader = module.make_train_loader(shards, tokenizer, list(tokenizer.prefix_tokens), n_mels=80,
+                                          micro_batch_size=micro_batch_size, num_workers=workers, rank=rank,
+                                          world_size=world_size, shuffle_buffer=64)
+        keys = [batch["keys"] for batch in loader]
+        batches.append(len(keys))
+        seen.update(key for batch in keys for key in batch)
+    total = module.count_samples(shards)
+    return {"samples": total, "once": sum(n == 1 for n in seen.values()), "repeated": sum(n > 1 for n in seen.values()),
+            "never": total - len(seen), "extra_batch_slots": sum(n - 1 for n in seen.values()), "batches_per_rank": batches}
+
+
+def raw_epoch(module, shards: list[str], readers: int, micro_batch_size: int, batches_per_rank: int, today: bool) -> dict:
+    """Every reader's raw stage (tar -> shuffle buffer) for its quota of samples, readers = ranks here (0 workers)."""
+    counts = module.shard_counts(shards) if today else None  # the loader counts once, before any reader
+    start = time.perf_counter()
+    samples = 0
+    for rank in range(readers):
+        if today:
+            lengths = module.reader_lengths(batches_per_rank, readers, 0, micro_batch_size)
+            raw = module._planned_train_samples(shards, counts, lengths, 0, 0, rank, readers, 0, 1000, lambda *a: None)
+        else:
+            raw = module._dealt_train_samples(shards, 0, 0, rank, readers, 0, 1000, lambda error: True)
+        samples += sum(1 for _ in itertools.islice(raw, batches_per_rank * micro_batch_size))
+    return {"samples": samples, "seconds": time.perf_counter() - start}
+
+
+def loader_epoch(module, shards: list[str], processor, readers: int, micro_batch_size: int) -> dict:
+    """One epoch of every rank's whole loader (0 workers), each counting the shards' samples from their tar
+    headers as a loader does (today's count cache emptied first: both pay it every time)."""
+    tokenizer = processor.tokenizer
+    if hasattr(module, "shard_counts"):
+        streams.tar_count.cache_clear()
+    start = time.perf_counter()
+    samples = 0
+    for rank in range(readers):
+        loader = module.make_train_loader(shards, tokenizer, list(tokenizer.prefix_tokens), n_mels=80,
+                                          micro_batch_size=micro_batch_size, num_workers=0, rank=rank,
+                                          world_size=readers, shuffle_buffer=1000)
+        samples += sum(batch["input_features"].shape[0] for batch in loader)
+        if hasattr(module, "shard_counts"):
+            streams.tar_count.cache_clear()
+    return {"samples": samples, "seconds": time.perf_counter() - start}
+
+
+def epoch_section(args: argparse.Namespace, tmp: Path, processor) -> dict:
+    import wdsbr.data as today
+
+    before = load_before(args.before, tmp)
+    modules = {f"before ({args.before})": (before, False), "today": (today, True)}
+    issue = plain_shards(tmp / "issue", [14, 6, 1, 9, 3, 11], seconds=0.3)
+    layout = plain_shards(tmp / "layout", [32, 32, 32, 32, 2], seconds=0.3)
+    scenarios = [("issue-16 shards (14, 6, 1, 9, 3, 11), micro-batch 2", issue, 2),
+                 ("issue-16 shards (14, 6, 1, 9, 3, 11), micro-batch 3", issue, 3),
+                 ("shard tool layout (4 × 32 + 2), micro-batch 4", layout, 4)]
+    covered = [{"scenario": name, "version": version, **coverage(module, shards, processor, mb)}
+               for name, shards, mb in scenarios for version, (module, _) in modules.items()]
+
+    big = plain_shards(tmp / "big", [1000, 1000, 1000, 500], seconds=1.0)
+    readers, micro_batch_size = 4, 16
+    batches = today.batches_per_epoch(3500, micro_batch_size, readers)
+    runs = {(stage, version): [] for stage in ("raw read", "whole loader") for version in modules}
+    for _ in range(args.repeats):  # interleaved: drift hits both alike
+        for version, (module, is_today) in modules.items():
+            runs[("raw read", version)].append(raw_epoch(module, big, readers, micro_batch_size, batches, is_today))
+            runs[("whole loader", version)].append(loader_epoch(module, big, processor, readers, micro_batch_size))
+    cost = [{"stage": stage, "version": version, "samples_per_s": summarize([r["samples"] / r["seconds"] for r in results]),
+             "runs": results} for (stage, version), results in runs.items()]
+    return {"ranks": 2, "workers": 2, "coverage": covered, "cost_shards": [1000, 1000, 1000, 500], "cost_readers": readers,
+            "cost_micro_batch_size": micro_batch_size, "repeats": args.repeats, "cost": cost}
+
+
+def print_epoch(report: dict) -> None:
+    print("\none epoch at 2 ranks × 2 workers: samples shown once / more than once / never\n")
+    print_table(["shards", "loader", "once", "repeated", "never", "batches per rank"],
+                [[r["scenario"], r["version"], r["once"], r["repeated"], r["never"], r["batches_per_rank"]]
+                 for r in report["coverage"]])
+    print(f"\nsamples/s on 3,500 clips of 1 s in shards of 1,000, 1,000, 1,000 and 500, {report['cost_readers']} readers, "
+          f"{report['repeats']} repeats, median (min-max)\n")
+    print_table(["stage", "loader", "samples/s"], [[r["stage"], r["version"], fmt(r["samples_per_s"])] for r in report["cost"]])
+
+
 # ---------------------------------------------------------------------------------------------------- main
 
 def main() -> None:
@@ -125,6 +263,9 @@ def main() -> None:
     parser.add_argument("--hf-procs", type=int, nargs="+", default=[1, 2], help="recipe num_proc values to time")
     parser.add_argument("--rss-base", type=int, default=64, help="clips in the 1× corpus of the memory test")
     parser.add_argument("--rss-scales", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--sections", nargs="+", choices=["pipelines", "epoch"], default=["pipelines", "epoch"],
+                        help="pipelines: throughput and memory against the recipe; epoch: the exact epoch")
+    parser.add_argument("--before", default="c2b1d01", help="git commit whose loader the exact epoch compares against")
     parser.add_argument("--rss-child", choices=["wdsbr", "hf"], help=argparse.SUPPRESS)
     for hidden in ("--shards", "--rows", "--cache", "--model"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -139,6 +280,13 @@ def main() -> None:
         tmp = Path(tmp)
         model = build_tiny_whisper(tmp / "tiny")
         processor = load_processor(str(model), language="br")
+        if "epoch" in args.sections:
+            epoch = epoch_section(args, tmp, processor)
+            out = save_results("loader_epoch", {**epoch, "bench_seconds": time.perf_counter() - started})
+            print_epoch(epoch)
+            print(f"\nwrote {out} in {time.perf_counter() - started:.0f} s")
+            if "pipelines" not in args.sections:
+                return
         # One corpus per memory scale; the throughput corpus is its own (--clips).
         rows = write_corpus(tmp / "corpus", args.clips, audio_format="flac")
         shards = shard_folder(tmp / "corpus", tmp / "shards")

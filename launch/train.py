@@ -28,13 +28,14 @@ from click.core import ParameterSource
 
 from wdsbr import dist
 from wdsbr.cli import grouped_command, run
-from wdsbr.data import DEFAULT_WORKERS, SkipCounter, list_shards, make_eval_loader, make_train_loader
+from wdsbr.data import DEFAULT_WORKERS, SkipCounter, make_eval_loader, make_train_loader
 from wdsbr.engine import (ConfigError, build_engine, compute_dtype, device_type, init_distributed, latest_checkpoint,
                           load_checkpoint, load_ds_config, resolve_ds_config, settings_from_options, training_step)
 from wdsbr.evaluation import METRICS, EarlyStopping, generate_kwargs
 from wdsbr.metrics import MetricsLog, progress_bar, say
 from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor
 from wdsbr.scoring import load_normalizer
+from wdsbr.streams import count_samples, list_shards
 from wdsbr.training import (RunState, StepMeter, any_rank_signalled, evaluate, finish, make_run_folder, quiet_libraries,
                             save_run_checkpoint)
 
@@ -80,7 +81,7 @@ SECTIONS = {  # --help lists the options under these headings
 @O("--patience", type=int, default=3, show_default=True, help="Evaluations without improvement before stopping; 0: never.")
 @O("--num-workers", type=int, default=DEFAULT_WORKERS, show_default=True, help="DataLoader workers per rank (default: 4, at most the CPU cores).")
 @O("--shuffle-buffer", type=int, default=1000, show_default=True, help="Samples in each worker's shuffle buffer.")
-@O("--epoch-samples", type=int, default=None, help="Training samples per epoch (needed for URL shards; else counted).")
+@O("--epoch-samples", type=int, default=None, help="Training samples per epoch (else counted: manifest.json, tar headers; needed for pipe: shards).")
 @O("--pack", is_flag=True, help="Pack consecutive utterances into each 30 s window (training only; see README).")
 @O("--pack-fraction", type=click.FloatRange(0, 1), default=1.0, show_default=True, help="With --pack: share of windows packed.")
 @O("--text-normalizer", default="default", show_default=True, help="'default' (wdsbr.text.clean_text), 'breton' (anaouder: numbers spelled out) or module:function.")
@@ -135,7 +136,8 @@ def configure(opts: dict, explicit: set[str]) -> tuple[dict, dict, list[str]]:
         if cfg[name] < 1:
             problems.append(f"--{name.replace('_', '-')} {cfg[name]}: must be at least 1")
     for name, check in (("language", lambda: language_code(cfg["language"])), ("text_normalizer", lambda: load_normalizer(cfg["text_normalizer"])),
-                        ("train_shards", lambda: list_shards(cfg["train_shards"])), ("val_shards", lambda: list_shards(cfg["val_shards"]))):
+                        ("train_shards", lambda: cfg["epoch_samples"] or count_samples(list_shards(cfg["train_shards"]))),  # or says how
+                        ("val_shards", lambda: list_shards(cfg["val_shards"]))):
         try:
             check()
         except (OSError, ValueError) as error:
@@ -233,7 +235,7 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
                 meter.restart()
             if state.done:
                 break
-        else:  # the epoch's batches are used up: the next epoch deals a new shard permutation
+        else:  # the epoch's batches are used up: the next epoch reads the shards in a new order
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     bar.total = state.step if state.stopped_early else bar.total  # an early stop closes the bar where it stopped
     bar.close()

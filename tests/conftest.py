@@ -5,14 +5,20 @@ Nothing is downloaded: the model and tokenizer are built here, the audio is synt
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
+import io
 import os
 import socket
-
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 import soundfile as sf
+import webdataset as wds
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -40,6 +46,46 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path, missing: set[str] = frozenset()) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 serving `folder` (paths in `missing` answer 404): yields its base URL."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            if self.path.lstrip("/") in missing:
+                return self.send_error(404, "gone")
+            return super().do_GET()
+
+        def log_message(self, *args):  # quiet: pytest shows a failure's output, not every request
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def write_plain_shards(folder: Path, sizes: list[int], seconds: float = 0.5) -> list[str]:
+    """Shards of the given sizes written with webdataset's own TarWriter (no manifest beside them): keys
+    `s{shard}_{sample}`, speech-like wav and a transcript."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for shard, size in enumerate(sizes):
+        path = folder / f"shard-{shard:06d}.tar"
+        with wds.TarWriter(str(path)) as writer:
+            for index in range(size):
+                audio = io.BytesIO()
+                sf.write(audio, speech_like(seconds, seed=shard * 1000 + index), 16000, format="WAV")
+                writer.write({"__key__": f"s{shard}_{index:03d}", "wav": audio.getvalue(),
+                              "txt": WORDS[(shard + index) % len(WORDS)]})
+        paths.append(str(path))
+    return paths
 
 
 WORDS = ["demat", "kenavo", "trugarez", "c'hoant", "bara", "mor", "ti", "gêr", "brezhoneg", "skol"]

@@ -4,6 +4,7 @@ and bad samples skipped and counted."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 import shutil
 import tarfile
 from pathlib import Path
@@ -11,13 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import WORDS, write_speech_corpus
+from conftest import WORDS, serve_folder, write_plain_shards, write_speech_corpus
 from wdsbr.corpus import open_corpus
-from wdsbr.data import (
-    PACK_GAP_SECONDS, SkipCounter, _pack, batches_per_epoch, count_samples, count_seconds, list_shards,
-    make_eval_loader, make_train_loader,
-)
+from wdsbr.data import PACK_GAP_SECONDS, SkipCounter, _pack, batches_per_epoch, make_eval_loader, make_train_loader
 from wdsbr.shards import ShardOptions, shard_corpus
+from wdsbr.streams import count_seconds, list_shards
 
 def _shard(tmp_path: Path, n: int, samples_per_shard: int, name: str = "shards") -> Path:
     corpus = write_speech_corpus(tmp_path / f"corpus-{name}", n)
@@ -51,39 +50,13 @@ def _eval_keys(shards, tiny_processor, prompt, *, rank, world_size, num_workers)
     return [key for batch in loader for key in batch["keys"]]
 
 
-# ------------------------------------------------------------------------------------------------ shard lists
-
-def test_shards_from_folder_pattern_list_and_pipe_url(uneven_shards):
-    from_folder = list_shards(uneven_shards)
-    assert [Path(s).name for s in from_folder] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
-    assert list_shards(f"{uneven_shards}/shard-{{000000..000002}}.tar") == from_folder
-    assert list_shards([from_folder[0], str(uneven_shards)]) == from_folder[:1] + from_folder
-    assert list_shards(f"pipe:cat {uneven_shards}/shard-{{000000..000001}}.tar") == [
-        f"pipe:cat {uneven_shards}/shard-000000.tar", f"pipe:cat {uneven_shards}/shard-000001.tar"]
-
-
-def test_a_spec_that_expands_to_nothing_is_an_error(tmp_path, uneven_shards):
-    with pytest.raises(FileNotFoundError, match="no .tar shards"):
-        list_shards(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"shard-000003.tar: shard not found \(and 6 more\)"):
-        list_shards(f"{uneven_shards}/shard-{{000000..000009}}.tar")
-
-
-def test_samples_are_counted_from_the_manifest_or_tar_headers(tmp_path, uneven_shards):
-    assert count_samples(list_shards(uneven_shards)) == 17
-    loose = tmp_path / "loose"
-    loose.mkdir()
-    shutil.copy(uneven_shards / "shard-000002.tar", loose)  # no manifest next to it
-    assert count_samples(list_shards(loose)) == 3
-
+# ------------------------------------------------------------------------------------------------- training
 
 def test_pipe_urls_stream(uneven_shards, tiny_processor, prompt):
     keys = _train_keys(f"pipe:cat {uneven_shards}/shard-{{000000..000002}}.tar", tiny_processor, prompt,
                        epoch_samples=17)
     assert len(keys) == batches_per_epoch(17, 2, 1) == 9
 
-
-# ------------------------------------------------------------------------------------------------- training
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_every_rank_gets_the_same_number_of_batches_with_uneven_shards(uneven_shards, tiny_processor, prompt,
@@ -125,11 +98,111 @@ def test_resuming_mid_epoch_continues_with_exactly_the_batches_not_yet_seen(unev
     assert resumed == full[start_batch:]
 
 
-def test_a_training_epoch_covers_the_shards(tmp_path, tiny_processor, prompt):
-    shards = _shard(tmp_path, 24, samples_per_shard=3)  # 8 shards for 1 rank × 2 workers
-    keys = [k for batch in _train_keys(shards, tiny_processor, prompt, num_workers=2, micro_batch_size=4) for k in batch]
-    assert len(keys) == 24
-    assert len(set(keys)) == 24  # whole shards dealt without repeats within the first pass
+@pytest.fixture(scope="module")
+def issue_shards(tmp_path_factory) -> list[str]:
+    """44 samples in 6 shards of 14, 6, 1, 9, 3 and 11, written with plain webdataset (no manifest)."""
+    return write_plain_shards(tmp_path_factory.mktemp("issue-16"), [14, 6, 1, 9, 3, 11], seconds=0.3)
+
+
+def _epoch(shards, tiny_processor, prompt, *, world_size=2, num_workers=2, micro_batch_size=2, **kwargs):
+    """Every rank's batches of one epoch: [rank][batch] -> (keys, repeated keys)."""
+    epoch = []
+    for rank in range(world_size):
+        loader = make_train_loader(shards, tiny_processor.tokenizer, prompt, n_mels=80, num_workers=num_workers,
+                                   micro_batch_size=micro_batch_size, rank=rank, world_size=world_size,
+                                   shuffle_buffer=8, **kwargs)
+        epoch.append([(batch["keys"], batch["repeated"]) for batch in loader])
+    return epoch
+
+
+def _check_contract(epoch, all_keys: set[str], world_size: int, micro_batch_size: int) -> int:
+    """The issue-16 contract, key by key; returns how many samples the epoch repeated."""
+    n = len(all_keys)
+    batches = batches_per_epoch(n, micro_batch_size, world_size)
+    assert [len(rank) for rank in epoch] == [batches] * world_size  # the same number of batches on every rank
+    assert all(len(keys) == micro_batch_size for rank in epoch for keys, _ in rank)  # every batch full
+    seen = Counter(key for rank in epoch for keys, _ in rank for key in keys)
+    assert set(seen) == all_keys  # every sample in a batch of the epoch
+    extra = Counter({key: count - 1 for key, count in seen.items() if count > 1})
+    assert sum(extra.values()) == world_size * batches * micro_batch_size - n <= world_size * micro_batch_size - 1
+    flagged = Counter(key for rank in epoch for _, repeated in rank for key in repeated)
+    assert flagged == extra  # the batches name exactly the repeats
+    return sum(extra.values())
+
+
+@pytest.mark.parametrize("micro_batch_size", [2, 3, 5])
+def test_an_epoch_holds_every_sample_once_and_the_same_batches_on_every_rank(issue_shards, tiny_processor, prompt,
+                                                                           micro_batch_size):
+    # uneven sizes (a 1-sample shard among them), 2 ranks × 2 workers: before, 18 once, 13 repeated, 13 never
+    all_keys = {f"s{shard}_{i:03d}" for shard, size in enumerate([14, 6, 1, 9, 3, 11]) for i in range(size)}
+    epoch = _epoch(issue_shards, tiny_processor, prompt, micro_batch_size=micro_batch_size)
+    repeats = _check_contract(epoch, all_keys, 2, micro_batch_size)
+    assert repeats == {2: 0, 3: 4, 5: 6}[micro_batch_size]
+
+
+def test_fewer_shards_than_readers_and_one_shard_alone_still_make_an_exact_epoch(uneven_shards, tiny_processor,
+                                                                              prompt, tmp_path):
+    everything = {key for batch in _eval_keys_all(uneven_shards, tiny_processor, prompt) for key in [batch]}
+    _check_contract(_epoch(uneven_shards, tiny_processor, prompt), everything, 2, 2)  # 3 shards, 4 readers
+    [single] = write_plain_shards(tmp_path / "one", [9])
+    _check_contract(_epoch([single], tiny_processor, prompt, micro_batch_size=3), {f"s0_{i:03d}" for i in range(9)}, 2, 3)
+
+
+def _eval_keys_all(shards, tiny_processor, prompt) -> list[str]:
+    return _eval_keys(shards, tiny_processor, prompt, rank=0, world_size=1, num_workers=0)
+
+
+@pytest.mark.parametrize("start_batch", [2, 5])
+def test_a_resumed_epoch_is_the_rest_of_the_same_exact_epoch(issue_shards, tiny_processor, prompt, start_batch):
+    full = _epoch(issue_shards, tiny_processor, prompt, micro_batch_size=3, seed=4)
+    resumed = _epoch(issue_shards, tiny_processor, prompt, micro_batch_size=3, seed=4, start_batch=start_batch)
+    assert resumed == [rank[start_batch:] for rank in full]
+    before = [rank[:start_batch] for rank in full]
+    all_keys = {key for rank in full for keys, _ in rank for key in keys}
+    _check_contract([b + r for b, r in zip(before, resumed)], all_keys, 2, 3)
+
+
+def test_successive_epochs_read_the_shards_in_different_orders(issue_shards, tiny_processor, prompt):
+    orders = [[keys for keys, _ in _epoch(issue_shards, tiny_processor, prompt, world_size=1, num_workers=0, epoch=e)[0]]
+              for e in range(3)]
+    assert orders[0] != orders[1] != orders[2] != orders[0]
+    firsts = {tuple(sorted({key.split("_")[0] for key in order[0]})) for order in orders}
+    assert len(firsts) > 1  # not only shuffled within the buffer: the shard sequence itself moved
+
+
+def test_bad_samples_are_counted_and_their_places_topped_up_with_named_repeats(uneven_shards, tmp_path,
+                                                                              tiny_processor, prompt):
+    bad = _corrupt_copy(uneven_shards, tmp_path)  # no manifest beside the copy: counts from the tar headers
+    counter = SkipCounter()
+    epoch = _epoch(bad, tiny_processor, prompt, skip_counter=counter)
+    assert [len(rank) for rank in epoch] == [len(epoch[0])] * 2 and all(len(k) == 2 for r in epoch for k, _ in r)
+    flagged = [key for rank in epoch for _, repeated in rank for key in repeated]
+    assert counter.total() >= 1 and flagged  # the readers that lost samples filled their batches, and said so
+
+
+def test_shards_over_http_make_the_same_exact_epoch_and_a_404_is_counted_not_fatal(uneven_shards, tiny_processor,
+                                                                                   prompt):
+    root = uneven_shards.parent  # the shard tool's folder: manifest.json above train/
+    local = _epoch(uneven_shards, tiny_processor, prompt, seed=2)
+    with serve_folder(root) as url:
+        pattern = f"{url}/train/shard-{{000000..000002}}.tar"
+        assert _epoch(pattern, tiny_processor, prompt, seed=2) == local  # counts from http://…/manifest.json
+        evaluated = sorted(k for r in range(2) for k in _eval_keys(pattern, tiny_processor, prompt, rank=r,
+                                                                   world_size=2, num_workers=2))
+        assert evaluated == sorted(_eval_keys_all(uneven_shards, tiny_processor, prompt))
+    with serve_folder(root, missing={"train/shard-000001.tar"}) as url:
+        counter = SkipCounter()
+        epoch = _epoch(f"{url}/train/shard-{{000000..000002}}.tar", tiny_processor, prompt, skip_counter=counter)
+        assert [len(rank) for rank in epoch] == [5, 5]
+        assert counter.as_dict() == {"unreadable_shard": 7}  # its 7 samples, named in the log with the 404
+        assert not {key for rank in epoch for keys, _ in rank for key in keys} & set(_keys_of(uneven_shards / "shard-000001.tar"))
+
+
+def _keys_of(shard: Path) -> list[str]:
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        return sorted({name.split(".")[0] for name in tar.getnames()})
 
 
 # ----------------------------------------------------------------------------------------------- validation

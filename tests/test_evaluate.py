@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from conftest import free_port, speech_like
+from conftest import free_port, serve_folder, speech_like
 from wdsbr.corpus import open_corpus
 from wdsbr.metrics import read_metrics
 from wdsbr.shards import ShardOptions, shard_corpus
@@ -121,10 +121,11 @@ def test_prints_one_json_line_of_scores_after_a_progress_bar(single, model, shar
         "world_size": 1, "skipped_samples": 0, "rejected_inputs": 0}
 
 
-def test_two_ranks_under_the_deepspeed_launcher_give_the_same_numbers(single, model, shards, tmp_path):
+def test_two_ranks_under_the_deepspeed_launcher_reading_over_http_give_the_same_numbers(single, model, shards, tmp_path):
     tsv = tmp_path / "two-ranks.tsv"
-    result = evaluate("--model", model, "--data", shards, "--output", tsv, *FAST,
-                      launcher=[str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port())])
+    with serve_folder(shards.parent) as url:  # a real HTTP server; counts from its manifest.json
+        result = evaluate("--model", model, "--data", f"{url}/train/shard-{{000000..000003}}.tar", "--output", tsv,
+                          *FAST, launcher=[str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port())])
     two_ranks = json_line(result)
     one_rank = single[1]
     # sample by sample: the same predictions, and they are words that differ between clips (not all empty)

@@ -25,11 +25,11 @@ import torch
 
 from conftest import free_port, speech_like, write_speech_corpus
 from wdsbr.corpus import open_corpus
-from wdsbr.data import (SkipCounter, _warn_few_shards, batches_per_epoch, list_shards, make_eval_loader,
-                        make_train_loader)
+from wdsbr.data import SkipCounter, batches_per_epoch, make_eval_loader, make_train_loader
 from wdsbr.engine import checkpoint_problem, latest_checkpoint
 from wdsbr.metrics import read_metrics
 from wdsbr.shards import ShardOptions, shard_corpus
+from wdsbr.streams import list_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -175,7 +175,7 @@ def test_3_member_names_that_try_to_escape_are_only_keys_and_nothing_is_written(
     assert not [p for p in sources if re.search(r"\.extract(all)?\(", p.read_text())]
 
 
-def test_4_uneven_shards_fewer_than_readers_same_batches_on_every_rank_and_a_warning(tmp_path, tiny_processor, caplog):
+def test_4_uneven_shards_fewer_than_readers_same_batches_on_every_rank_and_each_sample_once(tmp_path, tiny_processor):
     corpus = tmp_path / "corpus"
     write_speech_corpus(corpus, 20)
     out = tmp_path / "out"
@@ -183,19 +183,19 @@ def test_4_uneven_shards_fewer_than_readers_same_batches_on_every_rank_and_a_war
                  progress=False)
     extra = tmp_path / "extra"
     write_speech_corpus(extra / "c", 1, seed=50)
+    (extra / "c" / "spk0").rename(extra / "c" / "spk9")  # its own key, not spk0__utt000 again
     shard_corpus(open_corpus(extra / "c"), extra / "out", ShardOptions(val_fraction=0, test_fraction=0, workers=1),
                  progress=False)
-    urls = list_shards(out / "train") + list_shards(extra / "out" / "train")  # 14, 6 and 1 samples
+    urls = list_shards(out / "train") + list_shards(extra / "out" / "train")  # 14, 6 and 1 samples for 4 readers
     prompt = list(tiny_processor.tokenizer.prefix_tokens)
-    counts = []
-    _warn_few_shards.cache_clear()  # it warns once per process; an earlier test may have used it
-    with caplog.at_level("WARNING"):
-        for rank in range(2):
-            loader = make_train_loader(urls, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2,
-                                       num_workers=2, rank=rank, world_size=2, shuffle_buffer=4)
-            counts.append(sum(1 for _ in loader))
-    assert counts == [batches_per_epoch(21, 2, 2)] * 2 == [6, 6]
-    assert "3 training shards for 4 readers" in caplog.text
+    batches = []
+    for rank in range(2):
+        loader = make_train_loader(urls, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2,
+                                   num_workers=2, rank=rank, world_size=2, shuffle_buffer=4)
+        batches.append([batch["keys"] for batch in loader])
+    assert [len(rank) for rank in batches] == [batches_per_epoch(21, 2, 2)] * 2 == [6, 6]
+    seen = [key for rank in batches for keys in rank for key in keys]
+    assert len(set(seen)) == 21 and len(seen) == 24  # all 21, and 3 repeats fill the last batches
 
 
 # -------------------------------------------------------------------------------------------------- training

@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import free_port, speech_like, write_speech_corpus
+from conftest import free_port, serve_folder, speech_like, write_speech_corpus
 from wdsbr.corpus import open_corpus
 from wdsbr.metrics import read_metrics
 from wdsbr.shards import ShardOptions, shard_corpus
@@ -124,13 +124,19 @@ def test_resume_continues_exactly_where_an_interrupted_run_stopped(shards, tiny_
         torch.testing.assert_close(final[0][name], final[1][name], atol=1e-6, rtol=0)
 
 
-def test_validation_on_two_ranks_scores_exactly_what_one_rank_does(shards, wordy_whisper, tmp_path):
+def test_validation_on_two_ranks_over_http_scores_exactly_what_one_rank_does_locally(shards, wordy_whisper, tmp_path):
     # lr 0: the weights stay as loaded, so both runs evaluate the same model; fp32 so batching cannot flip a token.
     # The model writes words that depend on the audio, so equal scores are not 1.0 = 1.0 from empty predictions.
+    # The 2-rank run reads train and validation shards from a real HTTP server, counts from its manifest.json.
     common = ("--max-steps", "1", "--eval-every", "1", "--lr", "0", "--precision", "fp32")
     one, two = tmp_path / "one", tmp_path / "two"
     run_training(shards, wordy_whisper, one, *common, ranks=1)
-    run_training(shards, wordy_whisper, two, *common, ranks=2)
+    with serve_folder(shards) as url:
+        over_http = [f"{url}/{split}/shard-{{000000..{len(list((shards / split).glob('*.tar'))) - 1:06d}}}.tar"
+                     for split in ("train", "validation")]
+        run_training(shards, wordy_whisper, two, *common, "--train-shards", over_http[0], "--val-shards", over_http[1],
+                     ranks=2)
+    assert json.loads((two / "config.json").read_text())["options"]["train_shards"].startswith("http://127.0.0.1:")
     (a,), (b,) = rows(one, "eval"), rows(two, "eval")
     assert a["cer"] not in (0.0, 1.0)  # real predictions: neither all empty nor all right
     scores = ("wer", "cer", "samples", "wer_raw", "wer_normalized", "cer_normalized", "wer_whisper_basic")
@@ -156,6 +162,10 @@ def bad_json(tmp_path) -> Path:
 
 @pytest.mark.parametrize("args, message", [
     (["--train-shards", "/nonexistent/train"], "--train-shards: /nonexistent/train: shard not found"),
+    (["--train-shards", "http://127.0.0.1:9/train/shard-000000.tar"],  # nothing listens on port 9: no manifest
+     "--train-shards: http://127.0.0.1:9/train/shard-000000.tar: no sample counts for remote shards: serve "
+     "http://127.0.0.1:9/manifest.json beside the split folders (tools/shard_corpus.py writes it) or pass the epoch "
+     "size (--epoch-samples)"),
     (["--language", "klingon"], "--language: unknown language 'klingon'"),
     (["--deepspeed", "{bad_json}"], "broken.json: not valid JSON"),
     (["--batch-size", "-2"], "--batch-size -2: must be at least 1"),

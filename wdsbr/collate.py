@@ -44,4 +44,6 @@ class Collator:
             # packed windows (--pack) hold several utterances and silence between them
             "utterances": sum(s.get("utterances", 1) for s in samples),
             "speech_seconds": sum(s.get("speech_seconds", len(s["audio"]) / self.sample_rate) for s in samples),
+            # keys of samples this epoch already holds: the wrap-around that fills its last batches, top-ups
+            "repeated": [s["key"] for s in samples if s.get("repeat")],
         }

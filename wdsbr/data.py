@@ -2,25 +2,28 @@
 
 Two streams, one pipeline shape (read tar -> [shuffle] -> decode -> tokenize -> batch -> features):
 
-* Training (`make_train_loader`) never runs dry and never hangs DDP. Shards are dealt to the job's readers
-  (`rank × DataLoader worker`, a "slot") from an endless sequence of seeded permutations of the shard list, so
-  every reader always has shards, even when there are fewer shards than readers or shard sizes differ. An
-  epoch is a fixed number of batches per rank, `ceil(train samples / (world_size × micro_batch_size))`, the
-  same on every rank; each worker yields its exact share. When shards divide evenly between readers an epoch
-  is one exact pass; otherwise a reader with less than its share tops up from the next permutation and one
-  with more leaves its surplus for a later epoch (each epoch deals a new permutation). The stream is a pure function of
-  (seed, epoch, rank, worker), so a run resumed at batch b of an epoch skips exactly what it had consumed
-  (before the features are computed) and sees the same batches after it as an uninterrupted run would.
-* Validation (`make_eval_loader`) is one exact pass: every sample is read by exactly one slot. Shards are split
-  between slots; with fewer shards than slots, every slot reads all shards and keeps every n-th sample.
+* Training (`make_train_loader`): every rank runs the same number of batches per epoch, `ceil(N / (world_size
+  × micro_batch_size))`, and every one of the N samples is in exactly one batch of it, for any shard sizes,
+  shard count (fewer than readers too) and number of DataLoader workers. Per epoch the shards are concatenated
+  in a seeded order; the sequence is cut into one contiguous range per reader (`rank × worker`, a "slot"), as
+  long as that reader's batches need. The ranges add up to `world_size × batches × micro_batch`, so the last
+  one wraps around to the sequence's start: at most `world_size × micro_batch − 1` repeats, marked. A reader
+  whose range starts mid-shard seeks over that shard's first members (local tars) or reads through them
+  (streams); one that skipped bad samples tops up from the positions after its range (marked when they are
+  another reader's). The stream is a pure function of (seed, epoch, rank, worker), so a run resumed at batch
+  b of an epoch skips exactly what it had consumed (before the features are computed) and sees the same
+  batches after it as an uninterrupted run would.
+* Validation (`make_eval_loader`) is one exact pass: every sample is read by exactly one slot, a contiguous
+  range of equal length (± 1) when the shards' counts are known, whole shards (or every n-th sample) otherwise.
   Ranks may get different batch counts: evaluation gathers results after its loop, no collective inside it.
 
-A bad sample (truncated shard, missing field, undecodable audio, too long) is skipped and counted in a
+A bad sample (unreadable or truncated shard, missing field, undecodable audio, too long) is skipped and counted in a
 `SkipCounter`, shared by the DataLoader's worker processes, that the trainer reads and logs.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import itertools
@@ -31,17 +34,15 @@ import multiprocessing
 import os
 import random
 import signal
-import tarfile
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-import braceexpand
 import numpy as np
 import torch
 import webdataset as wds
 
 from wdsbr.audio import SAMPLE_RATE, AudioError, load_audio
 from wdsbr.collate import Collator
+from wdsbr.streams import count_samples, count_seconds, list_shards, read_shard_range, shard_counts
 from wdsbr.text import clean_text
 
 # DataLoader workers per rank when not given: 4, or fewer on a machine with fewer cores (torch warns beyond them)
@@ -53,7 +54,8 @@ MAX_SECONDS = 30.0  # Whisper's window: longer audio would be truncated away fro
 PACK_GAP_SECONDS = 0.3  # silence between packed utterances (--pack)
 PACK_FILL = 0.9  # a greedy pack of short clips fills about this much of the window: sizes a packed epoch
 AUDIO_FIELDS = ("flac", "wav", "mp3", "ogg")
-SKIP_REASONS = ("corrupt_shard", "missing_field", "bad_audio", "too_long_audio", "empty_text", "too_long_text")
+SKIP_REASONS = ("unreadable_shard", "corrupt_shard", "short_shard", "missing_field", "bad_audio", "too_long_audio",
+                "empty_text", "too_long_text")
 
 
 class SkipCounter:
@@ -62,10 +64,10 @@ class SkipCounter:
     def __init__(self) -> None:
         self._counts = _worker_context().Array("q", len(SKIP_REASONS))  # the context the workers come from
 
-    def add(self, reason: str, detail: str = "") -> None:
+    def add(self, reason: str, detail: str = "", samples: int = 1) -> None:
         with self._counts.get_lock():
-            self._counts[SKIP_REASONS.index(reason)] += 1
-        log.warning("skipped sample (%s) %s", reason, detail)
+            self._counts[SKIP_REASONS.index(reason)] += samples
+        log.warning("skipped %s (%s) %s", "sample" if samples == 1 else f"{samples} samples", reason, detail)
 
     def as_dict(self) -> dict[str, int]:
         with self._counts.get_lock():
@@ -75,73 +77,7 @@ class SkipCounter:
         return sum(self.as_dict().values())
 
 
-# ---------------------------------------------------------------------------------------------- shard lists
-
-def _is_url(spec: str) -> bool:
-    return spec.startswith("pipe:") or "://" in spec
-
-
-def list_shards(spec: str | Path | Sequence[str | Path]) -> list[str]:
-    """Shards from a folder (its `*.tar`), a brace pattern (`shards/train/shard-{000000..000009}.tar`), a list
-    of any of those, or URLs (`pipe:…`, `https://…`). A spec that expands to nothing is an error."""
-    if isinstance(spec, (list, tuple)):
-        shards = [shard for item in spec for shard in list_shards(item)]
-    else:
-        spec = str(spec)
-        if _is_url(spec):
-            shards = list(braceexpand.braceexpand(spec))
-        elif os.path.isdir(spec):
-            shards = sorted(str(p) for p in Path(spec).glob("*.tar"))
-            if not shards:
-                raise FileNotFoundError(f"{spec}: folder has no .tar shards (write them with tools/shard_corpus.py)")
-        else:
-            shards = list(braceexpand.braceexpand(spec))
-            missing = [s for s in shards if not os.path.isfile(s)]
-            if missing:
-                raise FileNotFoundError(f"{missing[0]}: shard not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    if not shards:
-        raise FileNotFoundError(f"{spec}: no shards")
-    return shards
-
-
-def count_samples(shards: Sequence[str]) -> int:
-    """Samples in local shards: from the shard tool's manifest.json when it lists them, else from tar headers."""
-    total = 0
-    manifests: dict[Path, dict[str, int]] = {}
-    for shard in shards:
-        if _is_url(shard):
-            raise ValueError(f"{shard}: cannot count samples of a remote shard; pass the epoch size (--epoch-samples)")
-        path = Path(shard).resolve()
-        root = path.parent.parent
-        if root not in manifests:
-            manifests[root] = _manifest_counts(root)
-        count = manifests[root].get(str(path))
-        if count is None:
-            with tarfile.open(path) as tar:
-                count = len({name.split("/")[-1].split(".")[0] for name in tar.getnames()})
-        total += count
-    return total
-
-
-def _manifest_counts(root: Path, field: str = "samples") -> dict[str, float]:
-    try:
-        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-        return {str((root / shard["file"]).resolve()): shard[field]
-                for split in manifest["splits"].values() for shard in split["shards"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-
-
-def count_seconds(shards: Sequence[str]) -> float | None:
-    """Seconds of audio in local shards, from the shard tool's manifest.json; None when it does not list them."""
-    if any(_is_url(shard) for shard in shards):
-        return None
-    seconds = {}
-    for root in {Path(shard).resolve().parent.parent for shard in shards}:
-        seconds.update(_manifest_counts(root, "seconds"))
-    found = [seconds.get(str(Path(shard).resolve())) for shard in shards]
-    return None if None in found else float(sum(found))
-
+# ---------------------------------------------------------------------------------------------- readers
 
 def _seed(*parts: int | str) -> int:
     """A stable 64-bit seed from parts (Python's hash() is salted per process)."""
@@ -157,49 +93,108 @@ def _reader_slot(rank: int, world_size: int, rotation: int = 0) -> tuple[int, in
     return rank * workers + logical, world_size * workers, logical
 
 
-def _dealt_train_samples(shards: list[str], seed: int, epoch: int, rank: int, world_size: int, rotation: int,
-                         bufsize: int, handler) -> Iterator[dict]:
-    """This reader's raw samples for an epoch, shuffled, never running dry.
+def _shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
+    """The epoch's seeded permutation of the shards: successive epochs concatenate them in different orders."""
+    order = list(range(n_shards))
+    random.Random(_seed(seed, epoch, "shards")).shuffle(order)
+    return order
 
-    Pass k deals a seeded permutation of the shards round-robin to the readers, continuing where pass k-1 left
-    off; this reader's share of a pass goes through a shuffle buffer that is flushed at the end of the pass,
-    so the first pass is seen in full before any repeat. A reader whose share holds fewer samples than its
-    batch quota (uneven shards, skipped samples, or no shard at all) tops up from the next pass.
-    """
-    slot, n_slots, _ = _reader_slot(rank, world_size, rotation)
+
+def _pieces(counts: Sequence[int], order: Sequence[int], start: int, stop: int) -> Iterator[tuple[int, int, int, int]]:
+    """(shard, first, stop within that shard, epoch position) covering positions start..stop-1 of the epoch's
+    sequence: the shards concatenated in `order`, repeated end to end (position p is sample p mod N)."""
+    bounds = list(itertools.accumulate((counts[i] for i in order), initial=0))
+    total = bounds[-1]
+    position = start
+    while position < stop:
+        offset = position % total
+        index = bisect.bisect_right(bounds, offset) - 1  # the shard holding `offset` (empty shards are passed over)
+        shard, first = order[index], offset - bounds[index]
+        take = min(counts[shard] - first, stop - position)
+        yield shard, first, first + take, position
+        position += take
+
+
+def reader_lengths(batches_per_rank: int, world_size: int, num_workers: int, micro_batch_size: int,
+                   samples: int | None = None) -> list[int]:
+    """Samples each reader (slot = rank × workers + worker) reads from the epoch's sequence: its batch quota ×
+    micro-batch, so ranges add up to world_size × batches × micro-batch (the last few wrap around to the start:
+    the epoch's repeats). With `samples` (packing: quotas are windows of unknown size), the N utterances are
+    shared in proportion to the quotas instead, without repeats."""
+    workers = max(1, num_workers)
+    quotas = [batches_per_rank // workers + (1 if logical < batches_per_rank % workers else 0)
+              for _ in range(world_size) for logical in range(workers)]
+    if samples is None:
+        return [quota * micro_batch_size for quota in quotas]
+    ends = [samples * done // sum(quotas) for done in itertools.accumulate(quotas)]
+    return [end - start for start, end in zip([0] + ends, ends)]
+
+
+def _planned_train_samples(shards: list[str], counts: list[int], lengths: list[int], seed: int, epoch: int, rank: int,
+                           world_size: int, rotation: int, bufsize: int, on_problem) -> Iterator[dict]:
+    """This reader's raw samples for an epoch: its contiguous range of the epoch's sequence (the shards in a
+    seeded order, each sample once; positions past N wrap around and are marked `__repeat__`), through a
+    shuffle buffer flushed at the range's end; then, only if skipped samples left the reader short of its
+    batches, the positions after its range, marked `__repeat__` where another reader's range holds them."""
+    slot, _, _ = _reader_slot(rank, world_size, rotation)
+    total, cycle = sum(lengths), sum(counts)
+    start = sum(lengths[:slot])
+    end = start + lengths[slot]
+    order = _shard_order(len(shards), seed, epoch)
+
+    def said(reason: str, samples: int, detail: str) -> None:  # a repeat's losses are its first reader's to count
+        log.info("repeat: %s (%s)", detail, reason)
+
+    def read(first_position: int, last_position: int, overflow: bool) -> Iterator[dict]:
+        for shard, first, stop, position in _pieces(counts, order, first_position, last_position):
+            repeat = position >= cycle or (overflow and position < total)
+            for sample in read_shard_range(shards[shard], first, stop, said if overflow or repeat else on_problem):
+                yield {**sample, "__repeat__": repeat}
+
     rng = random.Random(_seed(seed, epoch, slot))
-    position, empty_passes = 0, 0
-    for sweep in itertools.count():
-        order = list(shards)
-        random.Random(_seed(seed, epoch, sweep)).shuffle(order)
-        mine = [{"url": url} for i, url in enumerate(order) if (position + i) % n_slots == slot]
-        position += len(order)
-        count = 0
-        for sample in wds.shuffle(bufsize, initial=min(bufsize, 100), rng=rng)(wds.tarfile_to_samples(handler=handler)(iter(mine))):
-            count += 1
+    yield from wds.shuffle(bufsize, initial=min(bufsize, 100), rng=rng)(read(start, end, overflow=False))
+    for position in itertools.count(end, cycle):  # a top-up; ends when the batches are taken (the stage below)
+        got = 0
+        for sample in read(position, position + cycle, overflow=True):
+            got += 1
             yield sample
-        empty_passes = empty_passes + 1 if mine and not count else 0
-        if empty_passes >= 3:
-            raise RuntimeError(f"training shards yield no readable samples (last tried: {mine[0]['url']})")
+        if not got:
+            raise RuntimeError(f"training shards yield no readable samples (tried all {len(shards)}, from {shards[0]})")
 
 
-def _exact_eval_samples(shards: list[str], rank: int, world_size: int, handler) -> Iterator[dict]:
-    """Every sample to exactly one reader: shards split between readers, or samples when shards are fewer."""
+def _exact_eval_samples(shards: list[str], counts: list[int] | None, rank: int, world_size: int,
+                        on_problem) -> Iterator[dict]:
+    """Every sample to exactly one reader: with counts, contiguous ranges of equal length (± 1) of the shards
+    in order; without (a remote shard with no manifest), whole shards to readers, or every n-th sample of all
+    shards when they are fewer than readers (problems then counted by the first reader only)."""
     slot, n_slots, _ = _reader_slot(rank, world_size)
-    if len(shards) >= n_slots:
-        yield from wds.tarfile_to_samples(handler=handler)({"url": url} for url in shards[slot::n_slots])
+    if counts is not None:
+        total = sum(counts)
+        start, stop = total * slot // n_slots, total * (slot + 1) // n_slots
+        for shard, first, last, _ in _pieces(counts, range(len(shards)), start, stop):
+            yield from read_shard_range(shards[shard], first, last, on_problem)
         return
-    for index, sample in enumerate(wds.tarfile_to_samples(handler=handler)({"url": url} for url in shards)):
+    if len(shards) >= n_slots:
+        for url in shards[slot::n_slots]:
+            yield from read_shard_range(url, on_problem=on_problem)
+        return
+    quiet = lambda reason, samples, detail: None  # noqa: E731 - the first reader counts the shards' problems
+    samples = (s for url in shards for s in read_shard_range(url, on_problem=on_problem if slot == 0 else quiet))
+    for index, sample in enumerate(samples):
         if index % n_slots == slot:
             yield sample
 
 
 # ------------------------------------------------------------------------------------------ sample stages
 
-def _count_and_continue(counter: SkipCounter, error: Exception) -> bool:
-    """webdataset handler: a truncated or unreadable shard member is skipped, counted and named."""
-    counter.add("corrupt_shard", repr(error)[:300])
-    return True
+def _count_problem(counter: SkipCounter, exact: bool, reason: str, samples: int, detail: str) -> None:
+    """Samples a shard could not give (unreadable, truncated, shorter than its count) are counted and named.
+    With estimated counts (`exact` False: a remote shard without manifest), a shard that ends before its
+    estimate is no bad sample: only said."""
+    if reason == "short_shard" and not exact:
+        log.info("%s (its count was estimated from --epoch-samples)", detail)
+    else:
+        counter.add(reason, detail, samples)
 
 
 def _decode(samples: Iterable[dict], counter: SkipCounter, max_seconds: float = MAX_SECONDS) -> Iterator[dict]:
@@ -220,7 +215,7 @@ def _decode(samples: Iterable[dict], counter: SkipCounter, max_seconds: float = 
         if len(audio) > max_seconds * 16_000:
             counter.add("too_long_audio", f"{key}: {len(audio) / 16_000:.1f} s > {max_seconds} s")
             continue
-        yield {"key": key, "audio": audio, "text": text, "meta": meta}
+        yield {"key": key, "audio": audio, "text": text, "meta": meta, "repeat": sample.get("__repeat__", False)}
 
 
 def _tokenize(samples: Iterable[dict], counter: SkipCounter, tokenizer, prompt_ids: list[int],
@@ -259,7 +254,8 @@ def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_t
         pieces = [part for s in group for part in (gap, s["audio"])][1:]
         return {"key": "+".join(s["key"] for s in group), "audio": np.concatenate(pieces),
                 "text": " ".join(s["text"] for s in group), "labels": labels, "utterances": len(group),
-                "speech_seconds": sum(len(s["audio"]) for s in group) / SAMPLE_RATE}
+                "speech_seconds": sum(len(s["audio"]) for s in group) / SAMPLE_RATE,
+                "repeat": any(s.get("repeat") for s in group)}
 
     def packs(sample: dict) -> bool:
         return fraction >= 1.0 or _seed(sample["key"]) / 2**64 < fraction
@@ -298,10 +294,10 @@ def _take_batches(batches: Iterable[list], rank: int, world_size: int, rotation:
 # ------------------------------------------------------------------------------------------------ loaders
 
 @functools.lru_cache(maxsize=None)  # once per process, not every epoch
-def _warn_few_shards(n_shards: int, n_readers: int) -> None:
-    if n_shards < n_readers:
-        log.warning("%d training shards for %d readers (ranks × DataLoader workers): readers without a shard of their "
-                    "own read other readers' shards; write more, smaller shards (--samples-per-shard)", n_shards, n_readers)
+def _warn_estimated(first_shard: str, epoch_samples: int, n_shards: int) -> None:
+    log.warning("%s: no per-shard sample counts (no manifest.json for these shards): assuming --epoch-samples %d "
+                "spread evenly over %d shards; an epoch is one exact pass only with real counts", first_shard,
+                epoch_samples, n_shards)
 
 
 def batches_per_epoch(epoch_samples: int, micro_batch_size: int, world_size: int) -> int:
@@ -340,13 +336,26 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
                       normalize: Callable[[str], str] = clean_text, max_label_tokens: int = 448,
                       decoder_start_token_id: int | None = None, pack: float = 0.0) -> torch.utils.data.DataLoader:
     """The training stream of one epoch on this rank: exactly `batches_per_epoch(...)` batches, of which the
-    first `start_batch` are skipped (already consumed by the run being resumed).
+    first `start_batch` are skipped (already consumed by the run being resumed). Every sample of the shards is
+    in exactly one batch of the epoch, but for the last `world_size × micro_batch − 1` at most, which repeat the
+    epoch's first samples to fill its batches, and the top-ups of readers that skipped bad samples: a batch's
+    `repeated` names them. Per-shard counts come from manifest.json or the tar headers (`shard_counts`); for
+    remote shards without manifest, `epoch_samples` is assumed spread evenly (an exact pass needs real counts).
+    `epoch_samples` also sets a shorter or longer epoch than one pass.
 
     `pack` (0 to 1): that share of samples are windows of several consecutive utterances (`_pack`); an epoch
     then holds fewer windows, sized from the shards' audio (manifest seconds / (30 s × PACK_FILL)) for full
-    packing, interpolated for a fraction: about one pass."""
+    packing, interpolated for a fraction: about one pass, not an exact one (window counts are not known ahead)."""
     shards = list_shards(shards)
-    epoch_samples = epoch_samples or count_samples(shards)
+    counts, exact = shard_counts(shards), True
+    if counts is None:
+        if not epoch_samples:
+            count_samples(shards)  # raises, naming the manifest and --epoch-samples
+        counts, exact = [epoch_samples * (i + 1) // len(shards) - epoch_samples * i // len(shards) for i in range(len(shards))], False
+        _warn_estimated(shards[0], epoch_samples, len(shards))
+    if not sum(counts):
+        raise ValueError(f"{shards[0]}: the training shards hold no samples")
+    epoch_samples = epoch_samples or sum(counts)
     if pack:
         seconds = count_seconds(shards)
         if seconds is not None:
@@ -355,14 +364,13 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
     batches_per_rank = batches_per_epoch(epoch_samples, micro_batch_size, world_size)
     if not 0 <= start_batch < batches_per_rank:
         raise ValueError(f"start_batch {start_batch} is outside the epoch's {batches_per_rank} batches")
+    lengths = reader_lengths(batches_per_rank, world_size, num_workers, micro_batch_size, sum(counts) if pack else None)
     counter = skip_counter or SkipCounter()
-    handler = functools.partial(_count_and_continue, counter)
-    _warn_few_shards(len(shards), world_size * max(1, num_workers))
     pipeline = wds.DataPipeline(
-        # this reader's share of the shards, read from tar and shuffled as raw bytes (before the costly decode);
-        # a truncated shard ends that shard, counted
-        functools.partial(_dealt_train_samples, shards, seed, epoch, rank, world_size, start_batch,
-                          shuffle_buffer, handler),
+        # this reader's contiguous range of the epoch's shard sequence (entering a shard mid-way by seeking over
+        # tar headers), shuffled as raw bytes (before the costly decode); unreadable samples counted and named
+        functools.partial(_planned_train_samples, shards, counts, lengths, seed, epoch, rank, world_size, start_batch,
+                          shuffle_buffer, functools.partial(_count_problem, counter, exact)),
         # decode audio to 16 kHz, drop and count bad samples
         functools.partial(_decode, counter=counter),
         # clean text, add the Whisper prompt, drop and count labels that are too long
@@ -393,10 +401,10 @@ def make_eval_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, m
     """One exact pass over the shards: every sample scored by exactly one (rank, worker); last batch partial."""
     shards = list_shards(shards)
     counter = skip_counter or SkipCounter()
-    handler = functools.partial(_count_and_continue, counter)
     pipeline = wds.DataPipeline(
-        # this reader's exact share of the samples, in shard order
-        functools.partial(_exact_eval_samples, shards, rank, world_size, handler),
+        # this reader's exact share of the samples, in shard order; unreadable samples counted and named
+        functools.partial(_exact_eval_samples, shards, shard_counts(shards), rank, world_size,
+                          functools.partial(_count_problem, counter, True)),
         # decode audio to 16 kHz, drop and count bad samples
         functools.partial(_decode, counter=counter),
         # clean text, add the Whisper prompt (for the validation loss)

@@ -8,6 +8,7 @@ same numbers, and every world size splits a subset the same way.
 
 from __future__ import annotations
 
+import itertools
 import math
 import tarfile
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Callable
 import webdataset as wds
 
 from wdsbr.corpus import CorpusError, Item, open_corpus
-from wdsbr.data import SkipCounter, count_samples, list_shards
+from wdsbr.data import SkipCounter
 from wdsbr.shards import ShardError, ShardOptions, shard_corpus
+from wdsbr.streams import count_samples, list_shards, read_shard_range
 
 
 def eval_data_kind(spec: str) -> str:
@@ -60,15 +62,13 @@ def shard_for_evaluation(source: str, output_dir: str, *, workers: int = 1) -> t
     return shards, manifest["rejected"]
 
 
-def take_samples(shards: list[str], count: int, output_path: str, on_error: Callable[[Exception], bool]) -> list[str]:
+def take_samples(shards: list[str], count: int, output_path: str, on_problem: Callable[[str, int, str], None]) -> list[str]:
     """The first `count` samples of `shards` in shard order, their raw members copied (not decoded) into one tar
-    at `output_path`: a subset that every world size splits the same way. `on_error` is webdataset's handler
-    for an unreadable shard (count it and go on)."""
+    at `output_path`: a subset that every world size splits the same way. `on_problem(reason, samples, detail)`
+    hears of a shard that could not be read (`wdsbr.streams.read_shard_range`)."""
     with wds.TarWriter(output_path, encoder=False, mtime=0) as writer:
-        samples = wds.tarfile_to_samples(handler=on_error)({"url": url} for url in shards)
-        for index, sample in enumerate(samples):
-            if index >= count:
-                break
+        samples = (sample for url in shards for sample in read_shard_range(url, on_problem=on_problem))
+        for sample in itertools.islice(samples, count):
             writer.write({name: value for name, value in sample.items() if name == "__key__" or not name.startswith("__")})
     return [output_path]
 
@@ -83,16 +83,14 @@ def prepare_shards(data: str, data_kind: str, workdir: str, *, max_samples: int 
         return {"error": f"--data {data}: {str(error).split('; see ')[0]}"}
     counter = SkipCounter()
     if max_samples:
-        def count_and_continue(error: Exception) -> bool:  # an unreadable shard is skipped and counted
-            counter.add("corrupt_shard", repr(error)[:300])
-            return True
-        shards = take_samples(shards, max_samples, str(Path(workdir) / "subset.tar"), count_and_continue)
+        shards = take_samples(shards, max_samples, str(Path(workdir) / "subset.tar"),
+                              lambda reason, samples, detail: counter.add(reason, detail, samples))
     return {"shards": shards, "rejected": rejected, "skipped": counter.as_dict()}
 
 
 def expected_samples(shards, world_size: int) -> int | None:
-    """About how many samples rank 0 transcribes, for its progress bar; None when shards are remote."""
+    """About how many samples rank 0 transcribes, for its progress bar; None when their counts are unknown."""
     try:
         return math.ceil(count_samples(list_shards(shards)) / world_size)
-    except (ValueError, OSError, tarfile.TarError):  # a remote or unreadable shard: the loader counts it
+    except (ValueError, OSError, tarfile.TarError):  # a remote shard without manifest: the loader counts it
         return None

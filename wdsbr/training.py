@@ -45,7 +45,7 @@ class RunState:
     stopper: EarlyStopping
     seed: int = 0
     step: int = 0  # optimizer steps
-    epoch: int = 0  # data epoch: which shard permutation the stream deals
+    epoch: int = 0  # data epoch: which shard order the stream reads
     batch_in_epoch: int = 0  # micro-batches of this epoch consumed (a resume skips exactly these)
     skipped_samples: int = 0  # bad samples skipped by the jobs this run resumes
     train_seconds: float = 0.0  # wall-clock of the train windows (evaluation and checkpoints excluded)
@@ -97,13 +97,15 @@ def save_run_checkpoint(engine, out: Path, state: RunState, skipped: SkipCounter
 
 class StepMeter:
     """What the loop did since the last train row: summed loss, micro-batches, samples, utterances, audio and
-    speech seconds, on device (no host sync per micro-batch), the wall-clock window they took, and how long
-    each rank waited for data (`data_wait_seconds`, one number per rank: the rank that makes the others wait)."""
+    speech seconds, on device (no host sync per micro-batch), the wall-clock window they took, how long each
+    rank waited for data (`data_wait_seconds`, one number per rank: the rank that makes the others wait), and
+    the samples the epoch repeated to fill its last batches (`repeated_samples`, `repeated_keys`)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.loss_sum = torch.zeros((), device=device)
-        self.counts = torch.zeros(5, dtype=torch.float64)
+        self.counts = torch.zeros(6, dtype=torch.float64)
+        self.repeated: list[str] = []  # keys this rank trained on a second time this epoch (see make_train_loader)
         self.data_wait = 0.0  # seconds this rank waited for its next batch: a slow reader shows here
         self.restart()
 
@@ -124,7 +126,9 @@ class StepMeter:
 
     def add(self, loss: torch.Tensor, batch: dict) -> None:
         self.loss_sum += loss.float()  # no .item(): it would sync the GPU every micro-batch
-        self.counts += torch.tensor([1, len(batch["keys"]), batch["utterances"], batch["audio_seconds"], batch["speech_seconds"]])
+        self.counts += torch.tensor([1, len(batch["keys"]), batch["utterances"], batch["audio_seconds"], batch["speech_seconds"],
+                                     len(batch["repeated"])])
+        self.repeated += batch["repeated"]
 
     def row(self, engine, state: RunState, skipped: SkipCounter, log_every: int) -> dict:
         """Collective: all ranks. The train row over every rank's window; adds the window to `state.train_seconds`."""
@@ -133,17 +137,22 @@ class StepMeter:
         waits[dist.rank()] = self.data_wait  # summed below: every rank's own wait, in rank order
         totals = torch.cat([self.loss_sum.double().view(1), self.counts.to(self.device), waits.to(self.device)])
         torch.distributed.all_reduce(totals)  # collective: all ranks, on log steps only
-        loss_total, batches, samples, utterances, audio, speech = totals[:6].tolist()
+        loss_total, batches, samples, utterances, audio, speech, repeated = totals[:7].tolist()
+        repeated_keys = [None] * dist.world_size()
+        if repeated:  # the epoch's wrap-around and top-ups: rare, so the keys travel only then
+            torch.distributed.all_gather_object(repeated_keys, self.repeated)  # collective: all ranks (all see `repeated`)
         row = dict(step=state.step, loss=loss_total / batches, lr=engine.get_lr()[0],
                    grad_norm=float(engine.get_global_grad_norm() or 0.0), loss_scale=loss_scale(engine),
                    skipped_steps=engine.skipped_steps, step_seconds=elapsed / log_every, samples_per_s=samples / elapsed,
                    audio_seconds_per_s=audio / elapsed, speech_seconds_per_s=speech / elapsed,
                    packing_factor=utterances / samples, epoch=state.epoch,
                    skipped_samples=skipped_total(skipped, state, engine.device), nonfinite_batches=state.nonfinite_batches,
-                   data_wait_seconds=[round(wait, 3) for wait in totals[6:].tolist()])
+                   repeated_samples=int(repeated), repeated_keys=sorted(k for keys in repeated_keys if keys for k in keys),
+                   data_wait_seconds=[round(wait, 3) for wait in totals[7:].tolist()])
         state.train_seconds += elapsed
         self.loss_sum.zero_()
         self.counts.zero_()
+        self.repeated = []
         self.data_wait = 0.0
         self.restart()
         return row
