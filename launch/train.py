@@ -24,11 +24,10 @@ import time
 
 import click
 import torch
-from click.core import ParameterSource
 
 from wdsbr import dist
 from wdsbr.cli import grouped_command, run
-from wdsbr.data import DEFAULT_WORKERS, SkipCounter, make_eval_loader, make_train_loader
+from wdsbr.data import DEFAULT_WORKERS, SkipCounter, make_eval_loader, make_train_loader, parse_speeds
 from wdsbr.engine import (ConfigError, build_engine, compute_dtype, device_type, init_distributed, latest_checkpoint,
                           load_checkpoint, load_ds_config, resolve_ds_config, settings_from_options, training_step)
 from wdsbr.evaluation import METRICS, EarlyStopping, generate_kwargs
@@ -47,6 +46,7 @@ NOT_RESUMED = ("resume", "output_dir", "stop_after_steps", "debug", "local_rank"
 O = click.option
 SECTIONS = {  # --help lists the options under these headings
     "Data": ["train_shards", "val_shards", "num_workers", "shuffle_buffer", "epoch_samples", "pack", "pack_fraction", "text_normalizer"],
+    "Augmentation (training only)": ["spec_augment", "speed_perturb"],
     "Model": ["model", "language", "freeze_encoder", "gradient_checkpointing"],
     "Optimisation": ["ds_config_path", "batch_size", "grad_accum", "lr", "warmup_steps", "max_steps", "lr_schedule",
                      "weight_decay", "max_grad_norm", "precision", "seed"],
@@ -84,6 +84,8 @@ SECTIONS = {  # --help lists the options under these headings
 @O("--epoch-samples", type=int, default=None, help="Training samples per epoch (else counted: manifest.json, tar headers; needed for pipe: shards).")
 @O("--pack", is_flag=True, help="Pack consecutive utterances into each 30 s window (training only; see README).")
 @O("--pack-fraction", type=click.FloatRange(0, 1), default=1.0, show_default=True, help="With --pack: share of windows packed.")
+@O("--spec-augment", is_flag=True, help="Time and frequency masks on the log-mel (wdsbr.augment.SpecAugment's defaults).")
+@O("--speed-perturb", default=None, help="Speed factors drawn per clip, e.g. 0.9,1.0,1.1 (duration and pitch change together).")
 @O("--text-normalizer", default="default", show_default=True, help="'default' (wdsbr.text.clean_text), 'breton' (anaouder: numbers spelled out) or module:function.")
 @O("--eval-batch-size", type=int, default=None, help="Validation micro-batch (default: --batch-size).")
 @O("--generation-max-length", type=int, default=225, show_default=True, help="Max new tokens when decoding.")
@@ -102,7 +104,7 @@ def main(**opts):
     for signum in (signal.SIGTERM, signal.SIGUSR1):  # from the first moment: a signal during start-up is kept too
         signal.signal(signum, lambda number, _frame: caught.append(signal.Signals(number).name))
     ctx = click.get_current_context()
-    explicit = {name for name in opts if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    explicit = {name for name in opts if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     try:
         cfg, ds_config, notes = configure(opts, explicit)
         if not ds_config:  # a finished run: say so and leave
@@ -137,7 +139,7 @@ def configure(opts: dict, explicit: set[str]) -> tuple[dict, dict, list[str]]:
             problems.append(f"--{name.replace('_', '-')} {cfg[name]}: must be at least 1")
     for name, check in (("language", lambda: language_code(cfg["language"])), ("text_normalizer", lambda: load_normalizer(cfg["text_normalizer"])),
                         ("train_shards", lambda: cfg["epoch_samples"] or count_samples(list_shards(cfg["train_shards"]))),  # or says how
-                        ("val_shards", lambda: list_shards(cfg["val_shards"]))):
+                        ("val_shards", lambda: list_shards(cfg["val_shards"])), ("speed_perturb", lambda: parse_speeds(cfg["speed_perturb"] or "1"))):
         try:
             check()
         except (OSError, ValueError) as error:
@@ -177,8 +179,7 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     model.config.use_cache = not cfg["gradient_checkpointing"]
     if cfg["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
-    if cfg["freeze_encoder"]:
-        model.model.encoder.requires_grad_(False)
+    model.model.encoder.requires_grad_(not cfg["freeze_encoder"])  # --freeze-encoder: train the decoder only
 
     # ------------------------------------------------------------------------------------------------- data
     stream = dict(tokenizer=processor.tokenizer, prompt_ids=list(processor.tokenizer.prefix_tokens),
@@ -186,8 +187,7 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
                   normalize=load_normalizer(cfg["text_normalizer"]), max_label_tokens=model.config.max_target_positions,
                   decoder_start_token_id=model.config.decoder_start_token_id, num_workers=cfg["num_workers"])
     skipped = SkipCounter()
-    val_loader = make_eval_loader(cfg["val_shards"], micro_batch_size=cfg["eval_batch_size"] or cfg["batch_size"],
-                                  skip_counter=skipped, **stream)
+    val_loader = make_eval_loader(cfg["val_shards"], micro_batch_size=cfg["eval_batch_size"] or cfg["batch_size"], skip_counter=skipped, **stream)
 
     # ----------------------------------------------------------------------------------------------- engine
     engine = build_engine(model, ds_config)
@@ -204,7 +204,8 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     while not state.done:
         loader = make_train_loader(cfg["train_shards"], micro_batch_size=cfg["batch_size"], seed=cfg["seed"], epoch=state.epoch,
                                    start_batch=state.batch_in_epoch, shuffle_buffer=cfg["shuffle_buffer"],
-                                   epoch_samples=cfg["epoch_samples"], skip_counter=skipped, pack=cfg["pack_fraction"] if cfg["pack"] else 0.0, **stream)
+                                   epoch_samples=cfg["epoch_samples"], skip_counter=skipped, pack=cfg["pack_fraction"] if cfg["pack"] else 0.0,
+                                   spec_augment=cfg["spec_augment"], speed_perturb=cfg["speed_perturb"], **stream)
         for batch in meter.timed(loader):
             loss = training_step(engine, batch)
             state.batch_in_epoch += 1

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The layers of ../shared/DESIGN.md, lowest first; a module may import its own layer or lower ones only.
 LAYERS = {
     "basics": {"wdsbr", "wdsbr.text", "wdsbr.breton", "wdsbr.dist", "wdsbr.cli"},
-    "data": {"wdsbr.audio", "wdsbr.ali", "wdsbr.features", "wdsbr.collate", "wdsbr.corpus", "wdsbr.shards", "wdsbr.streams", "wdsbr.data",
+    "data": {"wdsbr.audio", "wdsbr.augment", "wdsbr.ali", "wdsbr.features", "wdsbr.collate", "wdsbr.corpus", "wdsbr.shards", "wdsbr.streams", "wdsbr.data",
              "wdsbr.eval_data", "wdsbr.model"},
     "orchestration": {"wdsbr.scoring", "wdsbr.evaluation", "wdsbr.engine", "wdsbr.training", "wdsbr.metrics",
                       "wdsbr.report", "wdsbr.modelcard"},

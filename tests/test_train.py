@@ -99,7 +99,9 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
 
 
 def test_resume_continues_exactly_where_an_interrupted_run_stopped(shards, tiny_whisper, tmp_path):
-    common = ("--max-steps", "8", "--eval-every", "4", "--metric", "loss", "--patience", "0", "--seed", "3")
+    # with augmentation on: drawn for (seed, epoch, key), the resumed job sees the same masked, sped-up batches
+    common = ("--max-steps", "8", "--eval-every", "4", "--metric", "loss", "--patience", "0", "--seed", "3",
+              "--spec-augment", "--speed-perturb", "0.9,1.1")
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     run_training(shards, tiny_whisper, straight, *common)
     run_training(shards, tiny_whisper, interrupted, *common, "--stop-after-steps", "4")
@@ -167,6 +169,7 @@ def bad_json(tmp_path) -> Path:
      "http://127.0.0.1:9/manifest.json beside the split folders (tools/shard_corpus.py writes it) or pass the epoch "
      "size (--epoch-samples)"),
     (["--language", "klingon"], "--language: unknown language 'klingon'"),
+    (["--speed-perturb", "fast"], "--speed-perturb: 'fast': give speed factors separated by commas, e.g. 0.9,1.0,1.1"),
     (["--deepspeed", "{bad_json}"], "broken.json: not valid JSON"),
     (["--batch-size", "-2"], "--batch-size -2: must be at least 1"),
     (["--batch-size", "0", "--model", "openai/whisper-small"], "--batch-size 0: must be at least 1"),  # no hub call

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from wdsbr.augment import SpecAugment
 from wdsbr.features import log_mel_spectrogram
 
 IGNORE_INDEX = -100  # positions the cross-entropy loss skips
@@ -27,16 +28,23 @@ def pad_labels(label_ids: list[list[int]], decoder_start_token_id: int) -> torch
 
 @dataclass
 class Collator:
-    """Turn a list of decoded samples (`audio`, `labels`, `key`, `text`) into a batch (picklable for workers)."""
+    """Turn a list of decoded samples (`audio`, `labels`, `key`, `text`) into a batch (picklable for workers);
+    with `spec_augment` (training only), the features are masked for (seed, epoch, key)."""
 
     n_mels: int
     decoder_start_token_id: int
     sample_rate: int = 16_000
+    spec_augment: SpecAugment | None = None
+    seed: int = 0
+    epoch: int = 0
 
     def __call__(self, samples: list[dict]) -> dict:
         audio = [s["audio"] for s in samples]
+        features = log_mel_spectrogram(audio, n_mels=self.n_mels)
+        if self.spec_augment is not None:
+            self.spec_augment(features, [len(a) for a in audio], [s["key"] for s in samples], self.seed, self.epoch)
         return {
-            "input_features": log_mel_spectrogram(audio, n_mels=self.n_mels),
+            "input_features": features,
             "labels": pad_labels([s["labels"] for s in samples], self.decoder_start_token_id),
             "keys": [s["key"] for s in samples],
             "texts": [s["text"] for s in samples],

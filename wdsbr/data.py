@@ -41,6 +41,7 @@ import torch
 import webdataset as wds
 
 from wdsbr.audio import SAMPLE_RATE, AudioError, load_audio
+from wdsbr.augment import SpecAugment, parse_speeds, speed_perturb
 from wdsbr.collate import Collator
 from wdsbr.streams import count_samples, count_seconds, list_shards, read_shard_range, shard_counts
 from wdsbr.text import clean_text
@@ -197,8 +198,10 @@ def _count_problem(counter: SkipCounter, exact: bool, reason: str, samples: int,
         counter.add(reason, detail, samples)
 
 
-def _decode(samples: Iterable[dict], counter: SkipCounter, max_seconds: float = MAX_SECONDS) -> Iterator[dict]:
-    """Raw tar members -> {key, audio (16 kHz float32), text (raw transcript), meta}."""
+def _decode(samples: Iterable[dict], counter: SkipCounter, max_seconds: float = MAX_SECONDS,
+            speeds: tuple[float, ...] | None = None, seed: int = 0, epoch: int = 0) -> Iterator[dict]:
+    """Raw tar members -> {key, audio (16 kHz float32), text (raw transcript), meta}; with `speeds`, each clip
+    at a speed drawn for (seed, epoch, key) (`wdsbr.augment.speed_perturb`)."""
     for sample in samples:
         key = sample.get("__key__", "?")
         audio_field = next((f for f in AUDIO_FIELDS if f in sample), None)
@@ -215,6 +218,8 @@ def _decode(samples: Iterable[dict], counter: SkipCounter, max_seconds: float = 
         if len(audio) > max_seconds * 16_000:
             counter.add("too_long_audio", f"{key}: {len(audio) / 16_000:.1f} s > {max_seconds} s")
             continue
+        if speeds:
+            audio, _ = speed_perturb(audio, key, speeds, seed, epoch, max_seconds)
         yield {"key": key, "audio": audio, "text": text, "meta": meta, "repeat": sample.get("__repeat__", False)}
 
 
@@ -334,7 +339,8 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
                       shuffle_buffer: int = 1000, epoch_samples: int | None = None, rank: int = 0,
                       world_size: int = 1, skip_counter: SkipCounter | None = None,
                       normalize: Callable[[str], str] = clean_text, max_label_tokens: int = 448,
-                      decoder_start_token_id: int | None = None, pack: float = 0.0) -> torch.utils.data.DataLoader:
+                      decoder_start_token_id: int | None = None, pack: float = 0.0, spec_augment: bool | SpecAugment = False,
+                      speed_perturb: str | tuple[float, ...] | None = None) -> torch.utils.data.DataLoader:
     """The training stream of one epoch on this rank: exactly `batches_per_epoch(...)` batches, of which the
     first `start_batch` are skipped (already consumed by the run being resumed). Every sample of the shards is
     in exactly one batch of the epoch, but for the last `world_size × micro_batch − 1` at most, which repeat the
@@ -345,7 +351,11 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
 
     `pack` (0 to 1): that share of samples are windows of several consecutive utterances (`_pack`); an epoch
     then holds fewer windows, sized from the shards' audio (manifest seconds / (30 s × PACK_FILL)) for full
-    packing, interpolated for a fraction: about one pass, not an exact one (window counts are not known ahead)."""
+    packing, interpolated for a fraction: about one pass, not an exact one (window counts are not known ahead).
+
+    Augmentation, deterministic for (seed, epoch, key) so a resume stays exact (`wdsbr.augment`): `spec_augment`
+    (True: `SpecAugment()`'s defaults) masks the features, `speed_perturb` ("0.9,1.0,1.1") changes each clip's
+    speed before them."""
     shards = list_shards(shards)
     counts, exact = shard_counts(shards), True
     if counts is None:
@@ -365,14 +375,16 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
     if not 0 <= start_batch < batches_per_rank:
         raise ValueError(f"start_batch {start_batch} is outside the epoch's {batches_per_rank} batches")
     lengths = reader_lengths(batches_per_rank, world_size, num_workers, micro_batch_size, sum(counts) if pack else None)
+    speeds = parse_speeds(speed_perturb) if isinstance(speed_perturb, str) else speed_perturb
+    spec_augment = SpecAugment() if spec_augment is True else spec_augment or None
     counter = skip_counter or SkipCounter()
     pipeline = wds.DataPipeline(
         # this reader's contiguous range of the epoch's shard sequence (entering a shard mid-way by seeking over
         # tar headers), shuffled as raw bytes (before the costly decode); unreadable samples counted and named
         functools.partial(_planned_train_samples, shards, counts, lengths, seed, epoch, rank, world_size, start_batch,
                           shuffle_buffer, functools.partial(_count_problem, counter, exact)),
-        # decode audio to 16 kHz, drop and count bad samples
-        functools.partial(_decode, counter=counter),
+        # decode audio to 16 kHz, drop and count bad samples; --speed-perturb: resample each clip to its speed
+        functools.partial(_decode, counter=counter, speeds=speeds, seed=seed, epoch=epoch),
         # clean text, add the Whisper prompt, drop and count labels that are too long
         functools.partial(_tokenize, counter=counter, tokenizer=tokenizer, prompt_ids=prompt_ids,
                           normalize=normalize, max_label_tokens=max_label_tokens),
@@ -384,8 +396,9 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
         # exactly this worker's share of the epoch
         functools.partial(_take_batches, rank=rank, world_size=world_size, rotation=start_batch,
                           batches_per_rank=batches_per_rank),
-        # log-mel features + padded labels
-        wds.map(Collator(n_mels, decoder_start_token_id if decoder_start_token_id is not None else prompt_ids[0])),
+        # log-mel features + padded labels; --spec-augment: time and frequency masks inside each clip's frames
+        wds.map(Collator(n_mels, decoder_start_token_id if decoder_start_token_id is not None else prompt_ids[0],
+                         spec_augment=spec_augment, seed=seed, epoch=epoch)),
     )
     loader = _loader(pipeline, num_workers)
     loader.batches_per_rank = batches_per_rank  # for progress bars and epoch bookkeeping
