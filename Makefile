@@ -11,12 +11,13 @@ NPROC  ?= 2   # ranks for the demo: CPU processes here, GPUs on a GPU machine
 CORPUS ?= ./corpus
 SHARDS ?= shards
 
-.PHONY: help setup demo shard test bench clean
+.PHONY: help setup demo shard test bench bench-accuracy clean
 help:
 	@echo "make demo   set up, shard the bundled sample corpus, fine-tune a tiny Whisper on it with 2 ranks"
 	@echo "make shard CORPUS=./corpus SHARDS=shards   set up and shard a corpus (tools/shard_corpus.py)"
 	@echo "make test   set up and run the tests (CPU, offline)"
 	@echo "make bench  run the benchmarks in bench/ (JSON in bench/results/)"
+	@echo "make bench-accuracy   wdsbr vs the HF recipe fine-tuning a real tiny.en, 3 seeds (espeak-ng + sox; ~1 h here)"
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -42,6 +43,12 @@ shard: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+TINY_EN ?= $(HOME)/.cache/wdsbr/tiny.en
+bench-accuracy: setup  # OpenAI's tiny.en built offline once (../shared/pretrained), then bench/bench_accuracy.py
+	@test -d $(TINY_EN) || bash ../shared/pretrained/make_tiny_en.sh $(TINY_EN) $(BIN)/python
+	$(BIN)/python -c "import accelerate, psutil" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/bench_accuracy.py --model $(TINY_EN)
 
 bench: setup  # ~23 minutes on 2 shared CPU cores (2026-12-01); bench/RESULTS.md is written from the JSON in bench/results/
 	$(BIN)/python -c "import accelerate, psutil" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'

@@ -53,12 +53,15 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=12)
     parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers per rank")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--language", default="br", help="transcript language (ignored by English-only models)")
+    parser.add_argument("--seed", type=int, default=0, help="model init of new parts, data order (the trainer's seed)")
+    parser.add_argument("--save-model", default=None, help="save the final model and processor here (rank 0)")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     warnings.filterwarnings("ignore")
 
-    processor = load_processor(args.model, language="br")
+    processor = load_processor(args.model, language=args.language)
     model = WhisperForConditionalGeneration.from_pretrained(args.model)
     train_dataset = datasets.load_from_disk(args.dataset)
     collator = DataCollatorSpeechSeq2SeqWithPadding(processor, model.config.decoder_start_token_id)
@@ -68,7 +71,7 @@ def main() -> None:
         learning_rate=args.lr, warmup_steps=args.warmup_steps, max_steps=args.max_steps, lr_scheduler_type="linear",
         weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
         bf16=args.precision == "bf16", fp16=False, eval_strategy="no", save_strategy="no", logging_steps=args.max_steps,
-        report_to="none", dataloader_num_workers=args.num_workers, dataloader_pin_memory=False, seed=0,
+        report_to="none", dataloader_num_workers=args.num_workers, dataloader_pin_memory=False, seed=args.seed,
         disable_tqdm=True, use_cpu=not torch.cuda.is_available(), ddp_backend="gloo" if world_size > 1 else None,
     )
     timer = StepTimes()
@@ -77,7 +80,11 @@ def main() -> None:
     result = trainer.train()
     if int(os.environ.get("RANK", "0")) == 0:
         Path(args.timings).write_text(json.dumps({"step_end_times": timer.times, "end_time": time.time(), "train_loss": result.training_loss,
+                                                  "train_runtime": result.metrics["train_runtime"],
                                                   "global_batch_size": args.batch_size * world_size}))
+        if args.save_model:
+            trainer.model.save_pretrained(args.save_model)
+            processor.save_pretrained(args.save_model)
 
 
 if __name__ == "__main__":
