@@ -142,7 +142,7 @@ def test_an_epoch_holds_every_sample_once_and_the_same_batches_on_every_rank(iss
 
 def test_fewer_shards_than_readers_and_one_shard_alone_still_make_an_exact_epoch(uneven_shards, tiny_processor,
                                                                               prompt, tmp_path):
-    everything = {key for batch in _eval_keys_all(uneven_shards, tiny_processor, prompt) for key in [batch]}
+    everything = set(_eval_keys_all(uneven_shards, tiny_processor, prompt))
     _check_contract(_epoch(uneven_shards, tiny_processor, prompt), everything, 2, 2)  # 3 shards, 4 readers
     [single] = write_plain_shards(tmp_path / "one", [9])
     _check_contract(_epoch([single], tiny_processor, prompt, micro_batch_size=3), {f"s0_{i:03d}" for i in range(9)}, 2, 3)

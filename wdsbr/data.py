@@ -123,8 +123,7 @@ def reader_lengths(batches_per_rank: int, world_size: int, num_workers: int, mic
     the epoch's repeats). With `samples` (packing: quotas are windows of unknown size), the N utterances are
     shared in proportion to the quotas instead, without repeats."""
     workers = max(1, num_workers)
-    quotas = [batches_per_rank // workers + (1 if logical < batches_per_rank % workers else 0)
-              for _ in range(world_size) for logical in range(workers)]
+    quotas = [_worker_quota(batches_per_rank, workers, logical) for _ in range(world_size) for logical in range(workers)]
     if samples is None:
         return [quota * micro_batch_size for quota in quotas]
     ends = [samples * done // sum(quotas) for done in itertools.accumulate(quotas)]
@@ -283,11 +282,16 @@ def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_t
         yield window(group, group_labels)
 
 
+def _worker_quota(batches_per_rank: int, workers: int, logical: int) -> int:
+    """Batches of a rank's epoch that its worker `logical` yields: the DataLoader takes them round-robin."""
+    return batches_per_rank // workers + (1 if logical < batches_per_rank % workers else 0)
+
+
 def _take_batches(batches: Iterable[list], rank: int, world_size: int, rotation: int, batches_per_rank: int):
     """This worker's exact share of the epoch's batches, without those a resumed run already consumed."""
     _, n_slots, logical = _reader_slot(rank, world_size, rotation)
     workers = n_slots // world_size
-    quota = batches_per_rank // workers + (1 if logical < batches_per_rank % workers else 0)
+    quota = _worker_quota(batches_per_rank, workers, logical)
     consumed = max(0, -(-(rotation - logical) // workers))  # batches k < rotation with k % workers == logical
     for index, batch in enumerate(batches):
         if index >= quota:

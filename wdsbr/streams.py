@@ -15,6 +15,7 @@ samples, for local paths, `http(s)://` URLs and `pipe:` commands.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import posixpath
@@ -145,15 +146,23 @@ def _member_keys(path: str) -> Iterator[tuple[str, int]]:
             start, name, size = None, None, None
 
 
+def _sample_offsets(path: str) -> Iterator[int]:
+    """Offset of each sample's first header, in tar order (consecutive members sharing a key are one sample)."""
+    previous = None
+    for key, offset in _member_keys(path):
+        if key != previous:
+            yield offset
+        previous = key
+
+
 @functools.lru_cache(maxsize=4096)
 def tar_count(path: str) -> int:
-    """Samples in a local tar, from its headers only (consecutive members sharing a key are one sample); a
-    damaged tar counts the samples before the damage (reading it counts the damage)."""
-    count, previous = 0, None
+    """Samples in a local tar, from its headers only; a damaged tar counts the samples before the damage
+    (reading it counts the damage)."""
+    count = 0
     try:
-        for key, _ in _member_keys(path):
-            count += key != previous
-            previous = key
+        for _ in _sample_offsets(path):
+            count += 1
     except (OSError, ValueError, tarfile.TarError):
         pass
     return count
@@ -194,15 +203,9 @@ def _seek_offset(path: str, first: int) -> int | None:
     """Byte offset of the header of sample `first`'s first member in an uncompressed local tar; None when the
     tar cannot be entered that way (compressed, damaged before it: read it through instead)."""
     try:
-        seen, previous = 0, None
-        for key, offset in _member_keys(path):
-            if key != previous:
-                if seen == first:
-                    return offset
-                seen, previous = seen + 1, key
+        return next(itertools.islice(_sample_offsets(path), first, None), None)
     except (OSError, ValueError, tarfile.TarError):
         return None
-    return None
 
 
 def _open(url: str, offset: int):
