@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, hf_map, hf_raw_dataset, print_table, save_results  # noqa: E402
+from common import RESULTS, ROOT, hf_map, hf_raw_dataset, print_table, save_results  # noqa: E402
 
 from wdsbr.corpus import open_corpus  # noqa: E402
 from wdsbr.model import load_processor  # noqa: E402
@@ -186,10 +186,26 @@ def make_report(results: dict[str, list[dict]], args: argparse.Namespace, starte
     summary = {name: {"wer": spread([r["wer"] for r in rows]),
                       **({"samples_per_s": spread([r["samples_per_s"] for r in rows])} if name != "zero-shot" else {})}
                for name, rows in results.items()}
+    seeds = sorted({row["seed"] for rows in results.values() for row in rows if row["seed"] is not None})
     return {"model": str(args.model), "train_clips": args.train_clips, "test_clips": args.test_clips,
             "train_voices": TRAIN_VOICES, "test_voices": TEST_VOICES, "batch_size": args.batch_size,
             "max_steps": args.max_steps, "lr": args.lr, "warmup_steps": args.warmup_steps, "precision": args.precision,
-            "seeds": args.seeds, "runs": results, "summary": summary, "bench_seconds": time.perf_counter() - started}
+            "seeds": seeds, "runs": results, "summary": summary, "bench_seconds": time.perf_counter() - started}
+
+
+SETTINGS = ("model", "train_clips", "test_clips", "batch_size", "max_steps", "lr", "warmup_steps", "precision")
+
+
+def earlier_runs(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """--append: the runs of an earlier accuracy.json, refused if it was measured with other settings."""
+    path = RESULTS / "accuracy.json"
+    if not path.is_file():
+        return {}
+    report = json.loads(path.read_text())
+    changed = [name for name in SETTINGS if report.get(name) != (str(args.model) if name == "model" else getattr(args, name))]
+    if changed:
+        raise SystemExit(f"{path}: measured with other settings ({', '.join(changed)}); drop --append or move it away")
+    return report["runs"]
 
 
 def main() -> None:
@@ -207,6 +223,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3.75e-5)
     parser.add_argument("--warmup-steps", type=int, default=10)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the runs of bench/results/accuracy.json (same settings) and add these seeds/candidates")
     args = parser.parse_args()
     started = time.perf_counter()
     if not Path(args.model).exists() and "/" not in str(args.model):
@@ -221,10 +239,14 @@ def main() -> None:
         processor = load_processor(str(args.model), language="en")
         hf_map(hf_raw_dataset(rows_of(args.cache / "corpus"), args.cache / "hf-raw"), processor).save_to_disk(str(dataset))
 
-    results = {"zero-shot": [{"seed": None, **score(str(args.model), shards, args.cache / "runs" / "zero-shot")}]}
+    results = earlier_runs(args) if args.append else {}
+    if "zero-shot" not in results:
+        results["zero-shot"] = [{"seed": None, **score(str(args.model), shards, args.cache / "runs" / "zero-shot")}]
     print(f"zero-shot: WER {results['zero-shot'][0]['wer']:.4f}", flush=True)
     for seed in args.seeds:
         for candidate in args.candidates:
+            if any(row["seed"] == seed for row in results.get(candidate, [])):
+                continue  # --append: measured already
             out = args.cache / "runs" / f"{candidate}-seed{seed}"
             if candidate == "hf":
                 trained = train_hf(seed, dataset, out, args)
@@ -243,7 +265,7 @@ def main() -> None:
     summary = report["summary"]
     reference = summary.get("hf", {}).get("samples_per_s", {}).get("mean")
     print(f"\naccuracy: {Path(args.model).name}, {args.train_clips} training clips, global batch {args.batch_size}, "
-          f"{args.max_steps} steps, lr {args.lr}, {args.precision}, {len(args.seeds)} seeds; test: {args.test_clips} clips "
+          f"{args.max_steps} steps, lr {args.lr}, {args.precision}, seeds {report['seeds']}; test: {args.test_clips} clips "
           f"of unseen voices\n")
     table = []
     for name, s in summary.items():
