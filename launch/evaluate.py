@@ -4,6 +4,7 @@
     python launch/evaluate.py --model runs/br-small/best --data ./some_folder_of_wav_and_txt --output preds.tsv
     deepspeed --num_gpus 8 launch/evaluate.py --model runs/br-small/best --data shards/test   # same numbers, faster
     python launch/evaluate.py --model openai/whisper-small --data shards/test                 # the un-tuned baseline
+    python launch/evaluate.py --model runs/br-small/best-ct2 --engine faster-whisper --data shards/test  # the export
 
 A progress bar goes to stderr, then one JSON line to stdout:
     {"wer": …, "cer": …, "samples": …, "audio_hours": …, "seconds": …, "rtf": …, "loss": …, "model": …, "data": …,
@@ -17,6 +18,11 @@ its config.json unless given (one line says which); otherwise the defaults are t
 GPU, bf16 on CPU), greedy decoding, 225 new tokens, batches of 16 from up to 4 DataLoader workers. In fp16/bf16 the
 way samples are grouped into batches can move a rare token; for the trainer's exact number keep its world size
 and --num-workers too. Under a launcher each rank transcribes an exact share.
+
+`--engine faster-whisper` scores a CTranslate2 folder (tools/export.py writes one) with faster-whisper's own
+`transcribe()` on the same clips, references and normaliser, decoding as validation does (same beams and new-token
+limit, no temperature fallback, no timestamps, no previous-text prompt, no VAD: wdsbr.export.transcribe_kwargs);
+`--compute-type` picks faster-whisper's (default: the export's quantization). Its row has no loss.
 
 Sections, in order: config → distributed → data → model → transcribe → score and report.
 """
@@ -49,6 +55,7 @@ from wdsbr import dist
 from wdsbr.cli import run
 from wdsbr.data import DEFAULT_WORKERS, SkipCounter, make_eval_loader
 from wdsbr.eval_data import eval_data_kind, expected_samples, prepare_shards
+from wdsbr.export import COMPUTE_TYPES, ENGINES, compute_type_of, is_ct2_folder, load_ct2_tokenizer, load_faster_whisper, run_faster_whisper, suppressed_tokens, transcribe_kwargs
 from wdsbr.evaluation import gather, generate_kwargs, run_validation, sum_across_ranks
 from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor
 from wdsbr.report import write_markdown, write_tsv
@@ -76,6 +83,8 @@ O = click.option
 @O("--text-normalizer", default="default", show_default=True, help="'default' (wdsbr.text.clean_text), 'breton' (anaouder: numbers spelled out) or module:function; applied to both sides.")
 @O("--max-samples", type=int, default=None, help="Score only the first N samples of the data (a quick look).")
 @O("--precision", type=click.Choice(list(DTYPES)), default="fp16", show_default=True, help="Compute dtype; fp16 falls back to bf16 on CPU, as in training.")
+@O("--engine", type=click.Choice(ENGINES), default="transformers", show_default=True, help="transformers (a save_pretrained folder) or faster-whisper (a CTranslate2 folder from tools/export.py).")
+@O("--compute-type", type=click.Choice(COMPUTE_TYPES), default="default", show_default=True, help="faster-whisper only: CTranslate2 compute type (default: the export's quantization).")
 @O("--num-workers", type=int, default=DEFAULT_WORKERS, show_default=True, help="DataLoader workers per rank, as in training (and decoding processes for a folder); default: 4, at most the CPU cores.")
 @O("--debug", is_flag=True, help="Show tracebacks for configuration errors.")
 @O("--local_rank", "--local-rank", "local_rank", type=int, default=None, hidden=True)  # passed by the deepspeed launcher
@@ -139,10 +148,16 @@ def configure(opts: dict) -> dict:
     except ValueError as error:
         problems.append(f"--language: {error}")
         language_ok = False
+    ct2 = cfg["engine"] == "faster-whisper"
+    if ct2 and not is_ct2_folder(cfg["model"]):
+        problems.append(f"--model {cfg['model']}: --engine faster-whisper needs a CTranslate2 folder (no model.bin); make one "
+                        f"with python tools/export.py --model {cfg['model']} --to ct2 --output {cfg['model'].rstrip('/')}-ct2")
+    if not ct2 and cfg["compute_type"] != "default":
+        problems.append(f"--compute-type {cfg['compute_type']}: only for --engine faster-whisper (use --precision)")
     for name, check in (("--text-normalizer", lambda: load_normalizer(cfg["text_normalizer"])),
                         ("--data", lambda: cfg.update(data_kind=eval_data_kind(cfg["data"]))),
-                        ("--model", lambda: check_model(cfg["model"], cfg["language"] if language_ok else None,
-                                                        load=not problems))):  # no network when the rest is wrong
+                        ("--model", lambda: None if ct2 else check_model(cfg["model"], cfg["language"] if language_ok else None,
+                                                                         load=not problems))):  # no network when the rest is wrong
         try:
             check()
         except (OSError, ValueError) as error:
@@ -182,26 +197,40 @@ def evaluate(cfg: dict) -> None:
             fail(ValueError(prepared["error"]), cfg["debug"])
 
         # ---------------------------------------------------------------------------------------------- model
-        processor = load_processor(cfg["model"], cfg["language"])
-        tokenizer, prompt_ids = processor.tokenizer, list(processor.tokenizer.prefix_tokens)
-        model = load_model(cfg["model"]).to(device, dtype)  # parameters cast as DeepSpeed's engine casts them
-        language = language_code(cfg["language"]) if is_multilingual(cfg["model"], model.generation_config) else None
+        if cfg["engine"] == "faster-whisper":
+            tokenizer = load_ct2_tokenizer(cfg["model"], cfg["language"])  # the references' labels, as for transformers
+            model = load_faster_whisper(cfg["model"], cfg["compute_type"], device, torch.get_num_threads())
+            precision = compute_type_of(cfg["model"], cfg["compute_type"])
+            language = language_code(cfg["language"]) if model.model.is_multilingual else None
+            n_mels, max_label_tokens, start_id = model.feat_kwargs.get("feature_size", 80), 448, tokenizer.prefix_tokens[0]
+        else:
+            tokenizer = load_processor(cfg["model"], cfg["language"]).tokenizer
+            model = load_model(cfg["model"]).to(device, dtype)  # parameters cast as DeepSpeed's engine casts them
+            language = language_code(cfg["language"]) if is_multilingual(cfg["model"], model.generation_config) else None
+            n_mels, max_label_tokens = model.config.num_mel_bins, model.config.max_target_positions
+            start_id = model.config.decoder_start_token_id
+        prompt_ids = list(tokenizer.prefix_tokens)
         gen_kwargs = generate_kwargs(language, cfg["num_beams"], cfg["generation_max_length"])
         normalize = load_normalizer(cfg["text_normalizer"])
 
         # ----------------------------------------------------------------------------------------- transcribe
         skipped = SkipCounter()
-        loader = make_eval_loader(prepared["shards"], tokenizer, prompt_ids, n_mels=model.config.num_mel_bins,
+        loader = make_eval_loader(prepared["shards"], tokenizer, prompt_ids, n_mels=n_mels,
                                   micro_batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], rank=rank,
                                   world_size=world_size, skip_counter=skipped, normalize=normalize,
-                                  max_label_tokens=model.config.max_target_positions,
-                                  decoder_start_token_id=model.config.decoder_start_token_id)
+                                  max_label_tokens=max_label_tokens, decoder_start_token_id=start_id,
+                                  keep_audio=cfg["engine"] == "faster-whisper")
         bar = tqdm(total=expected_samples(prepared["shards"], world_size), desc="evaluate", unit="sample",
                    file=sys.stderr, disable=not dist.is_main(), dynamic_ncols=True)
         totals = {"audio_seconds": 0.0}
         start = time.perf_counter()
-        results, loss_sum, tokens, _ = run_validation(model, metered(loader, bar, totals), tokenizer, gen_kwargs,
-                                                      dtype, device)
+        if cfg["engine"] == "faster-whisper":  # no loss: CTranslate2 decodes, it does not score labels
+            results, _ = run_faster_whisper(model, metered(loader, bar, totals), transcribe_kwargs(
+                language, cfg["num_beams"], cfg["generation_max_length"], suppressed_tokens(cfg["model"])))
+            loss_sum, tokens = 0.0, 0
+        else:
+            results, loss_sum, tokens, _ = run_validation(model, metered(loader, bar, totals), tokenizer, gen_kwargs,
+                                                          dtype, device)
         results, loss_sum, tokens = gather(results, loss_sum, tokens)  # collective: all ranks
         totals = sum_across_ranks({**totals, **skipped.as_dict()})  # collective: all ranks
         seconds = time.perf_counter() - start
@@ -222,7 +251,7 @@ def evaluate(cfg: dict) -> None:
                "rtf": round(seconds / audio_seconds, 4) if audio_seconds else None,
                "loss": loss_sum / tokens if tokens else None,
                "model": cfg["model"], "data": cfg["data"], "normalizer": cfg["text_normalizer"], "language": language,
-               "precision": precision, "num_beams": cfg["num_beams"], "batch_size": cfg["batch_size"],
+               "engine": cfg["engine"], "precision": precision, "num_beams": cfg["num_beams"], "batch_size": cfg["batch_size"],
                "world_size": world_size, "skipped_samples": int(sum(skipped_by_reason.values())),
                "rejected_inputs": len(prepared["rejected"]), "normalizers": scores["normalizers"]}
         row = {name: None if isinstance(value, float) and not math.isfinite(value) else value for name, value in row.items()}

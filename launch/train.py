@@ -31,6 +31,7 @@ from wdsbr.data import DEFAULT_WORKERS, SkipCounter, make_eval_loader, make_trai
 from wdsbr.engine import (ConfigError, build_engine, compute_dtype, device_type, init_distributed, latest_checkpoint,
                           load_checkpoint, load_ds_config, resolve_ds_config, settings_from_options, training_step)
 from wdsbr.evaluation import METRICS, EarlyStopping, generate_kwargs
+from wdsbr.export import require_export_extra
 from wdsbr.metrics import MetricsLog, progress_bar, say
 from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor
 from wdsbr.scoring import load_normalizer
@@ -52,9 +53,8 @@ SECTIONS = {  # --help lists the options under these headings
                      "weight_decay", "max_grad_norm", "precision", "seed"],
     "Evaluation and early stopping": ["eval_every", "eval_batch_size", "generation_max_length", "num_beams", "metric",
                                       "min_delta", "patience"],
-    "Checkpoints and resume": ["output_dir", "keep_checkpoints", "resume", "stop_after_steps"],
-    "Logging": ["log_every", "debug", "help"],
-    "Distributed": ["dist_timeout_minutes"],
+    "Checkpoints, resume and export": ["output_dir", "keep_checkpoints", "resume", "stop_after_steps", "export"],
+    "Logging": ["log_every", "debug", "help"], "Distributed": ["dist_timeout_minutes"],
 }
 
 
@@ -96,6 +96,7 @@ SECTIONS = {  # --help lists the options under these headings
 @O("--log-every", type=int, default=10, show_default=True, help="Log a metrics row every N steps.")
 @O("--stop-after-steps", type=int, default=None, help="End this job after N steps (checkpointed); --resume continues.")
 @O("--resume", is_flag=True, help="Continue the run in --output-dir from its latest checkpoint, with its saved options.")
+@O("--export", type=click.Choice(["ct2"]), default=None, help="At the end, convert best/ to CTranslate2 (best-ct2/, faster-whisper) and record its validation WER.")
 @O("--dist-timeout-minutes", type=float, default=30.0, show_default=True, help="A dead rank fails the others after this.")
 @O("--debug", is_flag=True, help="Show tracebacks for configuration errors.")
 @O("--local_rank", "--local-rank", "local_rank", type=int, default=None, hidden=True)  # passed by the deepspeed launcher
@@ -139,7 +140,8 @@ def configure(opts: dict, explicit: set[str]) -> tuple[dict, dict, list[str]]:
             problems.append(f"--{name.replace('_', '-')} {cfg[name]}: must be at least 1")
     for name, check in (("language", lambda: language_code(cfg["language"])), ("text_normalizer", lambda: load_normalizer(cfg["text_normalizer"])),
                         ("train_shards", lambda: cfg["epoch_samples"] or count_samples(list_shards(cfg["train_shards"]))),  # or says how
-                        ("val_shards", lambda: list_shards(cfg["val_shards"])), ("speed_perturb", lambda: parse_speeds(cfg["speed_perturb"] or "1"))):
+                        ("val_shards", lambda: list_shards(cfg["val_shards"])), ("speed_perturb", lambda: parse_speeds(cfg["speed_perturb"] or "1")),
+                        ("export", lambda: cfg["export"] and require_export_extra())):
         try:
             check()
         except (OSError, ValueError) as error:

@@ -117,23 +117,28 @@ def tiny_processor(tiny_whisper):
     return load_processor(tiny_whisper, language="br")
 
 
-@pytest.fixture(scope="session")
-def wordy_whisper(tmp_path_factory) -> str:
+def build_wordy_whisper(path: Path, multilingual: bool = True, scale: float = 30.0, n_mels: int = 80) -> str:
     """A tiny random Whisper whose greedy transcripts are text that differs from clip to clip. Timestamp tokens are
     suppressed (a random model otherwise emits only timestamps, which decode to nothing: every WER 1), and the
-    encoder and cross-attention matrices are scaled ×30: at the default init the audio barely reaches the decoder
+    encoder and cross-attention matrices are scaled by `scale` (×30): at the default init the audio barely reaches the decoder
     and every clip gets the same words (10 clips: 1 distinct transcript at ×1, 3 at ×10, 10 at ×30)."""
     import torch
 
     from wdsbr.model import build_tiny_whisper, load_model
 
-    path = build_tiny_whisper(tmp_path_factory.mktemp("wordy-whisper") / "tiny", seed=1)
+    path = build_tiny_whisper(path, seed=1, multilingual=multilingual, n_mels=n_mels)
     whisper = load_model(str(path))
     first_timestamp = whisper.generation_config.no_timestamps_token_id + 1
     whisper.generation_config.suppress_tokens = list(range(first_timestamp, whisper.config.vocab_size))
     with torch.no_grad():
         for name, parameter in whisper.named_parameters():
             if parameter.dim() > 1 and (name.startswith("model.encoder.") or ".encoder_attn." in name):
-                parameter.mul_(30.0)
+                parameter.mul_(scale)
     whisper.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def wordy_whisper(tmp_path_factory) -> str:
+    """A tiny multilingual Whisper that writes audio-dependent words (build_wordy_whisper)."""
+    return build_wordy_whisper(tmp_path_factory.mktemp("wordy-whisper") / "tiny")

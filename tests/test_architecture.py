@@ -16,7 +16,7 @@ LAYERS = {
     "data": {"wdsbr.audio", "wdsbr.augment", "wdsbr.ali", "wdsbr.features", "wdsbr.collate", "wdsbr.corpus", "wdsbr.shards", "wdsbr.streams", "wdsbr.data",
              "wdsbr.eval_data", "wdsbr.model"},
     "orchestration": {"wdsbr.scoring", "wdsbr.evaluation", "wdsbr.engine", "wdsbr.training", "wdsbr.metrics",
-                      "wdsbr.report", "wdsbr.modelcard"},
+                      "wdsbr.report", "wdsbr.modelcard", "wdsbr.export"},
 }
 ORDER = ["basics", "data", "orchestration", "scripts"]
 

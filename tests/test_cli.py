@@ -48,6 +48,6 @@ def test_train_help_groups_its_options_by_topic():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     headings = [line.rstrip(":") for line in result.stdout.splitlines() if line and not line.startswith(" ")][1:]
-    assert headings == ["Data", "Augmentation (training only)", "Model", "Optimisation", "Evaluation and early stopping", "Checkpoints and resume",
-                        "Logging", "Distributed"]  # and no "Other": every option has its section
+    assert headings == ["Data", "Augmentation (training only)", "Model", "Optimisation", "Evaluation and early stopping",
+                        "Checkpoints, resume and export", "Logging", "Distributed"]  # and no "Other": every option has its section
     assert "--lr FLOAT" in result.stdout.split("Optimisation:")[1].split("Evaluation")[0]

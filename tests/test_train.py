@@ -65,9 +65,10 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
     # --metric loss with a huge --min-delta: only the first evaluation can be "better", so with patience 2 the
     # run must stop at the third evaluation (step 6) on both ranks, whatever the random model predicts.
     # --grad-accum 2: a step is two micro-batches of 3 on each of 2 ranks; --pack: each holds several utterances.
+    # --export ct2: rank 0 converts best/ at the end and scores the conversion on the validation shards.
     out = tmp_path / "run"
     result = run_training(shards, tiny_whisper, out, "--max-steps", "40", "--eval-every", "2", "--metric", "loss",
-                          "--min-delta", "100", "--patience", "2", "--grad-accum", "2", "--pack")
+                          "--min-delta", "100", "--patience", "2", "--grad-accum", "2", "--pack", "--export", "ct2")
     assert "fp16 is not supported on CPU: training in bf16 instead" in result.stdout
     assert [(r["step"], r["is_best"]) for r in rows(out, "eval")] == [(2, True), (4, False), (6, False)]
     summary = rows(out, "summary")[-1]
@@ -89,7 +90,12 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
     assert config["deepspeed"]["bf16"]["enabled"] is True and config["deepspeed"]["train_batch_size"] == 3 * 2 * 2
 
     best = out / "best"
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in best.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "preprocessor_config.json"} <= {p.name for p in best.iterdir()}
+    export = json.loads((out / "summary.json").read_text())["export"]
+    assert (export["format"], export["engine"], export["samples"], export["skipped_samples"]) == ("ct2", "faster-whisper", 8, 0)
+    assert 0 <= export["wer"] and (out / "best-ct2" / "model.bin").is_file() and export["path"] == str(out / "best-ct2")
+    assert "## faster-whisper (CTranslate2)" in (best / "README.md").read_text()
     generation = json.loads((best / "generation_config.json").read_text())
     assert (generation["language"], generation["task"]) == ("br", "transcribe")
     from transformers import pipeline

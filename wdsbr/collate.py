@@ -3,6 +3,7 @@
 `input_features [B, n_mels, 3000]` (log-mel of the 30 s window, computed batched in torch), `labels [B, L]`
 padded with -100 and without the leading decoder-start token (the model prepends it when it shifts the
 labels right). Keys, raw transcripts and the batch's audio seconds ride along for validation and timing.
+With `keep_audio` (evaluation with another engine, faster-whisper), the 16 kHz waveforms ride along too.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def pad_labels(label_ids: list[list[int]], decoder_start_token_id: int) -> torch
 @dataclass
 class Collator:
     """Turn a list of decoded samples (`audio`, `labels`, `key`, `text`) into a batch (picklable for workers);
-    with `spec_augment` (training only), the features are masked for (seed, epoch, key)."""
+    with `spec_augment` (training only), the features are masked for (seed, epoch, key); with `keep_audio`, the
+    batch carries the waveforms (`audio`) instead of features."""
 
     n_mels: int
     decoder_start_token_id: int
@@ -37,14 +39,19 @@ class Collator:
     spec_augment: SpecAugment | None = None
     seed: int = 0
     epoch: int = 0
+    keep_audio: bool = False
 
     def __call__(self, samples: list[dict]) -> dict:
         audio = [s["audio"] for s in samples]
-        features = log_mel_spectrogram(audio, n_mels=self.n_mels)
-        if self.spec_augment is not None:
-            self.spec_augment(features, [len(a) for a in audio], [s["key"] for s in samples], self.seed, self.epoch)
+        if self.keep_audio:  # another engine computes its own features
+            inputs = {"audio": audio}
+        else:
+            inputs = {"input_features": log_mel_spectrogram(audio, n_mels=self.n_mels)}
+            if self.spec_augment is not None:
+                self.spec_augment(inputs["input_features"], [len(a) for a in audio], [s["key"] for s in samples],
+                                  self.seed, self.epoch)
         return {
-            "input_features": features,
+            **inputs,
             "labels": pad_labels([s["labels"] for s in samples], self.decoder_start_token_id),
             "keys": [s["key"] for s in samples],
             "texts": [s["text"] for s in samples],

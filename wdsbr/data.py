@@ -413,9 +413,10 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
 def make_eval_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, micro_batch_size: int,
                      num_workers: int = 2, rank: int = 0, world_size: int = 1,
                      skip_counter: SkipCounter | None = None, normalize: Callable[[str], str] = clean_text,
-                     max_label_tokens: int = 448,
-                     decoder_start_token_id: int | None = None) -> torch.utils.data.DataLoader:
-    """One exact pass over the shards: every sample scored by exactly one (rank, worker); last batch partial."""
+                     max_label_tokens: int = 448, decoder_start_token_id: int | None = None,
+                     keep_audio: bool = False) -> torch.utils.data.DataLoader:
+    """One exact pass over the shards: every sample scored by exactly one (rank, worker); last batch partial.
+    `keep_audio`: batches carry the waveforms instead of log-mel features (for faster-whisper)."""
     shards = list_shards(shards)
     counter = skip_counter or SkipCounter()
     pipeline = wds.DataPipeline(
@@ -429,7 +430,8 @@ def make_eval_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, m
                           normalize=normalize, max_label_tokens=max_label_tokens),
         # micro-batches, the last one partial
         wds.batched(micro_batch_size, collation_fn=Collator(
-            n_mels, decoder_start_token_id if decoder_start_token_id is not None else prompt_ids[0]), partial=True),
+            n_mels, decoder_start_token_id if decoder_start_token_id is not None else prompt_ids[0],
+            keep_audio=keep_audio), partial=True),
     )
     loader = _loader(pipeline, num_workers)
     loader.skip_counter = counter

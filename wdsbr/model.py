@@ -180,12 +180,14 @@ def build_tiny_whisper(output_dir: str | Path, texts: list[str] | None = None, *
     )
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config)
+    # an English-only one has no lang_to_id/task_to_id, as openai/whisper-tiny.en: with an empty lang_to_id,
+    # generate() would "detect" a language and put token 0 in the prompt
+    languages = dict(task_to_id={"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
+                     lang_to_id={f"<|{code}|>": ids(f"<|{code}|>") for code in LANGUAGES}) if multilingual else {}
     generation = GenerationConfig(
         decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
         max_length=448, suppress_tokens=[], begin_suppress_tokens=[ids("Ġ"), eot],
-        no_timestamps_token_id=ids("<|notimestamps|>"), is_multilingual=multilingual,
-        task_to_id={"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
-        lang_to_id={f"<|{code}|>": ids(f"<|{code}|>") for code in LANGUAGES} if multilingual else {},
+        no_timestamps_token_id=ids("<|notimestamps|>"), is_multilingual=multilingual, **languages,
         prev_sot_token_id=ids("<|startofprev|>"), forced_decoder_ids=None,
     )
     model.generation_config = generation
@@ -228,6 +230,9 @@ def save_model_atomic(model: WhisperForConditionalGeneration, processor: Whisper
         config.use_cache = True  # training may turn the KV cache off (gradient checkpointing); inference wants it
         config.save_pretrained(temporary)
         processor.save_pretrained(temporary)
+        # transformers 5 nests the feature extractor in processor_config.json; faster-whisper, CTranslate2's
+        # converter and older transformers read preprocessor_config.json (128-mel models break without it)
+        processor.feature_extractor.save_pretrained(temporary)
     except Exception as error:  # safetensors reports a full disk as SafetensorError, not OSError
         shutil.rmtree(temporary, ignore_errors=True)  # no debris; output_dir is untouched
         raise OSError(f"could not write {output_dir}: {error}") from error

@@ -45,6 +45,7 @@ def write_model_card(
     eval_split: str = "validation",
     model_name: str | None = None,
     license: str | None = None,
+    export: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `folder/README.md` and return its path.
 
@@ -52,7 +53,8 @@ def write_model_card(
     unless `eval_dataset` says otherwise, on `eval_split`. `hours`: training hours, or hours per split.
     `scores`: fractions (0.123 = 12.3 % WER) keyed as in `METRICS` — `wdsbr.evaluation.score`'s `wer`/`cer`,
     `wdsbr.scoring.score_all`'s keys and its `normalizers`; they are written as percentages, the Hub's
-    convention. `normalizer`: the `--text-normalizer` of the run. `command`: the training command.
+    convention. `normalizer`: the `--text-normalizer` of the run. `command`: the training command. `export`:
+    `wdsbr.export.export_and_score`'s report (`--export ct2`): a faster-whisper section with its WER.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -90,7 +92,7 @@ def write_model_card(
         wdsbr={"command": command, "text_normalizer": normalizer, "hours": hours_by_split, "datasets": datasets},
     )
     body = _body(model_name, base_model, hub_base, language, datasets, hours_by_split, rows, normalizer, command,
-                 evaluated_on, eval_split, folder)
+                 evaluated_on, eval_split, folder) + _deployment(export, language, scores)
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     path = folder / "README.md"
     folder.mkdir(parents=True, exist_ok=True)
@@ -145,6 +147,21 @@ def training_command(argv: Iterable[str], launcher: str = "deepspeed") -> str:
             if not arg.startswith(("--local_rank", "--local-rank"))
             and not (index > 0 and argv[index - 1] in ("--local_rank", "--local-rank"))]
     return shlex.join([launcher, *kept])
+
+
+def _deployment(export: Mapping[str, Any] | None, language: str, scores: Mapping[str, Any]) -> str:
+    """With --export ct2: where the CTranslate2 folder is, its WER beside the transformers one, and how to run it."""
+    if not export:
+        return ""
+    transformers_wer = f"{100 * scores['wer']:.2f} % with transformers, " if scores.get("wer") is not None else ""
+    return "\n".join([
+        "## faster-whisper (CTranslate2)", "",
+        f"`{Path(export['path']).name}/` beside this folder ({export['quantization']}): validation WER "
+        f"{transformers_wer}{100 * export['wer']:.2f} % with faster-whisper (greedy, as validation decodes, on "
+        f"{export['samples']} samples).", "",
+        "```python", "from faster_whisper import WhisperModel", "",
+        f'model = WhisperModel("{export["path"]}")',
+        f'segments, info = model.transcribe("recording.wav", language="{language}")', "```", ""])
 
 
 def _body(model_name: str, base_model: str, hub_base: str | None, language: str, datasets: list[str],

@@ -1,0 +1,58 @@
+"""Export a trained Whisper for deployment: CTranslate2, the format faster-whisper and WhisperX load.
+
+    python tools/export.py --model runs/br-small/best --to ct2 --output runs/br-small/best-ct2 --quantization int8
+    python launch/evaluate.py --model runs/br-small/best-ct2 --engine faster-whisper --data shards/test   # its WER
+
+The conversion is CTranslate2's own converter (what `ct2-transformers-converter` runs); `tokenizer.json`,
+`preprocessor_config.json` (the mel-bin count faster-whisper needs for 128-mel models) and the tokenizer files are
+copied beside `model.bin`. Then, in Python:
+
+    from faster_whisper import WhisperModel
+    segments, info = WhisperModel("runs/br-small/best-ct2").transcribe("interview.wav", language="br")
+
+Quantizations: float32 (the default: the WER evaluate.py gives is transformers' within noise), float16 (GPU),
+int8 (CPU: smaller and faster), int8_float16, int8_float32, bfloat16, int8_bfloat16, int16. whisper.cpp (ggml) is
+not offered: see the README ("Deploy").
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .` too
+import wdsbr  # noqa: E402
+
+wdsbr.check_dependencies()  # a plain `python` without the set-up: one line naming the fix, no traceback
+
+import json
+
+import click
+
+from wdsbr.cli import run
+from wdsbr.export import QUANTIZATIONS, check_export, export_ct2
+
+
+@click.command()
+@click.option("--model", required=True, help="A Whisper save_pretrained folder (runs/NAME/best).")
+@click.option("--to", "target", type=click.Choice(["ct2"]), default="ct2", show_default=True,
+              help="Target format: ct2 = CTranslate2 (faster-whisper, WhisperX).")
+@click.option("--output", required=True, help="The folder to write (its parent must exist or be creatable).")
+@click.option("--quantization", default="float32", show_default=True,
+              help=f"CTranslate2 weight type: {', '.join(QUANTIZATIONS)}.")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def main(model, target, output, quantization, overwrite, debug):
+    """Convert --model to --to format in --output; prints one JSON line (the files written, any warning)."""
+    problems = check_export(model, output, quantization, overwrite)
+    if problems:
+        raise ValueError("; ".join(problems))
+    Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    report = export_ct2(model, output, quantization, overwrite=overwrite)
+    for warning in report["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(json.dumps(report))
+
+
+if __name__ == "__main__":
+    run(main)
