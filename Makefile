@@ -17,7 +17,7 @@ help:
 	@echo "make shard CORPUS=./corpus SHARDS=shards   set up and shard a corpus (tools/shard_corpus.py)"
 	@echo "make test   set up and run the tests (CPU, offline)"
 	@echo "make bench  run the benchmarks in bench/ (JSON in bench/results/)"
-	@echo "make bench-accuracy   wdsbr vs the HF recipe fine-tuning a real tiny.en, 3 seeds (espeak-ng + sox; ~1 h here)"
+	@echo "make bench-accuracy   wdsbr vs the HF recipe fine-tuning a real tiny.en, 3 seeds (espeak-ng + sox; ~2.5 h here: 9 runs of 15-20 min)"
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml

@@ -33,7 +33,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import make_corpus  # noqa: E402
-from common import ROOT, print_table, save_results  # noqa: E402
+from common import RESULTS, ROOT, print_table, save_results  # noqa: E402
 
 from wdsbr.export import export_ct2, load_faster_whisper, suppressed_tokens, transcribe_kwargs  # noqa: E402
 from wdsbr.features import log_mel_spectrogram  # noqa: E402
@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "wdsbr" / "bench-accuracy")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "wdsbr" / "bench-export")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--append", action="store_true", help="keep the models of bench/results/export.json, add these")
     parser.add_argument("--max-clips", type=int, default=None, help="a quick check of the bench itself: N clips (evaluate.py takes the shards' first N, maybe other clips)")
     args = parser.parse_args()
     models = args.model or [Path.home() / ".cache" / "wdsbr" / "tiny.en"]
@@ -130,6 +131,12 @@ def main() -> None:
     if args.max_clips:  # evaluate.py takes the same first N samples of the shards (sorted by key, as clips_of)
         args.limit = ["--max-samples", str(args.max_clips)]
     report = {"clips": len(clips), "max_new_tokens": args.max_new_tokens, "threads": THREADS, "models": {}}
+    earlier = RESULTS / "export.json"
+    if args.append and earlier.is_file():
+        previous = json.loads(earlier.read_text())
+        if (previous["clips"], previous["max_new_tokens"]) != (report["clips"], report["max_new_tokens"]):
+            raise SystemExit(f"{earlier}: measured on other clips or another new-token limit; drop --append")
+        report["models"] = previous["models"]
     for model in models:
         name = model.parent.name + "/" + model.name if model.name in ("best", "final") else model.name
         print(f"{name}:", flush=True)

@@ -142,11 +142,12 @@ def test_a_saved_best_model_has_preprocessor_config_and_keeps_alignment_heads(ge
 
 
 def test_a_folder_from_the_reference_converter_gives_the_same_prompt(gentle_ct2, tmp_path):
-    """ct2-transformers-converter --copy_files tokenizer.json (or a hub download) has no transformers tokenizer
-    config: the references' labels are made from tokenizer.json alone, with the same prompt."""
+    """ct2-transformers-converter --copy_files tokenizer.json preprocessor_config.json (or a hub download) has no
+    transformers tokenizer config: the references' labels are made from tokenizer.json alone, with the same prompt
+    (transformers would load a generic tokenizer there, without Whisper's prompt)."""
     bare = tmp_path / "bare"
     bare.mkdir()
-    for name in ("model.bin", "config.json", "vocabulary.json", "tokenizer.json"):
+    for name in ("model.bin", "config.json", "vocabulary.json", "tokenizer.json", "preprocessor_config.json"):
         (bare / name).write_bytes((gentle_ct2 / name).read_bytes())
     assert load_ct2_tokenizer(bare, "br").prefix_tokens == load_ct2_tokenizer(gentle_ct2, "br").prefix_tokens
     (bare / "tokenizer.json").unlink()

@@ -145,12 +145,11 @@ def load_ct2_tokenizer(path: str | Path, language: str | None):
     hub). Multilingual as CTranslate2 decides it: from 51,865 tokens up."""
     from transformers import GenerationConfig, WhisperTokenizerFast
 
-    try:
+    if (Path(path) / "tokenizer_config.json").is_file():  # without it transformers loads a generic tokenizer
         return load_processor(str(path), language).tokenizer
-    except OSError:
-        if not (Path(path) / "tokenizer.json").is_file():
-            raise ValueError(f"{path}: no tokenizer.json beside model.bin (export with tools/export.py, or convert with "
-                             "ct2-transformers-converter --copy_files tokenizer.json)") from None
+    if not (Path(path) / "tokenizer.json").is_file():
+        raise ValueError(f"{path}: no tokenizer.json beside model.bin (export with tools/export.py, or convert with "
+                         "ct2-transformers-converter --copy_files tokenizer.json)")
     tokenizer = WhisperTokenizerFast(tokenizer_file=str(Path(path) / "tokenizer.json"))
     set_prompt(tokenizer, str(path), language, GenerationConfig(is_multilingual=len(tokenizer) >= 51865))
     return tokenizer
