@@ -55,7 +55,7 @@ from wdsbr import dist
 from wdsbr.cli import run
 from wdsbr.data import DEFAULT_WORKERS, SkipCounter, make_eval_loader
 from wdsbr.eval_data import eval_data_kind, expected_samples, prepare_shards
-from wdsbr.export import COMPUTE_TYPES, ENGINES, compute_type_of, is_ct2_folder, load_ct2_tokenizer, load_faster_whisper, run_faster_whisper, suppressed_tokens, transcribe_kwargs
+from wdsbr.export import COMPUTE_TYPES, ENGINES, compute_type_of, is_ct2_folder, open_for_scoring, run_faster_whisper
 from wdsbr.evaluation import gather, generate_kwargs, run_validation, sum_across_ranks
 from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor
 from wdsbr.report import write_markdown, write_tsv
@@ -198,11 +198,11 @@ def evaluate(cfg: dict) -> None:
 
         # ---------------------------------------------------------------------------------------------- model
         if cfg["engine"] == "faster-whisper":
-            tokenizer = load_ct2_tokenizer(cfg["model"], cfg["language"])  # the references' labels, as for transformers
-            model = load_faster_whisper(cfg["model"], cfg["compute_type"], device, torch.get_num_threads())
+            engine = open_for_scoring(cfg["model"], language_code(cfg["language"]), cfg["num_beams"],
+                                      cfg["generation_max_length"], cfg["compute_type"], device, torch.get_num_threads())
+            model, tokenizer, language = engine["model"], engine["tokenizer"], engine["language"]
             precision = compute_type_of(cfg["model"], cfg["compute_type"])
-            language = language_code(cfg["language"]) if model.model.is_multilingual else None
-            n_mels, max_label_tokens, start_id = model.feat_kwargs.get("feature_size", 80), 448, tokenizer.prefix_tokens[0]
+            n_mels, max_label_tokens, start_id = engine["n_mels"], 448, tokenizer.prefix_tokens[0]
         else:
             tokenizer = load_processor(cfg["model"], cfg["language"]).tokenizer
             model = load_model(cfg["model"]).to(device, dtype)  # parameters cast as DeepSpeed's engine casts them
@@ -225,8 +225,7 @@ def evaluate(cfg: dict) -> None:
         totals = {"audio_seconds": 0.0}
         start = time.perf_counter()
         if cfg["engine"] == "faster-whisper":  # no loss: CTranslate2 decodes, it does not score labels
-            results, _ = run_faster_whisper(model, metered(loader, bar, totals), transcribe_kwargs(
-                language, cfg["num_beams"], cfg["generation_max_length"], suppressed_tokens(cfg["model"])))
+            results, _ = run_faster_whisper(model, metered(loader, bar, totals), engine["kwargs"])
             loss_sum, tokens = 0.0, 0
         else:
             results, loss_sum, tokens, _ = run_validation(model, metered(loader, bar, totals), tokenizer, gen_kwargs,

@@ -30,7 +30,7 @@ import json
 import click
 
 from wdsbr.cli import run
-from wdsbr.export import QUANTIZATIONS, check_export, export_ct2
+from wdsbr.export import QUANTIZATIONS, export_ct2
 
 
 @click.command()
@@ -44,11 +44,7 @@ from wdsbr.export import QUANTIZATIONS, check_export, export_ct2
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(model, target, output, quantization, overwrite, debug):
     """Convert --model to --to format in --output; prints one JSON line (the files written, any warning)."""
-    problems = check_export(model, output, quantization, overwrite)
-    if problems:
-        raise ValueError("; ".join(problems))
-    Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    report = export_ct2(model, output, quantization, overwrite=overwrite)
+    report = export_ct2(model, output, quantization, overwrite=overwrite)  # every problem first, in one line
     for warning in report["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     click.echo(json.dumps(report))

@@ -100,7 +100,8 @@ def export_ct2(model: str | Path, output: str | Path, quantization: str = "float
     import ctranslate2.converters
 
     transformers.utils.logging.disable_progress_bar()  # the converter loads the model: no weight-loading bar
-    model, output = check_whisper_folder(model), Path(output).expanduser()
+    model, output = Path(model).expanduser(), Path(output).expanduser()
+    output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     warnings = []
@@ -208,6 +209,19 @@ def transcribe_kwargs(language: str | None, num_beams: int, max_new_tokens: int,
                 word_timestamps=False)
 
 
+def open_for_scoring(path: str | Path, language: str | None, num_beams: int, max_new_tokens: int,
+                     compute_type: str = "default", device=None, threads: int = 0) -> dict[str, Any]:
+    """What scoring a CTranslate2 folder needs, for evaluate.py --engine faster-whisper and --export ct2 alike:
+    the model, the references' tokenizer, the language it decodes (None for an English-only model), its mel bins
+    and the transcribe() arguments."""
+    tokenizer = load_ct2_tokenizer(path, language)
+    whisper = load_faster_whisper(path, compute_type, device, threads)
+    language = language if whisper.model.is_multilingual else None
+    return {"model": whisper, "tokenizer": tokenizer, "language": language,
+            "n_mels": whisper.feat_kwargs.get("feature_size", 80),
+            "kwargs": transcribe_kwargs(language, num_beams, max_new_tokens, suppressed_tokens(path))}
+
+
 def transcribe_batch(model, audio: list[np.ndarray], kwargs: dict[str, Any]) -> list[str]:
     """One text per clip (16 kHz float32), its segments joined."""
     texts = []
@@ -235,14 +249,12 @@ def export_and_score(best: str | Path, output: str | Path, shards: str, *, langu
     then `shards` (the validation set) transcribed by faster-whisper as `evaluate.py --engine faster-whisper`
     does, so summary.json holds the WER of what will be deployed beside the transformers one."""
     report = export_ct2(best, output, quantization, overwrite=True)
-    tokenizer = load_ct2_tokenizer(output, language)
-    whisper = load_faster_whisper(output)
-    language = language if whisper.model.is_multilingual else None
-    loader = make_eval_loader(shards, tokenizer, list(tokenizer.prefix_tokens), n_mels=whisper.feat_kwargs.get("feature_size", 80),
+    engine = open_for_scoring(output, language, num_beams, max_new_tokens)
+    tokenizer = engine["tokenizer"]
+    loader = make_eval_loader(shards, tokenizer, list(tokenizer.prefix_tokens), n_mels=engine["n_mels"],
                               micro_batch_size=batch_size, num_workers=num_workers, normalize=load_normalizer(normalizer),
                               keep_audio=True)
-    results, seconds = run_faster_whisper(whisper, loader, transcribe_kwargs(language, num_beams, max_new_tokens,
-                                                                             suppressed_tokens(output)))
+    results, seconds = run_faster_whisper(engine["model"], loader, engine["kwargs"])
     scores = score_all(results, normalizer)
     return {"format": "ct2", "path": str(output), "quantization": quantization, "engine": "faster-whisper",
             "wer": scores["wer"], "cer": scores["cer"], "samples": scores["samples"], "seconds": round(seconds, 3),
