@@ -16,13 +16,18 @@ Candidates, interleaved seed by seed (seed 0: every candidate, then seed 1, …)
   hf         bench/hf_train.py: `datasets.map` as in the blog, then `Seq2SeqTrainer` (1 process), final model
   wdsbr-N    deepspeed --num_gpus N launch/train.py, micro-batch = global batch / N, one evaluation at the last
              step (validation loss on the 16 clips), whose model is best/: the final model, as the recipe's
+  wdsbr-N-spec, wdsbr-N-speed, wdsbr-N-aug   the same with --spec-augment, --speed-perturb 0.9,1.0,1.1, or both
+Augmentation at a multi-epoch budget (issue 17): a small corpus seen several times, its own cache and results,
+    python bench/bench_accuracy.py --train-clips 200 --max-steps 50 --cache ~/.cache/wdsbr/bench-augment \
+        --results accuracy-augment --candidates hf wdsbr-1 wdsbr-1-aug       # 50 × 16 / 200 = 4 epochs
 Both trainers: global batch --batch-size, --max-steps, --lr with --warmup-steps of linear warm-up then linear
 decay, AdamW (0.9, 0.999, 1e-8, no weight decay), clipping 1.0, --precision (bf16: DeepSpeed keeps bf16
 weights, HF autocasts from fp32 ones), --seed, 1 DataLoader worker, OMP_NUM_THREADS = cores / ranks.
 Score: launch/evaluate.py on the test shards, greedy (at most 48 new tokens), fp32, the `default` normaliser, for
 every final model.
 Training samples/s: steps × global batch / training seconds (wdsbr: summary.json's train_seconds, which leave out
-evaluation and checkpoints; hf: the trainer's train_runtime). Writes bench/results/accuracy.json.
+evaluation and checkpoints; hf: the trainer's train_runtime). Writes bench/results/RESULTS.json (--results,
+default accuracy).
 """
 
 from __future__ import annotations
@@ -94,8 +99,15 @@ def make_corpus(folder: Path, train_clips: int, test_clips: int, val_clips: int 
     """folder/corpus/{train,validation,test}/VOICE/ID.wav + ID.txt, each split sharded on its own (every clip stays
     in its split) into folder/shards-SPLIT/ with its manifest.json; returns {split: its shard folder}."""
     splits = {split: folder / f"shards-{split}" / "train" for split in ("train", "validation", "test")}
+    sizes = {"train_clips": train_clips, "test_clips": test_clips, "val_clips": val_clips}
+    made = folder / "corpus.json"
     if all((path.parent / "manifest.json").is_file() for path in splits.values()):
-        return splits
+        if not made.is_file():  # made before corpus.json was written: its sizes are in the manifests
+            made.write_text(json.dumps({"train_clips": manifest_samples(splits["train"]), "test_clips":
+                                        manifest_samples(splits["test"]), "val_clips": manifest_samples(splits["validation"])}))
+        if json.loads(made.read_text()) == sizes:
+            return splits
+        raise SystemExit(f"{folder}: holds a corpus of other sizes ({made.read_text()}); pass another --cache")
     shutil.rmtree(folder, ignore_errors=True)
     texts = sentences(train_clips + val_clips + test_clips, seed=1234)
     rng = random.Random(99)
@@ -113,7 +125,12 @@ def make_corpus(folder: Path, train_clips: int, test_clips: int, val_clips: int 
     for split, path in splits.items():
         shard_corpus(open_corpus(folder / "corpus" / split), path.parent, ShardOptions(
             val_fraction=0.0, test_fraction=0.0, samples_per_shard=200, workers=CORES), progress=False)
+    made.write_text(json.dumps(sizes))
     return splits
+
+
+def manifest_samples(shards: Path) -> int:
+    return json.loads((shards.parent / "manifest.json").read_text())["splits"]["train"]["samples"]
 
 
 def rows_of(corpus: Path) -> list[dict]:
@@ -137,7 +154,19 @@ def run(command: list[str], ranks: int, log: Path) -> float:
     return time.perf_counter() - start
 
 
-def train_wdsbr(ranks: int, seed: int, shards: dict[str, Path], out: Path, args) -> dict:
+AUGMENT = {"spec": ["--spec-augment"], "speed": ["--speed-perturb", "0.9,1.0,1.1"],
+           "aug": ["--spec-augment", "--speed-perturb", "0.9,1.0,1.1"]}
+
+
+def parse_candidate(name: str) -> tuple[int, list[str]]:
+    """"wdsbr-2-aug" → (2 ranks, its augmentation flags)."""
+    parts = name.split("-")
+    if len(parts) not in (2, 3) or parts[0] != "wdsbr" or not parts[1].isdigit() or (len(parts) == 3 and parts[2] not in AUGMENT):
+        raise SystemExit(f"--candidates: {name!r} is not zero-shot, hf or wdsbr-N[-{'|-'.join(AUGMENT)}]")
+    return int(parts[1]), AUGMENT[parts[2]] if len(parts) == 3 else []
+
+
+def train_wdsbr(ranks: int, seed: int, shards: dict[str, Path], out: Path, args, extra: list[str] = ()) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     command = [str(BIN / "deepspeed"), "--log_level", "warning", "--num_gpus", str(ranks), "--master_port", str(29600 + seed),
                str(ROOT / "launch" / "train.py"), "--deepspeed", str(ROOT / "configs" / "ds_zero2.json"),
@@ -145,7 +174,7 @@ def train_wdsbr(ranks: int, seed: int, shards: dict[str, Path], out: Path, args)
                "--output-dir", str(out), "--batch-size", str(args.batch_size // ranks), "--lr", str(args.lr),
                "--warmup-steps", str(args.warmup_steps), "--max-steps", str(args.max_steps), "--eval-every", str(args.max_steps),
                "--metric", "loss", "--patience", "0", "--num-workers", "1", "--log-every", "5", "--seed", str(seed),
-               "--precision", args.precision, "--language", "en", "--keep-checkpoints", "1"]
+               "--precision", args.precision, "--language", "en", "--keep-checkpoints", "1", *extra]
     wall = run(command, ranks, out.with_suffix(".log"))
     summary = json.loads((out / "summary.json").read_text())
     return {"model": str(out / "best"), "train_seconds": summary["train_seconds"], "wall_seconds": wall}
@@ -198,7 +227,7 @@ SETTINGS = ("model", "train_clips", "test_clips", "batch_size", "max_steps", "lr
 
 def earlier_runs(args: argparse.Namespace) -> dict[str, list[dict]]:
     """--append: the runs of an earlier accuracy.json, refused if it was measured with other settings."""
-    path = RESULTS / "accuracy.json"
+    path = RESULTS / f"{args.results}.json"
     if not path.is_file():
         return {}
     report = json.loads(path.read_text())
@@ -223,9 +252,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3.75e-5)
     parser.add_argument("--warmup-steps", type=int, default=10)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    parser.add_argument("--results", default="accuracy", help="bench/results/RESULTS.json")
     parser.add_argument("--append", action="store_true",
-                        help="keep the runs of bench/results/accuracy.json (same settings) and add these seeds/candidates")
+                        help="keep the runs of bench/results/RESULTS.json (same settings) and add these seeds/candidates")
     args = parser.parse_args()
+    for candidate in args.candidates:
+        if candidate not in ("hf", "zero-shot"):
+            parse_candidate(candidate)
     started = time.perf_counter()
     if not Path(args.model).exists() and "/" not in str(args.model):
         raise SystemExit(f"{args.model}: no such model folder; make it with ../shared/pretrained/make_tiny_en.sh {args.model}")
@@ -251,7 +284,8 @@ def main() -> None:
             if candidate == "hf":
                 trained = train_hf(seed, dataset, out, args)
             else:
-                trained = train_wdsbr(int(candidate.split("-")[1]), seed, shards, out, args)
+                ranks, flags = parse_candidate(candidate)
+                trained = train_wdsbr(ranks, seed, shards, out, args, flags)
             scores = score(trained["model"], shards, out / "score")
             row = {"seed": seed, **trained, "samples_per_s": args.max_steps * args.batch_size / trained["train_seconds"],
                    **{k: scores[k] for k in ("wer", "cer", "samples")}}
@@ -259,9 +293,9 @@ def main() -> None:
             print(f"{candidate} seed {seed}: WER {row['wer']:.4f}, {row['samples_per_s']:.2f} samples/s "
                   f"({row['train_seconds']:.0f} s training)", flush=True)
             report = make_report(results, args, started)
-            save_results("accuracy", report)  # after every run: an interrupted bench keeps what it measured
+            save_results(args.results, report)  # after every run: an interrupted bench keeps what it measured
     report = make_report(results, args, started)
-    out = save_results("accuracy", report)
+    out = save_results(args.results, report)
     summary = report["summary"]
     reference = summary.get("hf", {}).get("samples_per_s", {}).get("mean")
     print(f"\naccuracy: {Path(args.model).name}, {args.train_clips} training clips, global batch {args.batch_size}, "

@@ -24,6 +24,12 @@ and --num-workers too. Under a launcher each rank transcribes an exact share.
 limit, no temperature fallback, no timestamps, no previous-text prompt, no VAD: wdsbr.export.transcribe_kwargs);
 `--compute-type` picks faster-whisper's (default: the export's quantization). Its row has no loss.
 
+`--long-form` scores long recordings: --data is a folder of ID.wav + ID.txt of any length, or of anaouder .ali
+files (each one recording, its segment texts joined), each transcribed whole by transformers' sequential long-form
+generate() with timestamps (wdsbr.longform), scored by the same scorer and normaliser; --output also writes each
+recording's subtitles (--subtitles srt or vtt) to a folder beside the TSV. Under a launcher each rank transcribes
+every world_size-th recording. Its row has no loss; `samples` counts recordings.
+
 Sections, in order: config → distributed → data → model → transcribe → score and report.
 """
 
@@ -57,6 +63,7 @@ from wdsbr.data import DEFAULT_WORKERS, SkipCounter, make_eval_loader
 from wdsbr.eval_data import eval_data_kind, expected_samples, prepare_shards
 from wdsbr.export import COMPUTE_TYPES, ENGINES, compute_type_of, is_ct2_folder, open_for_scoring, run_faster_whisper
 from wdsbr.evaluation import gather, generate_kwargs, run_validation, sum_across_ranks
+from wdsbr.longform import list_recordings, my_share, run_long_form, subtitles
 from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor
 from wdsbr.report import write_markdown, write_tsv
 from wdsbr.scoring import SCORE_KEYS, load_normalizer, score_all, score_samples
@@ -85,6 +92,8 @@ O = click.option
 @O("--precision", type=click.Choice(list(DTYPES)), default="fp16", show_default=True, help="Compute dtype; fp16 falls back to bf16 on CPU, as in training.")
 @O("--engine", type=click.Choice(ENGINES), default="transformers", show_default=True, help="transformers (a save_pretrained folder) or faster-whisper (a CTranslate2 folder from tools/export.py).")
 @O("--compute-type", type=click.Choice(COMPUTE_TYPES), default="default", show_default=True, help="faster-whisper only: CTranslate2 compute type (default: the export's quantization).")
+@O("--long-form", is_flag=True, help="--data is a folder of long recordings (ID.wav + ID.txt, or .ali): each transcribed whole, with timestamps.")
+@O("--subtitles", type=click.Choice(["srt", "vtt"]), default="srt", show_default=True, help="--long-form with --output: the subtitle format written per recording.")
 @O("--num-workers", type=int, default=DEFAULT_WORKERS, show_default=True, help="DataLoader workers per rank, as in training (and decoding processes for a folder); default: 4, at most the CPU cores.")
 @O("--debug", is_flag=True, help="Show tracebacks for configuration errors.")
 @O("--local_rank", "--local-rank", "local_rank", type=int, default=None, hidden=True)  # passed by the deepspeed launcher
@@ -154,8 +163,13 @@ def configure(opts: dict) -> dict:
                         f"with python tools/export.py --model {cfg['model']} --to ct2 --output {cfg['model'].rstrip('/')}-ct2")
     if not ct2 and cfg["compute_type"] != "default":
         problems.append(f"--compute-type {cfg['compute_type']}: only for --engine faster-whisper (use --precision)")
+    if cfg["long_form"] and ct2:
+        problems.append("--long-form: only with --engine transformers for now (faster-whisper's own transcribe() "
+                        "handles long audio: run it on best-ct2/ directly)")
+    read_data = (lambda: cfg.update(data_kind="recordings", recordings=list_recordings(cfg["data"]))) if cfg["long_form"] \
+        else (lambda: cfg.update(data_kind=eval_data_kind(cfg["data"])))
     for name, check in (("--text-normalizer", lambda: load_normalizer(cfg["text_normalizer"])),
-                        ("--data", lambda: cfg.update(data_kind=eval_data_kind(cfg["data"]))),
+                        ("--data", read_data),
                         ("--model", lambda: None if ct2 else check_model(cfg["model"], cfg["language"] if language_ok else None,
                                                                          load=not problems))):  # no network when the rest is wrong
         try:
@@ -176,7 +190,7 @@ def evaluate(cfg: dict) -> None:
         torch.cuda.set_device(device)
     if dist.world_size() > 1:  # under deepspeed/torchrun: RANK, WORLD_SIZE, MASTER_ADDR from the launcher
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
-    rank, world_size = dist.rank(), dist.world_size()
+    world_size = dist.world_size()
     precision = cfg["precision"]
     if precision == "fp16" and device.type == "cpu":
         precision = "bf16"
@@ -186,10 +200,10 @@ def evaluate(cfg: dict) -> None:
     # ------------------------------------------------------------------------------------------------- data
     # A folder of pairs (or --max-samples) needs temporary shards: the first rank of each node writes them with
     # the project's writer, its neighbours read them. Deterministic, so every node writes the same ones.
-    temporary = cfg["data_kind"] == "corpus" or cfg["max_samples"] is not None
+    temporary = cfg["data_kind"] == "corpus" or (cfg["max_samples"] is not None and not cfg["long_form"])
     workdir = tempfile.mkdtemp(prefix="wdsbr-evaluate-") if temporary and dist.local_rank() == 0 else None
     try:
-        prepared = {"shards": cfg["data"], "rejected": [], "skipped": {}}
+        prepared = {"shards": cfg["data"], "rejected": cfg["recordings"][1] if cfg["long_form"] else [], "skipped": {}}
         if temporary:
             prepared = from_node_leader(prepare_shards(cfg["data"], cfg["data_kind"], workdir, max_samples=cfg["max_samples"],
                                                        workers=cfg["num_workers"]) if workdir else {})  # collective: all ranks
@@ -204,7 +218,8 @@ def evaluate(cfg: dict) -> None:
             precision = compute_type_of(cfg["model"], cfg["compute_type"])
             n_mels, max_label_tokens, start_id = engine["n_mels"], 448, tokenizer.prefix_tokens[0]
         else:
-            tokenizer = load_processor(cfg["model"], cfg["language"]).tokenizer
+            engine, processor = None, load_processor(cfg["model"], cfg["language"])
+            tokenizer = processor.tokenizer
             model = load_model(cfg["model"]).to(device, dtype)  # parameters cast as DeepSpeed's engine casts them
             language = language_code(cfg["language"]) if is_multilingual(cfg["model"], model.generation_config) else None
             n_mels, max_label_tokens = model.config.num_mel_bins, model.config.max_target_positions
@@ -214,31 +229,77 @@ def evaluate(cfg: dict) -> None:
         normalize = load_normalizer(cfg["text_normalizer"])
 
         # ----------------------------------------------------------------------------------------- transcribe
-        skipped = SkipCounter()
-        loader = make_eval_loader(prepared["shards"], tokenizer, prompt_ids, n_mels=n_mels,
-                                  micro_batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], rank=rank,
-                                  world_size=world_size, skip_counter=skipped, normalize=normalize,
-                                  max_label_tokens=max_label_tokens, decoder_start_token_id=start_id,
-                                  keep_audio=cfg["engine"] == "faster-whisper")
-        bar = tqdm(total=expected_samples(prepared["shards"], world_size), desc="evaluate", unit="sample",
-                   file=sys.stderr, disable=not dist.is_main(), dynamic_ncols=True)
-        totals = {"audio_seconds": 0.0}
-        start = time.perf_counter()
-        if cfg["engine"] == "faster-whisper":  # no loss: CTranslate2 decodes, it does not score labels
-            results, _ = run_faster_whisper(model, metered(loader, bar, totals), engine["kwargs"])
+        if cfg["long_form"]:
+            results, totals, seconds = transcribe_recordings(cfg, model, processor, gen_kwargs, dtype, device, prepared)
             loss_sum, tokens = 0.0, 0
         else:
-            results, loss_sum, tokens, _ = run_validation(model, metered(loader, bar, totals), tokenizer, gen_kwargs,
-                                                          dtype, device)
-        results, loss_sum, tokens = gather(results, loss_sum, tokens)  # collective: all ranks
-        totals = sum_across_ranks({**totals, **skipped.as_dict()})  # collective: all ranks
-        seconds = time.perf_counter() - start
-        bar.close()
+            results, loss_sum, tokens, totals, seconds = transcribe_shards(cfg, model, tokenizer, prompt_ids, n_mels,
+                                                                           max_label_tokens, start_id, normalize,
+                                                                           gen_kwargs, dtype, device, engine, prepared)
     finally:
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+    report(cfg, results, loss_sum, tokens, totals, seconds, prepared, normalize, language, precision, world_size)
 
-    # -------------------------------------------------------------------------------------- score and report
+
+def transcribe_shards(cfg, model, tokenizer, prompt_ids, n_mels, max_label_tokens, start_id, normalize, gen_kwargs,
+                      dtype, device, engine, prepared):
+    """Short clips from shards, batched as validation: (predictions, loss sum, label tokens, totals, seconds)."""
+    rank, world_size = dist.rank(), dist.world_size()
+    skipped = SkipCounter()
+    loader = make_eval_loader(prepared["shards"], tokenizer, prompt_ids, n_mels=n_mels,
+                              micro_batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], rank=rank,
+                              world_size=world_size, skip_counter=skipped, normalize=normalize,
+                              max_label_tokens=max_label_tokens, decoder_start_token_id=start_id,
+                              keep_audio=cfg["engine"] == "faster-whisper")
+    bar = tqdm(total=expected_samples(prepared["shards"], world_size), desc="evaluate", unit="sample",
+               file=sys.stderr, disable=not dist.is_main(), dynamic_ncols=True)
+    totals = {"audio_seconds": 0.0}
+    start = time.perf_counter()
+    if cfg["engine"] == "faster-whisper":  # no loss: CTranslate2 decodes, it does not score labels
+        results, _ = run_faster_whisper(model, metered(loader, bar, totals), engine["kwargs"])
+        loss_sum, tokens = 0.0, 0
+    else:
+        results, loss_sum, tokens, _ = run_validation(model, metered(loader, bar, totals), tokenizer, gen_kwargs,
+                                                      dtype, device)
+    results, loss_sum, tokens = gather(results, loss_sum, tokens)  # collective: all ranks
+    totals = sum_across_ranks({**totals, **skipped.as_dict()})  # collective: all ranks
+    seconds = time.perf_counter() - start
+    bar.close()
+    return results, loss_sum, tokens, totals, seconds
+
+
+def transcribe_recordings(cfg, model, processor, gen_kwargs, dtype, device, prepared):
+    """--long-form: this rank's share of the recordings, each whole (wdsbr.longform); with --output, each one's
+    subtitles beside the TSV. Returns (every rank's predictions, totals, seconds)."""
+    recordings = cfg["recordings"][0][:cfg["max_samples"]]
+    mine = my_share(recordings, dist.rank(), dist.world_size())
+    folder = Path(cfg["output"]).with_suffix("") if cfg["output"] else None
+    bar = tqdm(total=len(recordings), desc="evaluate --long-form", unit="recording", file=sys.stderr,
+               disable=not dist.is_main(), dynamic_ncols=True)
+
+    def done(transcript):
+        if folder is not None:
+            path = folder / f"{transcript.key}.{cfg['subtitles']}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(subtitles(transcript.segments, cfg["subtitles"]), encoding="utf-8")
+        bar.update(dist.world_size())
+
+    start = time.perf_counter()
+    results, transcripts, unreadable = run_long_form(model, processor, mine, gen_kwargs, dtype, device, on_done=done)
+    results, _, _ = gather(results, 0.0, 0)  # collective: all ranks
+    totals = sum_across_ranks({"audio_seconds": sum(t.audio_seconds for t in transcripts)})  # collective: all ranks
+    if torch.distributed.is_initialized():
+        parts: list = [None] * dist.world_size()
+        torch.distributed.all_gather_object(parts, unreadable)
+        unreadable = [row for part in parts for row in part]
+    prepared["rejected"] = prepared["rejected"] + unreadable
+    bar.close()
+    return results, totals, time.perf_counter() - start
+
+
+def report(cfg, results, loss_sum, tokens, totals, seconds, prepared, normalize, language, precision, world_size):
+    """Rank 0: the JSON row (and --output's TSV + Markdown); then every rank leaves the process group."""
     if dist.is_main():
         audio_seconds = totals.pop("audio_seconds")
         skipped_by_reason = {reason: totals.get(reason, 0) + prepared["skipped"].get(reason, 0)

@@ -10,7 +10,10 @@ import functools
 import http.server
 import io
 import os
+import json
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -142,3 +145,21 @@ def build_wordy_whisper(path: Path, multilingual: bool = True, scale: float = 30
 def wordy_whisper(tmp_path_factory) -> str:
     """A tiny multilingual Whisper that writes audio-dependent words (build_wordy_whisper)."""
     return build_wordy_whisper(tmp_path_factory.mktemp("wordy-whisper") / "tiny")
+
+
+EVALUATE = Path(__file__).resolve().parents[1] / "launch" / "evaluate.py"
+
+
+def run_evaluate(*args, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """launch/evaluate.py as a user runs it (python, or a launcher such as deepspeed --num_gpus 2), offline."""
+    command = (launcher or [sys.executable]) + [str(EVALUATE), *map(str, args)]
+    return subprocess.run(command, cwd=EVALUATE.parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=600)
+
+
+def json_line(result: subprocess.CompletedProcess) -> dict:
+    """The script's JSON line (the deepspeed launcher adds its own log lines to stdout)."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, result.stdout
+    return json.loads(lines[0])

@@ -15,7 +15,7 @@ LAYERS = {
     "basics": {"wdsbr", "wdsbr.text", "wdsbr.breton", "wdsbr.dist", "wdsbr.cli"},
     "data": {"wdsbr.audio", "wdsbr.augment", "wdsbr.ali", "wdsbr.features", "wdsbr.collate", "wdsbr.corpus", "wdsbr.shards", "wdsbr.streams", "wdsbr.data",
              "wdsbr.eval_data", "wdsbr.model"},
-    "orchestration": {"wdsbr.scoring", "wdsbr.evaluation", "wdsbr.engine", "wdsbr.training", "wdsbr.metrics",
+    "orchestration": {"wdsbr.scoring", "wdsbr.evaluation", "wdsbr.engine", "wdsbr.training", "wdsbr.metrics", "wdsbr.longform",
                       "wdsbr.report", "wdsbr.modelcard", "wdsbr.export"},
 }
 ORDER = ["basics", "data", "orchestration", "scripts"]

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from conftest import free_port, serve_folder, speech_like
+from conftest import free_port, json_line, run_evaluate, serve_folder, speech_like
 from wdsbr.corpus import open_corpus
 from wdsbr.metrics import read_metrics
 from wdsbr.shards import ShardOptions, shard_corpus
@@ -59,18 +59,7 @@ def shards(corpus, tmp_path_factory) -> Path:
     return out / "train"
 
 
-def evaluate(*args, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    command = (launcher or [sys.executable]) + [str(SCRIPT), *map(str, args)]
-    return subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
-                          timeout=300)
-
-
-def json_line(result: subprocess.CompletedProcess) -> dict:
-    """The script's JSON line (the deepspeed launcher adds its own log lines to stdout)."""
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1, result.stdout
-    return json.loads(lines[0])
+evaluate = run_evaluate
 
 
 @pytest.fixture(scope="module")
