@@ -46,7 +46,7 @@ NOT_RESUMED = ("resume", "output_dir", "stop_after_steps", "debug", "local_rank"
 # ------------------------------------------------------------------------------------------------------ config
 O = click.option
 SECTIONS = {  # --help lists the options under these headings
-    "Data": ["train_shards", "val_shards", "num_workers", "shuffle_buffer", "epoch_samples", "pack", "pack_fraction", "text_normalizer"],
+    "Data": ["train_shards", "val_shards", "num_workers", "shuffle_buffer", "epoch_samples", "pack", "pack_fraction", "timestamps", "text_normalizer"],
     "Augmentation (training only)": ["spec_augment", "speed_perturb"],
     "Model": ["model", "language", "freeze_encoder", "gradient_checkpointing"],
     "Optimisation": ["ds_config_path", "batch_size", "grad_accum", "lr", "warmup_steps", "max_steps", "lr_schedule",
@@ -84,6 +84,7 @@ SECTIONS = {  # --help lists the options under these headings
 @O("--epoch-samples", type=int, default=None, help="Training samples per epoch (else counted: manifest.json, tar headers; needed for pipe: shards).")
 @O("--pack", is_flag=True, help="Pack consecutive utterances into each 30 s window (training only; see README).")
 @O("--pack-fraction", type=click.FloatRange(0, 1), default=1.0, show_default=True, help="With --pack: share of windows packed.")
+@O("--timestamps", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of training windows labelled with Whisper's timestamps (0.2 as distil-whisper; see README).")
 @O("--spec-augment", is_flag=True, help="Time and frequency masks on the log-mel (wdsbr.augment.SpecAugment's defaults).")
 @O("--speed-perturb", default=None, help="Speed factors drawn per clip, e.g. 0.9,1.0,1.1 (duration and pitch change together).")
 @O("--text-normalizer", default="default", show_default=True, help="'default' (wdsbr.text.clean_text), 'breton' (anaouder: numbers spelled out) or module:function.")
@@ -207,7 +208,7 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
         loader = make_train_loader(cfg["train_shards"], micro_batch_size=cfg["batch_size"], seed=cfg["seed"], epoch=state.epoch,
                                    start_batch=state.batch_in_epoch, shuffle_buffer=cfg["shuffle_buffer"],
                                    epoch_samples=cfg["epoch_samples"], skip_counter=skipped, pack=cfg["pack_fraction"] if cfg["pack"] else 0.0,
-                                   spec_augment=cfg["spec_augment"], speed_perturb=cfg["speed_perturb"], **stream)
+                                   spec_augment=cfg["spec_augment"], speed_perturb=cfg["speed_perturb"], timestamps=cfg["timestamps"], **stream)
         for batch in meter.timed(loader):
             loss = training_step(engine, batch)
             state.batch_in_epoch += 1

@@ -340,3 +340,64 @@ def test_a_pack_fraction_leaves_the_other_windows_single(tiny_processor, prompt)
     assert singles >= 3 and packed >= 3  # both kinds, decided per window by its first key: deterministic
     again = _pack(iter(utterances), tokenizer=tokenizer, prompt_ids=prompt, max_label_tokens=448, fraction=0.5)
     assert [(w["key"], w["labels"]) for w in windows] == [(w["key"], w["labels"]) for w in again]
+
+
+# ------------------------------------------------------------------------------------------- --timestamps
+
+def _stamps(tokenizer, labels: list[int]) -> list[float]:
+    from wdsbr.timestamps import TIME_PRECISION, timestamp_begin
+
+    begin = timestamp_begin(tokenizer)
+    return [round((t - begin) * TIME_PRECISION, 2) for t in labels if t >= begin]
+
+
+def test_timestamps_label_packed_utterances_where_the_packer_put_them(tiny_processor, prompt):
+    from wdsbr.data import _timestamp
+
+    tokenizer = tiny_processor.tokenizer
+    utterances = _utterances(tokenizer, prompt, [2.0, 1.5, 3.0])
+    [window] = _pack(iter(utterances), tokenizer=tokenizer, prompt_ids=prompt, max_label_tokens=448)
+    [timed] = _timestamp(iter([window]), tokenizer, prompt, 448, fraction=1.0, seed=0, epoch=0)
+    assert timed["timestamps"] and tokenizer.convert_tokens_to_ids("<|notimestamps|>") not in timed["labels"]
+    assert _stamps(tokenizer, timed["labels"]) == [0.0, 2.0, 2.3, 3.8, 4.1, 7.1]  # 0.3 s gaps between utterances
+    assert len(window["audio"]) / 16000 == pytest.approx(7.1)
+
+
+def test_timestamps_on_a_share_of_windows_drawn_per_seed_and_epoch(tiny_processor, prompt):
+    from wdsbr.data import _timestamp
+
+    tokenizer = tiny_processor.tokenizer
+    utterances = _utterances(tokenizer, prompt, [1.0] * 200)
+
+    def timed(epoch):
+        return [s["timestamps"] for s in _timestamp(iter(utterances), tokenizer, prompt, 448, 0.2, seed=3, epoch=epoch)]
+
+    first = timed(0)
+    assert first == timed(0) and first != timed(1)
+    assert 0.1 < sum(first) / len(first) < 0.3
+    single = next(s for s in _timestamp(iter(utterances), tokenizer, prompt, 448, 0.2, seed=3, epoch=0) if s["timestamps"])
+    assert _stamps(tokenizer, single["labels"]) == [0.0, 1.0]  # a single clip: from its start to its end
+    plain = next(s for s in _timestamp(iter(utterances), tokenizer, prompt, 448, 0.2, seed=3, epoch=0) if not s["timestamps"])
+    assert plain["labels"] == utterances[int(plain["key"][1:])]["labels"]
+
+
+def test_timestamps_that_do_not_fit_the_decoder_keep_the_plain_labels(tiny_processor, prompt):
+    from wdsbr.data import _timestamp
+
+    tokenizer = tiny_processor.tokenizer
+    [utterance] = _utterances(tokenizer, prompt, [1.0])
+    limit = len(utterance["labels"]) - 1  # the plain labels just fit; two timestamp tokens more do not (one prompt token less)
+    [out] = _timestamp(iter([utterance]), tokenizer, prompt, limit, fraction=1.0, seed=0, epoch=0)
+    assert not out["timestamps"] and out["labels"] == utterance["labels"]
+
+
+def test_training_stream_with_timestamps_trains_on_them(uneven_shards, tiny_processor, prompt):
+    loader = make_train_loader(uneven_shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2,
+                               num_workers=0, shuffle_buffer=8, seed=7, pack=1.0, timestamps=1.0)
+    from wdsbr.timestamps import timestamp_begin
+
+    begin = timestamp_begin(tiny_processor.tokenizer)
+    for batch in loader:
+        for row in batch["labels"].tolist():
+            stamps = [t for t in row if t >= begin]
+            assert len(stamps) >= 2 and stamps == sorted(stamps)

@@ -60,3 +60,28 @@ def test_validation_step_returns_token_weighted_loss_and_decoded_text(tiny_whisp
     assert loss_sum.item() == pytest.approx(expected, rel=1e-5)
     assert references == ["demat", "kenavo ar wech all"]
     assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)
+
+
+
+def test_validation_never_decodes_timestamp_tokens(tiny_whisper, tiny_processor):
+    """A model that would rather emit <|0.00|> (as one fine-tuned with --timestamps may, early): transformers'
+    segment loop would stop advancing on two in a row; validation's decode keeps timestamps out and ends."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from wdsbr.evaluation import NoTimestamps, no_timestamps
+
+    model = load_model(tiny_whisper).eval()
+    begin = model.generation_config.no_timestamps_token_id + 1
+    assert isinstance(no_timestamps(model)["logits_processor"][0], NoTimestamps)
+
+    class Prefer(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores[:, begin] += 1e4
+            return scores
+
+    features = Collator(80, model.config.decoder_start_token_id)(
+        [{"audio": speech_like(1.0), "labels": [1, 2], "key": "a", "text": "a"}])["input_features"]
+    preferred = LogitsProcessorList([Prefer(), *no_timestamps(model)["logits_processor"]])
+    generated = model.generate(input_features=features, max_new_tokens=6, language="br", task="transcribe",
+                               logits_processor=preferred)
+    assert generated.shape[1] > 1 and not (generated >= begin).any()

@@ -105,9 +105,10 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
 
 
 def test_resume_continues_exactly_where_an_interrupted_run_stopped(shards, tiny_whisper, tmp_path):
-    # with augmentation on: drawn for (seed, epoch, key), the resumed job sees the same masked, sped-up batches
+    # with augmentation and timestamps on: drawn for (seed, epoch, key), the resumed job sees the same masked,
+    # sped-up batches with the same windows labelled with timestamps
     common = ("--max-steps", "8", "--eval-every", "4", "--metric", "loss", "--patience", "0", "--seed", "3",
-              "--spec-augment", "--speed-perturb", "0.9,1.1")
+              "--spec-augment", "--speed-perturb", "0.9,1.1", "--timestamps", "0.5")
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     run_training(shards, tiny_whisper, straight, *common)
     run_training(shards, tiny_whisper, interrupted, *common, "--stop-after-steps", "4")

@@ -41,10 +41,11 @@ import torch
 import webdataset as wds
 
 from wdsbr.audio import SAMPLE_RATE, AudioError, load_audio
-from wdsbr.augment import SpecAugment, parse_speeds, speed_perturb
+from wdsbr.augment import SpecAugment, parse_speeds, rng_for, speed_perturb
 from wdsbr.collate import Collator
 from wdsbr.streams import count_samples, count_seconds, list_shards, read_shard_range, shard_counts
 from wdsbr.text import clean_text
+from wdsbr.timestamps import timed_labels
 
 # DataLoader workers per rank when not given: 4, or fewer on a machine with fewer cores (torch warns beyond them)
 DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -256,7 +257,11 @@ def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_t
 
     def window(group: list[dict], labels: list[int]) -> dict:
         pieces = [part for s in group for part in (gap, s["audio"])][1:]
-        return {"key": "+".join(s["key"] for s in group), "audio": np.concatenate(pieces),
+        segments, offset = [], 0.0  # where each utterance lies in the window: --timestamps labels them
+        for s in group:
+            segments.append((offset, offset + len(s["audio"]) / SAMPLE_RATE, s["cleaned"]))
+            offset += (len(s["audio"]) + len(gap)) / SAMPLE_RATE
+        return {"key": "+".join(s["key"] for s in group), "audio": np.concatenate(pieces), "segments": segments,
                 "text": " ".join(s["text"] for s in group), "labels": labels, "utterances": len(group),
                 "speech_seconds": sum(len(s["audio"]) for s in group) / SAMPLE_RATE,
                 "repeat": any(s.get("repeat") for s in group)}
@@ -280,6 +285,20 @@ def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_t
         group, group_labels = [sample], sample["labels"]
     if group:
         yield window(group, group_labels)
+
+
+def _timestamp(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_tokens: int, fraction: float,
+               seed: int, epoch: int) -> Iterator[dict]:
+    """--timestamps: a share `fraction` of windows, drawn for (seed, epoch, key), get Whisper's timestamped labels
+    (`wdsbr.timestamps.timed_labels`) from the utterances' known places in the window: a packed window's segments,
+    or a single clip from its start to its end. A window whose timed labels would not fit the decoder keeps its
+    plain ones (`timestamps` False)."""
+    for sample in samples:
+        timed = None
+        if fraction > 0 and rng_for(seed, epoch, sample["key"], "timestamps").random() < fraction:
+            segments = sample.get("segments") or [(0.0, len(sample["audio"]) / SAMPLE_RATE, sample["cleaned"])]
+            timed = timed_labels(tokenizer, prompt_ids, segments, max_label_tokens)
+        yield {**sample, "labels": timed or sample["labels"], "timestamps": timed is not None}
 
 
 def _worker_quota(batches_per_rank: int, workers: int, logical: int) -> int:
@@ -344,7 +363,7 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
                       world_size: int = 1, skip_counter: SkipCounter | None = None,
                       normalize: Callable[[str], str] = clean_text, max_label_tokens: int = 448,
                       decoder_start_token_id: int | None = None, pack: float = 0.0, spec_augment: bool | SpecAugment = False,
-                      speed_perturb: str | tuple[float, ...] | None = None) -> torch.utils.data.DataLoader:
+                      speed_perturb: str | tuple[float, ...] | None = None, timestamps: float = 0.0) -> torch.utils.data.DataLoader:
     """The training stream of one epoch on this rank: exactly `batches_per_epoch(...)` batches, of which the
     first `start_batch` are skipped (already consumed by the run being resumed). Every sample of the shards is
     in exactly one batch of the epoch, but for the last `world_size × micro_batch − 1` at most, which repeat the
@@ -359,7 +378,10 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
 
     Augmentation, deterministic for (seed, epoch, key) so a resume stays exact (`wdsbr.augment`): `spec_augment`
     (True: `SpecAugment()`'s defaults) masks the features, `speed_perturb` ("0.9,1.0,1.1") changes each clip's
-    speed before them."""
+    speed before them.
+
+    `timestamps` (0 to 1): that share of windows, drawn for (seed, epoch, key), is labelled with timestamps
+    (`_timestamp`); the rest keep `<|notimestamps|>`."""
     shards = list_shards(shards)
     counts, exact = shard_counts(shards), True
     if counts is None:
@@ -395,6 +417,9 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
         # --pack: consecutive utterances share one 30 s window and one label sequence
         *([functools.partial(_pack, tokenizer=tokenizer, prompt_ids=prompt_ids, max_label_tokens=max_label_tokens,
                              fraction=pack)] if pack else []),
+        # --timestamps: a share of windows labelled <|0.00|> text <|2.40|> … from where their utterances lie
+        *([functools.partial(_timestamp, tokenizer=tokenizer, prompt_ids=prompt_ids, max_label_tokens=max_label_tokens,
+                             fraction=timestamps, seed=seed, epoch=epoch)] if timestamps else []),
         # group into micro-batches of decoded samples (features are computed after the resume skip)
         wds.batched(micro_batch_size, collation_fn=None, partial=False),
         # exactly this worker's share of the epoch

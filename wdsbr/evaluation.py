@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from wdsbr.scoring import Prediction
 
@@ -27,6 +28,26 @@ def generate_kwargs(language: str | None, num_beams: int, max_new_tokens: int) -
     return kwargs
 
 
+class NoTimestamps(LogitsProcessor):
+    """Timestamp tokens (from `<|notimestamps|>` + 1 on) never chosen: a short clip is decoded without timestamps.
+    transformers' generate() does not suppress them after `<|notimestamps|>`, and a model that emits two in a row
+    (one fine-tuned with --timestamps, early) makes its segment loop stop advancing: validation would never end."""
+
+    def __init__(self, timestamp_begin: int):
+        self.timestamp_begin = timestamp_begin
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores[:, self.timestamp_begin:] = -math.inf
+        return scores
+
+
+def no_timestamps(model) -> dict[str, Any]:
+    """generate()'s `logits_processor` that keeps timestamps out of a short-clip decode (none if the model's
+    generation config names no `<|notimestamps|>`)."""
+    token = getattr(getattr(model, "generation_config", None), "no_timestamps_token_id", None)
+    return {"logits_processor": LogitsProcessorList([NoTimestamps(token + 1)])} if token is not None else {}
+
+
 @torch.no_grad()
 def validation_step(model, batch: dict, tokenizer, gen_kwargs: dict, dtype: torch.dtype,
                     device: torch.device) -> tuple[torch.Tensor, int, list[str], list[str]]:
@@ -38,7 +59,7 @@ def validation_step(model, batch: dict, tokenizer, gen_kwargs: dict, dtype: torc
     labels = batch["labels"].to(device)
     tokens = int((labels != -100).sum())
     loss = model(input_features=features, labels=labels).loss.float() * tokens
-    generated = model.generate(input_features=features, **gen_kwargs)
+    generated = model.generate(input_features=features, **gen_kwargs, **no_timestamps(model))
     predictions = tokenizer.batch_decode(generated, skip_special_tokens=True)
     return loss, tokens, [p.strip() for p in predictions], list(batch["texts"])
 
