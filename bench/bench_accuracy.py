@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, hf_map, hf_raw_dataset, print_table, save_results  # noqa: E402
+from common import RESULTS, ROOT, evaluate_json, hf_map, hf_raw_dataset, print_table, save_results  # noqa: E402
 
 from wdsbr.corpus import open_corpus  # noqa: E402
 from wdsbr.model import load_processor  # noqa: E402
@@ -193,16 +193,10 @@ def train_hf(seed: int, dataset: Path, out: Path, args) -> dict:
 
 
 def score(model: str, shards: dict[str, Path], out: Path) -> dict:
-    tsv = out / "scores.tsv"
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(ROOT / "launch" / "evaluate.py"), "--model", model, "--data", str(shards["test"]),
-               "--output", str(tsv), "--language", "en", "--precision", "fp32", "--batch-size", "16",
-               "--generation-max-length", "48"]  # the sentences are ~15 tokens: a looping decode stops at 48
-    with open(out / "evaluate.log", "w") as handle:
-        result = subprocess.run(command, cwd=ROOT, env=env(1), stdout=subprocess.PIPE, stderr=handle, text=True)
-    if result.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed; see {out / 'evaluate.log'}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return evaluate_json(model, shards["test"], "--output", str(out / "scores.tsv"), "--language", "en", "--precision",
+                         "fp32", "--batch-size", "16", "--generation-max-length", "48",  # ~15-token sentences: a
+                         threads=CORES, log=out / "evaluate.log")                     # looping decode stops at 48
 
 
 # ------------------------------------------------------------------------------------------------ main

@@ -33,7 +33,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import make_corpus  # noqa: E402
-from common import RESULTS, ROOT, print_table, save_results  # noqa: E402
+from common import RESULTS, evaluate_json, print_table, save_results  # noqa: E402
 
 from wdsbr.export import export_ct2, load_faster_whisper, suppressed_tokens, transcribe_kwargs  # noqa: E402
 from wdsbr.features import log_mel_spectrogram  # noqa: E402
@@ -44,13 +44,8 @@ THREADS = len(os.sched_getaffinity(0))
 
 
 def evaluate(model: Path, data: Path, args, *extra: str) -> dict:
-    command = [sys.executable, str(ROOT / "launch" / "evaluate.py"), "--model", str(model), "--data", str(data),
-               "--language", "en", "--batch-size", "16", "--generation-max-length", str(args.max_new_tokens), *getattr(args, "limit", []), *extra]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row = evaluate_json(model, data, "--language", "en", "--batch-size", "16", "--generation-max-length",
+                        str(args.max_new_tokens), *getattr(args, "limit", []), *extra, threads=THREADS)
     return {"wer": row["wer"], "cer": row["cer"], "samples": row["samples"], "rtf": row["rtf"]}
 
 

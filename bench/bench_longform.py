@@ -14,9 +14,7 @@ ratio long/short per model).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, print_table, save_results  # noqa: E402
+from common import evaluate_json, print_table, save_results  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -59,15 +57,9 @@ def make_recordings(test_corpus: Path, out: Path, clips: int, count: int, gap: f
 
 def evaluate(model: str, data: Path, out: Path, long_form: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(ROOT / "launch" / "evaluate.py"), "--model", model, "--data", str(data),
-               "--output", str(out / "scores.tsv"), "--language", "en", "--precision", "fp32", "--num-workers", "1",
-               "--generation-max-length", "224" if long_form else "48", *(["--long-form"] if long_form else [])]
-    env = {**os.environ, "OMP_NUM_THREADS": str(CORES), "TOKENIZERS_PARALLELISM": "false"}
-    with open(out / "evaluate.log", "w") as log:
-        result = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
-    if result.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed; see {out / 'evaluate.log'}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return evaluate_json(model, data, "--output", str(out / "scores.tsv"), "--language", "en", "--precision", "fp32",
+                         "--num-workers", "1", "--generation-max-length", "224" if long_form else "48",
+                         *(["--long-form"] if long_form else []), threads=CORES, log=out / "evaluate.log")
 
 
 def main() -> None:

@@ -181,6 +181,21 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def evaluate_json(model: str | Path, data: str | Path, *options: str, threads: int, log: Path | None = None) -> dict:
+    """launch/evaluate.py --model MODEL --data DATA OPTIONS with OMP_NUM_THREADS = `threads`: its JSON row. Its
+    stderr goes to `log` when given; a failure raises RuntimeError naming the command and the log (or its tail)."""
+    command = [sys.executable, str(ROOT / "launch" / "evaluate.py"), "--model", str(model), "--data", str(data), *options]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "w") if log else tempfile.TemporaryFile("w+") as stderr:
+        result = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        if result.returncode and log:
+            raise RuntimeError(f"{' '.join(command)} failed (exit {result.returncode}); see {log}")
+        if result.returncode:
+            stderr.seek(0)
+            raise RuntimeError(f"{' '.join(command)} failed (exit {result.returncode}):\n{stderr.read()[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def save_results(name: str, report: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {"bench": name, "machine": machine(), **report}

@@ -9,8 +9,8 @@ import contextlib
 import functools
 import http.server
 import io
-import os
 import json
+import os
 import socket
 import subprocess
 import sys

@@ -38,9 +38,13 @@ def timestamp_begin(tokenizer) -> int:
 
 def timestamp_id(tokenizer, seconds: float) -> int:
     """The token of `seconds` (0 to 30) on the 0.02 s grid."""
+    return _timestamp_id(timestamp_begin(tokenizer), seconds)
+
+
+def _timestamp_id(begin: int, seconds: float) -> int:
     if not 0.0 <= seconds <= WINDOW_SECONDS + 1e-9:
         raise ValueError(f"timestamp {seconds:.3f} s is outside the {WINDOW_SECONDS:.0f} s window")
-    return timestamp_begin(tokenizer) + int(round(seconds / TIME_PRECISION))
+    return begin + int(round(seconds / TIME_PRECISION))
 
 
 def timestamp_prompt(prompt_ids: Sequence[int], tokenizer) -> list[int]:
@@ -67,10 +71,11 @@ def timed_labels(tokenizer, prompt_ids: Sequence[int], segments: Sequence[tuple[
     of one window, in seconds from the window's start; None when the decoder cannot hold it (the caller counts it).
     Raises ValueError for segments that break the rules above."""
     check_segments(segments)
+    begin = timestamp_begin(tokenizer)  # once per window: this runs in the DataLoader workers
     labels = timestamp_prompt(prompt_ids, tokenizer)
     for start, end, text in segments:
-        labels += [timestamp_id(tokenizer, start), *tokenizer.encode(" " + text.strip(), add_special_tokens=False),
-                   timestamp_id(tokenizer, end)]
+        labels += [_timestamp_id(begin, start), *tokenizer.encode(" " + text.strip(), add_special_tokens=False),
+                   _timestamp_id(begin, end)]
     labels.append(tokenizer.eos_token_id)
     return labels if len(labels) - 1 <= max_label_tokens else None
 
