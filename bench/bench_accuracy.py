@@ -17,6 +17,8 @@ Candidates, interleaved seed by seed (seed 0: every candidate, then seed 1, …)
   wdsbr-N    deepspeed --num_gpus N launch/train.py, micro-batch = global batch / N, one evaluation at the last
              step (validation loss on the 16 clips), whose model is best/: the final model, as the recipe's
   wdsbr-N-spec, wdsbr-N-speed, wdsbr-N-aug   the same with --spec-augment, --speed-perturb 0.9,1.0,1.1, or both
+  wdsbr-N-ts, wdsbr-N-tspack   with --timestamps 0.2 --prev-text 0.2 (and --pack): score them long-form with
+             bench/bench_longform.py --models …/runs/wdsbr-1-ts-seed0/best …
 Augmentation at a multi-epoch budget (issue 17): a small corpus seen several times, its own cache and results,
     python bench/bench_accuracy.py --train-clips 200 --max-steps 50 --cache ~/.cache/wdsbr/bench-augment \
         --results accuracy-augment --candidates hf wdsbr-1 wdsbr-1-aug       # 50 × 16 / 200 = 4 epochs
@@ -155,7 +157,9 @@ def run(command: list[str], ranks: int, log: Path) -> float:
 
 
 AUGMENT = {"spec": ["--spec-augment"], "speed": ["--speed-perturb", "0.9,1.0,1.1"],
-           "aug": ["--spec-augment", "--speed-perturb", "0.9,1.0,1.1"]}
+           "aug": ["--spec-augment", "--speed-perturb", "0.9,1.0,1.1"],
+           # issue 18: Whisper's long-form training format, as distil-whisper, without and with packing
+           "ts": ["--timestamps", "0.2", "--prev-text", "0.2"], "tspack": ["--timestamps", "0.2", "--prev-text", "0.2", "--pack"]}
 
 
 def parse_candidate(name: str) -> tuple[int, list[str]]:

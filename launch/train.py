@@ -32,6 +32,7 @@ from wdsbr.engine import (ConfigError, build_engine, compute_dtype, device_type,
                           load_checkpoint, load_ds_config, resolve_ds_config, settings_from_options, training_step)
 from wdsbr.evaluation import METRICS, EarlyStopping, generate_kwargs
 from wdsbr.export import require_export_extra
+from wdsbr.longform import list_recordings, my_share
 from wdsbr.metrics import MetricsLog, progress_bar, say
 from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor
 from wdsbr.scoring import load_normalizer
@@ -46,13 +47,13 @@ NOT_RESUMED = ("resume", "output_dir", "stop_after_steps", "debug", "local_rank"
 # ------------------------------------------------------------------------------------------------------ config
 O = click.option
 SECTIONS = {  # --help lists the options under these headings
-    "Data": ["train_shards", "val_shards", "num_workers", "shuffle_buffer", "epoch_samples", "pack", "pack_fraction", "timestamps", "text_normalizer"],
+    "Data": ["train_shards", "val_shards", "num_workers", "shuffle_buffer", "epoch_samples", "pack", "pack_fraction", "timestamps", "prev_text", "text_normalizer"],
     "Augmentation (training only)": ["spec_augment", "speed_perturb"],
     "Model": ["model", "language", "freeze_encoder", "gradient_checkpointing"],
     "Optimisation": ["ds_config_path", "batch_size", "grad_accum", "lr", "warmup_steps", "max_steps", "lr_schedule",
                      "weight_decay", "max_grad_norm", "precision", "seed"],
-    "Evaluation and early stopping": ["eval_every", "eval_batch_size", "generation_max_length", "num_beams", "metric",
-                                      "min_delta", "patience"],
+    "Evaluation and early stopping": ["eval_every", "eval_batch_size", "generation_max_length", "num_beams", "val_long_form",
+                                      "metric", "min_delta", "patience"],
     "Checkpoints, resume and export": ["output_dir", "keep_checkpoints", "resume", "stop_after_steps", "export"],
     "Logging": ["log_every", "debug", "help"], "Distributed": ["dist_timeout_minutes"],
 }
@@ -76,6 +77,7 @@ SECTIONS = {  # --help lists the options under these headings
 @O("--precision", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True, help="fp16 falls back to bf16 on CPU.")
 @O("--seed", type=int, default=0, show_default=True, help="Seeds the data order and the initialisation.")
 @O("--eval-every", type=int, default=500, show_default=True, help="Evaluate (and checkpoint) every N steps, and at the end.")
+@O("--val-long-form", default=None, help="Also score a folder of long recordings (ID.wav + ID.txt or .ali) whole at each evaluation: long_wer.")
 @O("--metric", type=click.Choice(METRICS), default="wer", show_default=True, help="What early stopping and best/ follow.")
 @O("--min-delta", type=float, default=0.0, show_default=True, help="Improvement smaller than this does not count.")
 @O("--patience", type=int, default=3, show_default=True, help="Evaluations without improvement before stopping; 0: never.")
@@ -85,6 +87,7 @@ SECTIONS = {  # --help lists the options under these headings
 @O("--pack", is_flag=True, help="Pack consecutive utterances into each 30 s window (training only; see README).")
 @O("--pack-fraction", type=click.FloatRange(0, 1), default=1.0, show_default=True, help="With --pack: share of windows packed.")
 @O("--timestamps", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of training windows labelled with Whisper's timestamps (0.2 as distil-whisper; see README).")
+@O("--prev-text", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of training windows prompted with the text before them, out of the loss (0.2 as distil-whisper).")
 @O("--spec-augment", is_flag=True, help="Time and frequency masks on the log-mel (wdsbr.augment.SpecAugment's defaults).")
 @O("--speed-perturb", default=None, help="Speed factors drawn per clip, e.g. 0.9,1.0,1.1 (duration and pitch change together).")
 @O("--text-normalizer", default="default", show_default=True, help="'default' (wdsbr.text.clean_text), 'breton' (anaouder: numbers spelled out) or module:function.")
@@ -136,13 +139,16 @@ def configure(opts: dict, explicit: set[str]) -> tuple[dict, dict, list[str]]:
         cfg.update({k: v for k, v in previous.items() if k in cfg and k not in NOT_RESUMED and k not in explicit})
     elif out and latest_checkpoint(out / "checkpoints") is not None:
         problems.append(f"{out} already holds a run: pass --resume to continue it or choose another --output-dir")
+    if cfg["metric"] == "long_wer" and not cfg["val_long_form"]:
+        problems.append("--metric long_wer: needs --val-long-form DATA, the long recordings to score")
     for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "log_every", "keep_checkpoints"):
         if cfg[name] < 1:
             problems.append(f"--{name.replace('_', '-')} {cfg[name]}: must be at least 1")
     for name, check in (("language", lambda: language_code(cfg["language"])), ("text_normalizer", lambda: load_normalizer(cfg["text_normalizer"])),
                         ("train_shards", lambda: cfg["epoch_samples"] or count_samples(list_shards(cfg["train_shards"]))),  # or says how
                         ("val_shards", lambda: list_shards(cfg["val_shards"])), ("speed_perturb", lambda: parse_speeds(cfg["speed_perturb"] or "1")),
-                        ("export", lambda: cfg["export"] and require_export_extra())):
+                        ("export", lambda: cfg["export"] and require_export_extra()),
+                        ("val_long_form", lambda: cfg["val_long_form"] and list_recordings(cfg["val_long_form"]))):
         try:
             check()
         except (OSError, ValueError) as error:
@@ -191,6 +197,12 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
                   decoder_start_token_id=model.config.decoder_start_token_id, num_workers=cfg["num_workers"])
     skipped = SkipCounter()
     val_loader = make_eval_loader(cfg["val_shards"], micro_batch_size=cfg["eval_batch_size"] or cfg["batch_size"], skip_counter=skipped, **stream)
+    long_form = None  # --val-long-form: this rank's share of the long recordings, each scored whole
+    if cfg["val_long_form"]:
+        recordings, rejected = list_recordings(cfg["val_long_form"])
+        long_form = my_share(recordings, dist.rank(), dist.world_size())
+        for row in rejected:
+            say(f"--val-long-form: {row['source']}: {row['reason']} ({row['detail']}): left out")
 
     # ----------------------------------------------------------------------------------------------- engine
     engine = build_engine(model, ds_config)
@@ -208,7 +220,8 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
         loader = make_train_loader(cfg["train_shards"], micro_batch_size=cfg["batch_size"], seed=cfg["seed"], epoch=state.epoch,
                                    start_batch=state.batch_in_epoch, shuffle_buffer=cfg["shuffle_buffer"],
                                    epoch_samples=cfg["epoch_samples"], skip_counter=skipped, pack=cfg["pack_fraction"] if cfg["pack"] else 0.0,
-                                   spec_augment=cfg["spec_augment"], speed_perturb=cfg["speed_perturb"], timestamps=cfg["timestamps"], **stream)
+                                   spec_augment=cfg["spec_augment"], speed_perturb=cfg["speed_perturb"],
+                                   timestamps=cfg["timestamps"], prev_text=cfg["prev_text"], **stream)
         for batch in meter.timed(loader):
             loss = training_step(engine, batch)
             state.batch_in_epoch += 1
@@ -232,7 +245,7 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
             state.done = state.step >= cfg["max_steps"] or stop_job
             if state.step % cfg["eval_every"] == 0 or state.step == cfg["max_steps"]:
                 state.stopped_early = evaluate(engine, val_loader, processor, gen_kwargs, dtype, state, normalizer=cfg["text_normalizer"],
-                                             out=out, language=language, metrics=metrics)  # collective: all ranks
+                                             out=out, language=language, metrics=metrics, long_form=long_form)  # collective
                 state.done = state.done or state.stopped_early
             if state.done or state.step % cfg["eval_every"] == 0:
                 save_run_checkpoint(engine, out, state, skipped, loader.batches_per_rank, cfg["keep_checkpoints"])  # collective

@@ -253,3 +253,43 @@ def test_shard_tool_reads_an_ali_folder(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "kept 13 of 19 inputs; rejected 6" in result.stdout
+
+
+def test_ali_windows_group_a_recordings_sentences_with_their_times_and_the_text_before_them(tmp_path):
+    root = tmp_path / "corpus"
+    write_recording(root / "long.wav", 30.0, 16_000)
+    lines = [f"Frazenn {i}. {{start: {i}; end: {i + 0.8}}}\n" for i in range(25)]
+    lines.insert(13, "Unan all. {start: 12.5; end: 12.95}\n")  # overlaps sentence 12: a new window starts with it
+    write(root / "long.ali", "".join(lines))
+    items = [entry for entry in open_corpus(root, ali_windows=10.0).entries if isinstance(entry, Item)]
+    assert [(item.segment, item.source) for item in items] == [
+        ((0.0, 9.8), "long.ali:1-10"), ((10.0, 12.8), "long.ali:11-13"), ((12.5, 21.8), "long.ali:14-23"),
+        ((22.0, 24.8), "long.ali:24-26")]
+    first, second = items[0], items[1]
+    assert first.text == " ".join(f"Frazenn {i}." for i in range(10)) and "previous_text" not in first.meta
+    assert second.meta["segments"] == [[0.0, 0.8, "Frazenn 10."], [1.0, 1.8, "Frazenn 11."], [2.0, 2.8, "Frazenn 12."]]
+    assert second.meta["previous_text"] == first.text and (second.meta["start"], second.meta["end"]) == (10.0, 12.8)
+    assert items[2].meta["segments"][:2] == [[0.0, 0.45, "Unan all."], [0.5, 1.3, "Frazenn 13."]]
+    sentences = [entry for entry in open_corpus(root).entries if isinstance(entry, Item)]  # one input a sentence
+    assert len(sentences) == 26 and sentences[1].meta["previous_text"] == "Frazenn 0." and "segments" not in sentences[1].meta
+    with pytest.raises(CorpusError, match=r"--ali-windows: .* \(no .ali file in it\)"):
+        write(tmp_path / "pairs" / "a.txt", "a")
+        open_corpus(tmp_path / "pairs", ali_windows=10.0)
+
+
+def test_ali_windows_train_with_timestamps_where_the_sentences_lie(tmp_path, tiny_processor):
+    from wdsbr.data import make_train_loader
+    from wdsbr.timestamps import TIME_PRECISION, timestamp_begin
+
+    root = tmp_path / "corpus"
+    write_recording(root / "long.wav", 30.0, 16_000)
+    write(root / "long.ali", "".join(f"Frazenn {i}. {{start: {1.5 * i + 0.21}; end: {1.5 * i + 1.2}}}\n" for i in range(12)))
+    shard_corpus(open_corpus(root, ali_windows=10.0), tmp_path / "shards", ShardOptions(val_fraction=0, test_fraction=0,
+                 max_seconds=10.0, workers=1), progress=False)
+    tokenizer = tiny_processor.tokenizer
+    loader = make_train_loader(str(tmp_path / "shards" / "train"), tokenizer, list(tokenizer.prefix_tokens), n_mels=80,
+                               micro_batch_size=1, num_workers=0, timestamps=1.0, speed_perturb="0.5")  # twice as long
+    begin = timestamp_begin(tokenizer)
+    stamps = {batch["keys"][0]: [round((t - begin) * TIME_PRECISION, 2) for t in batch["labels"][0].tolist() if t >= begin]
+              for batch in loader}
+    assert stamps["long__00000210-00010200"] == [round(2 * x, 2) for i in range(7) for x in (1.5 * i, 1.5 * i + 0.99)]

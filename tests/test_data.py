@@ -401,3 +401,90 @@ def test_training_stream_with_timestamps_trains_on_them(uneven_shards, tiny_proc
         for row in batch["labels"].tolist():
             stamps = [t for t in row if t >= begin]
             assert len(stamps) >= 2 and stamps == sorted(stamps)
+
+
+def test_a_recordings_window_keeps_its_segments_packed_and_bad_ones_are_counted(tiny_processor, prompt):
+    from wdsbr.data import _timestamp, _tokenize
+    from wdsbr.text import clean_text
+
+    tokenizer = tiny_processor.tokenizer
+    window, clip = _utterances(tokenizer, prompt, [4.0, 1.0])
+    window["meta"] = {"segments": [[0.5, 1.5, "Demat!"], [2.0, 3.9, "Kenavo."]], "previous_text": "Ha c'hwi?"}
+    broken = {**clip, "key": "broken", "meta": {"segments": [[2.0, 3.0, "a"], [1.0, 1.5, "b"]]}}  # out of order
+    counter = SkipCounter()
+    kept = list(_tokenize(iter([window, broken, clip]), counter, tokenizer, prompt, clean_text, 448))
+    assert [s["key"] for s in kept] == ["u0", "u1"] and counter.as_dict() == {"bad_segments": 1}
+    assert kept[0]["segments"] == [(0.5, 1.5, "demat"), (2.0, 3.9, "kenavo")] and kept[0]["previous"] == "ha c'hwi"
+    [packed] = _pack(iter(kept), tokenizer=tokenizer, prompt_ids=prompt, max_label_tokens=448)
+    [timed] = _timestamp(iter([packed]), tokenizer, prompt, 448, fraction=1.0, seed=0, epoch=0)
+    assert _stamps(tokenizer, timed["labels"]) == [0.5, 1.5, 2.0, 3.9, 4.3, 5.3]  # the clip after 4 s + 0.3 s of gap
+
+
+# ------------------------------------------------------------------------------------------- --prev-text
+
+def test_previous_text_prompts_windows_with_the_text_before_them_out_of_the_loss(tiny_processor, prompt):
+    from wdsbr.data import _previous_text
+
+    tokenizer = tiny_processor.tokenizer
+    utterances = _utterances(tokenizer, prompt, [1.0] * 4)
+    utterances[2]["previous"] = "their own recording's line"  # KEY.json's previous_text: preferred to the stream's
+    out = list(_previous_text(iter(utterances), tokenizer, 448, fraction=1.0, seed=0, epoch=0))
+    assert "decoder_input_ids" not in out[0] and out[0]["labels"] == utterances[0]["labels"]  # nothing before it
+    start_of_prev = tokenizer.convert_tokens_to_ids("<|startofprev|>")
+    for sample, source, previous in zip(out[1:], utterances[1:], [utterances[0]["cleaned"], "their own recording's line",
+                                                                  utterances[2]["cleaned"]]):
+        prev_ids = tokenizer.encode(" " + previous, add_special_tokens=False)
+        assert sample["decoder_input_ids"] == [start_of_prev, *prev_ids, *source["labels"][:-1]]
+        assert sample["labels"] == [-100] * (len(prev_ids) + 1) + source["labels"][1:]  # learnt as without it
+
+
+def test_previous_text_on_a_share_of_windows_drawn_per_seed_and_epoch(tiny_processor, prompt):
+    from wdsbr.data import _previous_text
+
+    tokenizer = tiny_processor.tokenizer
+    utterances = _utterances(tokenizer, prompt, [1.0] * 200)
+
+    def prompted(epoch):
+        return ["decoder_input_ids" in s for s in _previous_text(iter(utterances), tokenizer, 448, 0.2, seed=3, epoch=epoch)]
+
+    first = prompted(0)
+    assert first == prompted(0) and first != prompted(1)
+    assert 0.1 < sum(first) / len(first) < 0.3
+
+
+def test_a_batch_with_prompts_gives_every_other_sample_the_inputs_the_model_would_shift(tiny_processor, prompt):
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
+
+    from wdsbr.collate import Collator
+    from wdsbr.data import _previous_text
+
+    tokenizer = tiny_processor.tokenizer
+    utterances = _utterances(tokenizer, prompt, [1.0, 1.0, 1.0])
+    plain, prompted = utterances[0], list(_previous_text(iter(utterances[:2]), tokenizer, 448, 1.0, 0, 0))[1]
+    batch = Collator(80, prompt[0])([plain, prompted])
+    assert batch["decoder_input_ids"].shape == batch["labels"].shape
+    assert batch["decoder_input_ids"][1].tolist()[: len(prompted["decoder_input_ids"])] == prompted["decoder_input_ids"]
+    alone = Collator(80, prompt[0])([plain])  # no prompt in the batch: the model shifts the labels itself
+    assert "decoder_input_ids" not in alone
+    shifted = shift_tokens_right(alone["labels"], tokenizer.eos_token_id, prompt[0])[0]
+    assert batch["decoder_input_ids"][0, : len(shifted)].tolist() == shifted.tolist()
+
+
+def test_training_stream_with_previous_text_brings_decoder_inputs(uneven_shards, tiny_processor, prompt):
+    loader = make_train_loader(uneven_shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2,
+                               num_workers=0, shuffle_buffer=8, seed=7, timestamps=0.5, prev_text=1.0)
+    start_of_prev = tiny_processor.tokenizer.convert_tokens_to_ids("<|startofprev|>")
+    rows = [row for batch in loader for row in batch["decoder_input_ids"].tolist()]
+    assert sum(row[0] == start_of_prev for row in rows) >= len(rows) - 1  # all but the reader's first window
+
+
+def test_a_resumed_epoch_prompts_and_times_its_windows_as_the_uninterrupted_one(uneven_shards, tiny_processor, prompt):
+    def batches(**kwargs):
+        loader = make_train_loader(uneven_shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2,
+                                   num_workers=2, shuffle_buffer=8, seed=5, timestamps=0.5, prev_text=0.5, **kwargs)
+        return [(batch["keys"], batch["labels"].tolist(), batch["decoder_input_ids"].tolist()
+                 if "decoder_input_ids" in batch else None) for batch in loader]
+
+    full = batches()
+    assert sum(inputs is not None for _, _, inputs in full) >= 2  # prompted windows are in it
+    assert batches(start_batch=3) == full[3:]  # the stream before the skip is replayed: same previous texts

@@ -149,3 +149,21 @@ def test_hf_dataset_with_a_token_that_never_appears_in_output(tmp_path):
         result = shard("--hf", source, tmp_path / "other", *bad, "--debug", "--token", TOKEN, env=env)
         assert result.returncode != 0 and "Traceback" in result.stderr, result.stderr
         assert TOKEN not in result.stdout + result.stderr
+
+
+def test_ali_windows_cuts_recordings_into_windows_of_max_seconds_with_their_segments(tmp_path):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    sf.write(root / "show.wav", 0.2 * np.sin(np.arange(20 * 16_000) / 3).astype(np.float32), 16_000)
+    (root / "show.ali").write_text("".join(f"Frazenn {i}. {{start: {2 * i}; end: {2 * i + 1.5}}}\n" for i in range(9)),
+                                   encoding="utf-8")
+    result = shard(root, tmp_path / "shards", "--ali-windows", "--max-seconds", "7.5", "--val-fraction", "0",
+                   "--test-fraction", "0", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    import webdataset as wds
+
+    samples = list(wds.WebDataset(str(tmp_path / "shards" / "train" / "shard-000000.tar"), shardshuffle=False))
+    windows = sorted((json.loads(s["json"])["start"], json.loads(s["json"])["segments"]) for s in samples)
+    assert [start for start, _ in windows] == [0, 8, 16]  # 4 + 4 + 1 sentences: 7.5 s each at most
+    assert windows[1][1] == [[0, 1.5, "Frazenn 4."], [2, 3.5, "Frazenn 5."], [4, 5.5, "Frazenn 6."], [6, 7.5, "Frazenn 7."]]
+    assert_one_line_error(shard(tmp_path / "other", "--ali-windows", "--hf", "x"), "--ali-windows")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import pytest
 import torch
 from click.testing import CliRunner
@@ -66,11 +67,20 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
     # run must stop at the third evaluation (step 6) on both ranks, whatever the random model predicts.
     # --grad-accum 2: a step is two micro-batches of 3 on each of 2 ranks; --pack: each holds several utterances.
     # --export ct2: rank 0 converts best/ at the end and scores the conversion on the validation shards.
-    out = tmp_path / "run"
+    # --val-long-form: three long recordings (one per rank and one more) scored whole at every evaluation.
+    out, recordings = tmp_path / "run", tmp_path / "recordings"
+    recordings.mkdir()
+    for i, seconds in enumerate([35.0, 4.0, 31.0]):
+        sf.write(recordings / f"rec{i}.wav", speech_like(seconds, seed=i), 16_000)
+        (recordings / f"rec{i}.txt").write_text(f"demat {i}", encoding="utf-8")
+    sf.write(recordings / "untranscribed.wav", speech_like(1.0), 16_000)
     result = run_training(shards, tiny_whisper, out, "--max-steps", "40", "--eval-every", "2", "--metric", "loss",
-                          "--min-delta", "100", "--patience", "2", "--grad-accum", "2", "--pack", "--export", "ct2")
+                          "--min-delta", "100", "--patience", "2", "--grad-accum", "2", "--pack", "--export", "ct2",
+                          "--val-long-form", str(recordings))
     assert "fp16 is not supported on CPU: training in bf16 instead" in result.stdout
     assert [(r["step"], r["is_best"]) for r in rows(out, "eval")] == [(2, True), (4, False), (6, False)]
+    assert all(r["long_recordings"] == 3 and r["long_wer"] >= 0 for r in rows(out, "eval"))
+    assert "untranscribed.wav: missing_transcript" in result.stdout  # named, left out
     summary = rows(out, "summary")[-1]
     assert (summary["step"], summary["stopped_early"], summary["best_step"]) == (6, True, 2)
     assert "stopped early at step 6: loss did not improve for 2 evaluations (best " in result.stdout  # said, not inferred
@@ -105,10 +115,10 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
 
 
 def test_resume_continues_exactly_where_an_interrupted_run_stopped(shards, tiny_whisper, tmp_path):
-    # with augmentation and timestamps on: drawn for (seed, epoch, key), the resumed job sees the same masked,
-    # sped-up batches with the same windows labelled with timestamps
+    # with augmentation, timestamps and previous text on: drawn for (seed, epoch, key), the resumed job sees the
+    # same masked, sped-up batches with the same windows labelled with timestamps and prompted
     common = ("--max-steps", "8", "--eval-every", "4", "--metric", "loss", "--patience", "0", "--seed", "3",
-              "--spec-augment", "--speed-perturb", "0.9,1.1", "--timestamps", "0.5")
+              "--spec-augment", "--speed-perturb", "0.9,1.1", "--timestamps", "0.5", "--prev-text", "0.5")
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     run_training(shards, tiny_whisper, straight, *common)
     run_training(shards, tiny_whisper, interrupted, *common, "--stop-after-steps", "4")
@@ -182,6 +192,8 @@ def bad_json(tmp_path) -> Path:
     (["--batch-size", "0", "--model", "openai/whisper-small"], "--batch-size 0: must be at least 1"),  # no hub call
     (["--resume", "--output-dir", "{tmp}/nothing"], "--resume: no checkpoint to resume"),
     (["--model", "{tmp}"], "--model:"),
+    (["--metric", "long_wer"], "--metric long_wer: needs --val-long-form DATA, the long recordings to score"),
+    (["--val-long-form", "{tmp}"], "no recording to transcribe (no audio + .txt pairs, no .ali files)"),
 ])
 def test_bad_configuration_is_one_clear_line_and_exit_2(shards, tiny_whisper, tmp_path, bad_json, args, message):
     args = [a.format(bad_json=bad_json, tmp=tmp_path) for a in args]

@@ -32,7 +32,7 @@ from wdsbr import shards
 from wdsbr.cli import grouped_command, run
 
 SECTIONS = {
-    "Source": ["cv_train", "ali", "hf", "hf_config", "hf_splits", "token", "text_column", "audio_column", "speaker_column"],
+    "Source": ["cv_train", "ali", "ali_windows", "hf", "hf_config", "hf_splits", "token", "text_column", "audio_column", "speaker_column"],
     "Splits": ["val_fraction", "test_fraction", "speaker_from_folder", "seed"],
     "Filtering": ["min_seconds", "max_seconds"],
     "Shards": ["samples_per_shard", "max_shard_bytes", "audio_format", "overwrite"],
@@ -65,6 +65,9 @@ def parse_bytes(ctx: click.Context | None, param: click.Parameter | None, value:
 @click.option("--ali", is_flag=True,
               help="Read SOURCE as a folder of anaouder .ali alignments (detected anyway when it holds .ali files): "
                    "every aligned sentence is cut out of its long recording.")
+@click.option("--ali-windows", is_flag=True,
+              help="With .ali alignments: group a recording's consecutive sentences into windows of up to --max-seconds, "
+                   "with their segments' times (for train.py --timestamps) instead of one input per sentence.")
 @click.option("--hf", metavar="NAME", help="Read a Hugging Face dataset (hub name or local folder) instead of SOURCE.")
 @click.option("--hf-config", metavar="CONFIG", help="Dataset configuration, e.g. the language 'br' for Common Voice.")
 @click.option("--hf-split", "hf_splits", multiple=True, metavar="SPLIT",
@@ -95,15 +98,15 @@ def parse_bytes(ctx: click.Context | None, param: click.Parameter | None, value:
               help="Decoding processes; 0: one per available CPU. Output is identical for any value.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr.")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error (the token is still never shown).")
-def main(paths, cv_train, ali, hf, hf_config, hf_splits, token, text_column, audio_column, speaker_column, val_fraction, test_fraction,
+def main(paths, cv_train, ali, ali_windows, hf, hf_config, hf_splits, token, text_column, audio_column, speaker_column, val_fraction, test_fraction,
          speaker_from_folder, seed, min_seconds, max_seconds, samples_per_shard, max_shard_bytes, audio_format, overwrite, workers, progress, debug):
     """Shard SOURCE (a corpus folder, Common Voice release, folder of .ali alignments or .tsv) or --hf NAME into OUTPUT."""
     if hf and len(paths) != 1:
         raise click.UsageError("with --hf NAME give only OUTPUT (no SOURCE)")
     if not hf and len(paths) != 2:
         raise click.UsageError("expected SOURCE OUTPUT (or --hf NAME OUTPUT)")
-    if hf and (ali or cv_train != "train"):
-        raise click.UsageError("--ali and --cv-train read a SOURCE folder, not --hf")
+    if hf and (ali or ali_windows or cv_train != "train"):
+        raise click.UsageError("--ali, --ali-windows and --cv-train read a SOURCE folder, not --hf")
     output = Path(paths[-1])
     options = shards.ShardOptions(
         val_fraction=val_fraction, test_fraction=test_fraction, samples_per_shard=samples_per_shard,
@@ -120,7 +123,7 @@ def main(paths, cv_train, ali, hf, hf_config, hf_splits, token, text_column, aud
                                                audio_column=audio_column, speaker_column=speaker_column)
         else:
             corpus = corpus_lib.open_corpus(paths[0], exclude=output, speaker_from_folder=speaker_from_folder,
-                                            cv_train=cv_train, ali=ali)
+                                            cv_train=cv_train, ali=ali, ali_windows=max_seconds if ali_windows else None)
         manifest = shards.shard_corpus(corpus, output, options, overwrite=overwrite, progress=progress)
     except (corpus_lib.CorpusError, shards.ShardError) as error:
         raise Failure(str(error)) from None

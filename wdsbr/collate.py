@@ -2,7 +2,9 @@
 
 `input_features [B, n_mels, 3000]` (log-mel of the 30 s window, computed batched in torch), `labels [B, L]`
 padded with -100 and without the leading decoder-start token (the model prepends it when it shifts the
-labels right). Keys, raw transcripts and the batch's audio seconds ride along for validation and timing.
+labels right); when a sample brings its own decoder inputs (a previous-text prompt), `decoder_input_ids [B, L]`
+too, the labels aligned to them. Keys, raw transcripts and the batch's audio seconds ride along for validation
+and timing.
 With `keep_audio` (evaluation with another engine, faster-whisper), the 16 kHz waveforms ride along too.
 """
 
@@ -21,10 +23,23 @@ IGNORE_INDEX = -100  # positions the cross-entropy loss skips
 def pad_labels(label_ids: list[list[int]], decoder_start_token_id: int) -> torch.Tensor:
     """Right-pad token id lists with -100, dropping a leading decoder-start token wherever present."""
     rows = [ids[1:] if ids and ids[0] == decoder_start_token_id else ids for ids in label_ids]
-    labels = torch.full((len(rows), max(len(r) for r in rows)), IGNORE_INDEX, dtype=torch.long)
+    return _pad(rows, IGNORE_INDEX)
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    padded = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
     for i, row in enumerate(rows):
-        labels[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return labels
+        padded[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return padded
+
+
+def decoder_inputs(samples: list[dict], decoder_start_token_id: int) -> torch.Tensor:
+    """The decoder's inputs when some samples bring their own (`decoder_input_ids`: a previous-text prompt, whose
+    labels are already aligned to them); the others get what the model would make from their labels, the
+    labels shifted right (all but the last token, the start token first). Padding is the start token: its
+    positions come after every real one (the decoder is causal) and their labels are -100."""
+    rows = [s["decoder_input_ids"] if "decoder_input_ids" in s else s["labels"][:-1] for s in samples]
+    return _pad(rows, decoder_start_token_id)
 
 
 @dataclass
@@ -50,6 +65,8 @@ class Collator:
             if self.spec_augment is not None:
                 self.spec_augment(inputs["input_features"], [len(a) for a in audio], [s["key"] for s in samples],
                                   self.seed, self.epoch)
+        if any("decoder_input_ids" in s for s in samples):  # --prev-text: prompts the model cannot make from labels
+            inputs["decoder_input_ids"] = decoder_inputs(samples, self.decoder_start_token_id)
         return {
             **inputs,
             "labels": pad_labels([s["labels"] for s in samples], self.decoder_start_token_id),

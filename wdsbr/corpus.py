@@ -78,7 +78,7 @@ def detect_kind(path: Path) -> str:
 
 
 def open_corpus(path: str | Path, *, exclude: str | Path | None = None, speaker_from_folder: bool = False,
-                cv_train: str = "train", ali: bool = False) -> Corpus:
+                cv_train: str = "train", ali: bool = False, ali_windows: float | None = None) -> Corpus:
     """List a folder, Common Voice release, TSV manifest or folder of .ali alignments (kind detected); `exclude`
     is a folder to skip (the output).
 
@@ -86,7 +86,9 @@ def open_corpus(path: str | Path, *, exclude: str | Path | None = None, speaker_
     corpus has split folders) names the speaker, so hash splits keep each speaker in one split.
     `cv_train`: a Common Voice release's train split from "train" (train.tsv) or "validated" (validated.tsv
     minus the speakers and sentences of dev.tsv and test.tsv).
-    `ali`: read the folder as .ali alignments (detected anyway when it holds .ali files); an error if it has none."""
+    `ali`: read the folder as .ali alignments (detected anyway when it holds .ali files); an error if it has none.
+    `ali_windows` (seconds): an .ali recording's consecutive sentences grouped into windows of at most that long,
+    with their segments (`wdsbr.sources.ali.list_ali`); an error for a corpus without .ali files."""
     path = Path(path)
     kind = detect_kind(path)
     root = path.resolve()
@@ -98,6 +100,8 @@ def open_corpus(path: str | Path, *, exclude: str | Path | None = None, speaker_
     has_ali = kind == "folder" and any(p.suffix.lower() == ".ali" for p in _walk_files(root, excluded))
     if ali and not has_ali:
         raise CorpusError(f"--ali: {path} is not a folder of .ali alignments (no .ali file in it)")
+    if ali_windows and not has_ali:
+        raise CorpusError(f"--ali-windows: {path} is not a folder of .ali alignments (no .ali file in it)")
     if has_ali:
         kind = "ali"
     description: dict[str, Any] = {"kind": kind, "path": str(root)}
@@ -106,7 +110,10 @@ def open_corpus(path: str | Path, *, exclude: str | Path | None = None, speaker_
     elif kind == "common_voice":
         entries = list_common_voice(root, train_from=cv_train, info=description)
     elif kind == "ali":
-        entries = list_ali(root, exclude=excluded, speaker_from_folder=speaker_from_folder, info=description)
+        entries = list_ali(root, exclude=excluded, speaker_from_folder=speaker_from_folder, info=description,
+                           windows=ali_windows)
+        if ali_windows:
+            description["ali_windows"] = ali_windows
     else:
         entries = list_folder(root, exclude=excluded, speaker_from_folder=speaker_from_folder)
     return Corpus(kind, description, entries, total=len(entries), listed=True)

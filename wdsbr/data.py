@@ -45,7 +45,7 @@ from wdsbr.augment import SpecAugment, parse_speeds, rng_for, speed_perturb
 from wdsbr.collate import Collator
 from wdsbr.streams import count_samples, count_seconds, list_shards, read_shard_range, shard_counts
 from wdsbr.text import clean_text
-from wdsbr.timestamps import timed_labels
+from wdsbr.timestamps import check_segments, timed_labels, with_previous_text
 
 # DataLoader workers per rank when not given: 4, or fewer on a machine with fewer cores (torch warns beyond them)
 DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -57,7 +57,7 @@ PACK_GAP_SECONDS = 0.3  # silence between packed utterances (--pack)
 PACK_FILL = 0.9  # a greedy pack of short clips fills about this much of the window: sizes a packed epoch
 AUDIO_FIELDS = ("flac", "wav", "mp3", "ogg")
 SKIP_REASONS = ("unreadable_shard", "corrupt_shard", "short_shard", "missing_field", "bad_audio", "too_long_audio",
-                "empty_text", "too_long_text")
+                "empty_text", "too_long_text", "bad_segments")
 
 
 class SkipCounter:
@@ -219,7 +219,11 @@ def _decode(samples: Iterable[dict], counter: SkipCounter, max_seconds: float = 
             counter.add("too_long_audio", f"{key}: {len(audio) / 16_000:.1f} s > {max_seconds} s")
             continue
         if speeds:
+            before = len(audio)
             audio, _ = speed_perturb(audio, key, speeds, seed, epoch, max_seconds)
+            if meta.get("segments") and len(audio) != before:  # a window's segments move with its speech
+                stretch = len(audio) / before
+                meta = {**meta, "segments": [[start * stretch, end * stretch, text] for start, end, text in meta["segments"]]}
         yield {"key": key, "audio": audio, "text": text, "meta": meta, "repeat": sample.get("__repeat__", False)}
 
 
@@ -236,7 +240,18 @@ def _tokenize(samples: Iterable[dict], counter: SkipCounter, tokenizer, prompt_i
         if len(labels) - 1 > max_label_tokens:  # the decoder sees the labels without the start token
             counter.add("too_long_text", f"{sample['key']}: {len(labels) - 1} tokens > {max_label_tokens}")
             continue
-        yield {**sample, "labels": labels, "cleaned": cleaned}
+        meta = sample.get("meta") or {}
+        timing = {}
+        if meta.get("segments"):  # a window of a recording's sentences (shard_corpus.py --ali-windows)
+            try:
+                segments = [(float(start), float(end), normalize(text)) for start, end, text in meta["segments"]]
+                check_segments(segments)
+            except (TypeError, ValueError) as error:
+                counter.add("bad_segments", f"{sample['key']}: KEY.json segments {str(meta['segments'])[:80]}: {error}")
+                continue
+            timing = {"segments": [segment for segment in segments if segment[2]]}
+        previous = normalize(meta.get("previous_text") or "")
+        yield {**sample, "labels": labels, "cleaned": cleaned, "previous": previous, **timing}
 
 
 def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_tokens: int,
@@ -258,11 +273,13 @@ def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_t
     def window(group: list[dict], labels: list[int]) -> dict:
         pieces = [part for s in group for part in (gap, s["audio"])][1:]
         segments, offset = [], 0.0  # where each utterance lies in the window: --timestamps labels them
-        for s in group:
-            segments.append((offset, offset + len(s["audio"]) / SAMPLE_RATE, s["cleaned"]))
+        for s in group:  # a recording's window keeps its own segments
+            inside = s.get("segments") or [(0.0, len(s["audio"]) / SAMPLE_RATE, s["cleaned"])]
+            segments += [(offset + start, offset + end, text) for start, end, text in inside]
             offset += (len(s["audio"]) + len(gap)) / SAMPLE_RATE
         return {"key": "+".join(s["key"] for s in group), "audio": np.concatenate(pieces), "segments": segments,
-                "text": " ".join(s["text"] for s in group), "labels": labels, "utterances": len(group),
+                "text": " ".join(s["text"] for s in group), "cleaned": " ".join(s["cleaned"] for s in group),
+                "labels": labels, "utterances": len(group), "previous": group[0].get("previous", ""),
                 "speech_seconds": sum(len(s["audio"]) for s in group) / SAMPLE_RATE,
                 "repeat": any(s.get("repeat") for s in group)}
 
@@ -290,8 +307,8 @@ def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_t
 def _timestamp(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_tokens: int, fraction: float,
                seed: int, epoch: int) -> Iterator[dict]:
     """--timestamps: a share `fraction` of windows, drawn for (seed, epoch, key), get Whisper's timestamped labels
-    (`wdsbr.timestamps.timed_labels`) from the utterances' known places in the window: a packed window's segments,
-    or a single clip from its start to its end. A window whose timed labels would not fit the decoder keeps its
+    (`wdsbr.timestamps.timed_labels`) from the utterances' known places in the window: a recording's window's
+    segments (KEY.json, --ali-windows), a packed window's, or a single clip from its start to its end. A window whose timed labels would not fit the decoder keeps its
     plain ones (`timestamps` False)."""
     for sample in samples:
         timed = None
@@ -299,6 +316,27 @@ def _timestamp(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_la
             segments = sample.get("segments") or [(0.0, len(sample["audio"]) / SAMPLE_RATE, sample["cleaned"])]
             timed = timed_labels(tokenizer, prompt_ids, segments, max_label_tokens)
         yield {**sample, "labels": timed or sample["labels"], "timestamps": timed is not None}
+
+
+def _previous_text(samples: Iterable[dict], tokenizer, max_label_tokens: int, fraction: float, seed: int,
+                   epoch: int) -> Iterator[dict]:
+    """--prev-text: a share `fraction` of windows, drawn for (seed, epoch, key), are conditioned on the text
+    before them, `<|startofprev|> previous <|startoftranscript|> …` (`wdsbr.timestamps.with_previous_text`), the
+    previous text out of the loss. The text before a window is its recording's (`previous_text` in KEY.json,
+    which tools/shard_corpus.py writes for .ali segments), else the window before it in this reader's stream,
+    an unrelated one, which teaches the model that a prompt may not be about this audio. A reader's first
+    window without a recording's text has none and stays plain. A resumed run replays this stage (the resume
+    skip comes after it), so its windows are conditioned exactly as an uninterrupted run's."""
+    before = ""
+    for sample in samples:
+        previous = sample.get("previous") or before
+        before = sample["cleaned"]
+        if previous and rng_for(seed, epoch, sample["key"], "prev-text").random() < fraction:
+            inputs, labels = with_previous_text(sample["labels"], tokenizer.encode(" " + previous, add_special_tokens=False),
+                                                tokenizer, max_label_tokens)
+            yield {**sample, "decoder_input_ids": inputs, "labels": labels}
+        else:
+            yield sample
 
 
 def _worker_quota(batches_per_rank: int, workers: int, logical: int) -> int:
@@ -363,7 +401,8 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
                       world_size: int = 1, skip_counter: SkipCounter | None = None,
                       normalize: Callable[[str], str] = clean_text, max_label_tokens: int = 448,
                       decoder_start_token_id: int | None = None, pack: float = 0.0, spec_augment: bool | SpecAugment = False,
-                      speed_perturb: str | tuple[float, ...] | None = None, timestamps: float = 0.0) -> torch.utils.data.DataLoader:
+                      speed_perturb: str | tuple[float, ...] | None = None, timestamps: float = 0.0,
+                      prev_text: float = 0.0) -> torch.utils.data.DataLoader:
     """The training stream of one epoch on this rank: exactly `batches_per_epoch(...)` batches, of which the
     first `start_batch` are skipped (already consumed by the run being resumed). Every sample of the shards is
     in exactly one batch of the epoch, but for the last `world_size × micro_batch − 1` at most, which repeat the
@@ -381,7 +420,8 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
     speed before them.
 
     `timestamps` (0 to 1): that share of windows, drawn for (seed, epoch, key), is labelled with timestamps
-    (`_timestamp`); the rest keep `<|notimestamps|>`."""
+    (`_timestamp`); the rest keep `<|notimestamps|>`. `prev_text` (0 to 1): that share of windows is conditioned
+    on the text before it, out of the loss (`_previous_text`)."""
     shards = list_shards(shards)
     counts, exact = shard_counts(shards), True
     if counts is None:
@@ -420,6 +460,9 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
         # --timestamps: a share of windows labelled <|0.00|> text <|2.40|> … from where their utterances lie
         *([functools.partial(_timestamp, tokenizer=tokenizer, prompt_ids=prompt_ids, max_label_tokens=max_label_tokens,
                              fraction=timestamps, seed=seed, epoch=epoch)] if timestamps else []),
+        # --prev-text: a share of windows prompted with <|startofprev|> and the text before them, out of the loss
+        *([functools.partial(_previous_text, tokenizer=tokenizer, max_label_tokens=max_label_tokens,
+                             fraction=prev_text, seed=seed, epoch=epoch)] if prev_text else []),
         # group into micro-batches of decoded samples (features are computed after the resume skip)
         wds.batched(micro_batch_size, collation_fn=None, partial=False),
         # exactly this worker's share of the epoch

@@ -278,7 +278,9 @@ def training_step(engine, batch: dict) -> torch.Tensor | None:
     count. Deciding together costs one scalar all-reduce per micro-batch."""
     features = batch["input_features"].to(engine.device, dtype=compute_dtype(engine), non_blocking=True)
     labels = batch["labels"].to(engine.device, non_blocking=True)
-    loss = engine(input_features=features, labels=labels).loss
+    prompted = {"decoder_input_ids": batch["decoder_input_ids"].to(engine.device, non_blocking=True)} \
+        if "decoder_input_ids" in batch else {}  # --prev-text: inputs the model cannot shift from the labels
+    loss = engine(input_features=features, labels=labels, **prompted).loss
     finite = torch.isfinite(loss.detach()).float()
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)  # collective: all ranks

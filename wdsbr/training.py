@@ -25,6 +25,7 @@ from wdsbr.data import SkipCounter
 from wdsbr.engine import environment_summary, loss_scale, save_checkpoint
 from wdsbr.evaluation import EarlyStopping, gather, run_validation
 from wdsbr.export import export_and_score
+from wdsbr.longform import Recording, run_long_form
 from wdsbr.metrics import MetricsLog, say
 from wdsbr.model import save_model_atomic
 from wdsbr.modelcard import describe_shards, training_command, write_model_card
@@ -166,17 +167,41 @@ def any_rank_signalled(caught: list[str], device: torch.device) -> bool:
     return bool(signalled.item())
 
 
+def long_form_scores(model, processor, recordings: list[Recording], gen_kwargs: dict, dtype: torch.dtype,
+                     device: torch.device, normalizer: str) -> dict | None:
+    """Collective: all ranks. --val-long-form: this rank's share of the recordings transcribed whole (sequential
+    long-form decoding with timestamps, `wdsbr.longform`); rank 0 gets `long_wer`, `long_cer`, `long_recordings`
+    and `long_seconds` over every rank's, the others None. A recording that cannot be read is left out, named."""
+    was_training, start = model.training, time.perf_counter()
+    model.eval()
+    results, _, unreadable = run_long_form(model, processor, recordings, gen_kwargs, dtype, device)
+    model.train(was_training)
+    for row in unreadable:
+        say(f"--val-long-form: {row['source']}: {row['reason']} ({row['detail']}): left out")
+    results, _, _ = gather(results, 0.0, 0)  # collective: all ranks
+    if not dist.is_main():
+        return None
+    scores = score_all(results, normalizer)
+    return {"long_wer": scores["wer"], "long_cer": scores["cer"], "long_recordings": scores["samples"],
+            "long_seconds": round(time.perf_counter() - start, 3)}
+
+
 def evaluate(engine, val_loader, processor, gen_kwargs: dict, dtype: torch.dtype, state: RunState, *,
-             normalizer: str, out: Path, language: str | None, metrics: MetricsLog) -> bool:
-    """Collective: all ranks. Score the whole validation set; rank 0 records it, saves a new best/ and decides
-    whether to stop, and broadcasts the decision (True: stop early)."""
+             normalizer: str, out: Path, language: str | None, metrics: MetricsLog,
+             long_form: list[Recording] | None = None) -> bool:
+    """Collective: all ranks. Score the whole validation set (and, with `long_form`, this rank's share of the
+    --val-long-form recordings); rank 0 records it, saves a new best/ and decides whether to stop, and
+    broadcasts the decision (True: stop early)."""
     results, loss_sum, tokens, seconds = run_validation(engine.module, val_loader, processor.tokenizer, gen_kwargs,
                                                         dtype, engine.device)
     results, loss_sum, tokens = gather(results, loss_sum, tokens)  # collective: all ranks
+    long_scores = long_form_scores(engine.module, processor, long_form, gen_kwargs, dtype, engine.device, normalizer) \
+        if long_form is not None else {}  # collective: all ranks
     decision = [None]
     if dist.is_main():
         scores = score_all(results, normalizer)  # wer/cer + raw, normalised and Whisper-basic WER, labelled
         scores["loss"] = loss_sum / max(1, tokens)
+        scores.update(long_scores)
         is_best, save_error = state.stopper.update(scores, state.step), None
         if is_best:
             try:
@@ -187,9 +212,10 @@ def evaluate(engine, val_loader, processor, gen_kwargs: dict, dtype: torch.dtype
         metrics.log("eval", step=state.step, val_loss=scores["loss"], wer=scores["wer"], cer=scores["cer"],
                     samples=scores["samples"], eval_seconds=round(seconds, 3), is_best=is_best,
                     bad_evaluations=state.stopper.bad_evaluations, best_save_error=save_error,
-                    **{name: scores[name] for name in SCORE_KEYS})
+                    **{name: scores[name] for name in SCORE_KEYS}, **long_scores)
+        long_line = f" long_wer {long_scores['long_wer']:.4f} ({long_scores['long_recordings']} recordings)" if long_scores else ""
         say(f"step {state.step}: val_loss {scores['loss']:.4f} wer {scores['wer']:.4f} cer {scores['cer']:.4f}"
-            f" ({scores['samples']} samples, {seconds:.1f} s){' new best' if is_best else ''}")
+            f" ({scores['samples']} samples, {seconds:.1f} s){long_line}{' new best' if is_best else ''}")
         decision = [state.stopper.should_stop]
     torch.distributed.broadcast_object_list(decision, src=0)  # collective: rank 0's decision for all
     return decision[0]

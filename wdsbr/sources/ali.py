@@ -16,7 +16,7 @@ from wdsbr.sources.folder import list_folder
 
 
 def list_ali(root: Path, *, exclude: Path | None = None, speaker_from_folder: bool = False,
-             info: dict[str, Any] | None = None) -> list[Item | Rejection]:
+             info: dict[str, Any] | None = None, windows: float | None = None) -> list[Item | Rejection]:
     """Every aligned sentence of every `.ali` file (any depth, sorted) as an Item cut out of its recording, then
     the folder's ID.wav + ID.txt pairs (`list_folder`) without the recordings the .ali files align.
 
@@ -24,7 +24,15 @@ def list_ali(root: Path, *, exclude: Path | None = None, speaker_from_folder: bo
     and `accent` when known, and the .ali header (`source`, `author`, `licence`, ...). Speaker "unknown" is no speaker: such segments
     are split by their recording, so one recording is never in two splits. Top-level split folders are kept
     as in `list_folder`. Rejections: `missing_audio` (no recording), `empty_transcript`, `empty_segment`,
-    `bad_alignment`; `too_long` and `beyond_recording_end` come when the segment is read.
+    `bad_alignment`; `too_long` and `beyond_recording_end` come when the segment is read. Every item but a
+    recording's first gets `previous_text`, the text of the item before it in the recording.
+
+    `windows` (seconds, e.g. 30): consecutive sentences of a recording are grouped, in order, into one item of
+    at most that long, from its first sentence's start to its last one's end (the audio between them too), its
+    transcript their texts joined and its KEY.json `segments`, `[start, end, text]` from the window's start
+    (`--timestamps` trains on them); a sentence that overlaps the one before starts a new window, and one longer
+    than a window is an item alone (rejected as too_long when read). Its speaker, gender, … are the sentences'
+    where they share one.
     """
     files = [relative for relative in _walk_files(root, exclude) if relative.suffix.lower() == ".ali"]
     top_dirs = {child.name.lower() for child in root.iterdir() if child.is_dir() and not child.name.startswith(".")}
@@ -59,6 +67,7 @@ def list_ali(root: Path, *, exclude: Path | None = None, speaker_from_folder: bo
         folders = relative.parts[1 if split else 0 : -1]
         folder_speaker = folders[0] if speaker_from_folder and folders else None
         header = {k: v for k, v in ali.header.items() if k not in ("audio-path", "start", "end", "parser") and v not in ("", [])}
+        kept: list[tuple[Any, dict[str, Any], str | None]] = []  # sentence, its KEY.json, its speaker
         for sentence in ali.sentences:
             source = f"{name}:{sentence.line}"
             where = f"{relative.name} line {sentence.line}"
@@ -73,11 +82,6 @@ def list_ali(root: Path, *, exclude: Path | None = None, speaker_from_folder: bo
             if not sentence.end > sentence.start or sentence.start < 0:
                 entries.append(Rejection(source, "empty_segment", f"{where}: segment {sentence.start:g}-{sentence.end:g} s is empty"))
                 continue
-            stem = str(relative.with_suffix(""))
-            key = claim_key(make_key(f"{stem}/{round(sentence.start * 1000):08d}-{round(sentence.end * 1000):08d}"), source, taken)
-            if key is None:
-                entries.append(Rejection(source, "duplicate_key", f"{where}: listed twice"))
-                continue
             speaker = sentence.metadata.get("speaker")
             speaker = None if speaker in (UNKNOWN, "", None) else str(speaker)
             gender = sentence.metadata.get("gender")
@@ -85,12 +89,47 @@ def list_ali(root: Path, *, exclude: Path | None = None, speaker_from_folder: bo
             if gender not in (UNKNOWN, "", None):
                 meta["gender"] = gender
             meta.update({k: sentence.metadata[k] for k in ("lang", "accent") if sentence.metadata.get(k)})
-            entries.append(Item(key=key, source=source, audio=str(audio), text=sentence.text, split=split,
-                                speaker=speaker or folder_speaker, meta=meta, segment=(sentence.start, sentence.end),
-                                split_group=recording))
+            kept.append((sentence, meta, speaker or folder_speaker))
+        groups = _windows(kept, windows) if windows else [[one] for one in kept]
+        previous = ""  # the text before each input in its recording: --prev-text trains on it
+        for group in groups:
+            (first, meta, speaker), last = group[0], group[-1][0]
+            source = f"{name}:{first.line}" + (f"-{last.line}" if len(group) > 1 else "")
+            stem = str(relative.with_suffix(""))
+            key = claim_key(make_key(f"{stem}/{round(first.start * 1000):08d}-{round(last.end * 1000):08d}"), source, taken)
+            if key is None:
+                entries.append(Rejection(source, "duplicate_key", f"{relative.name} line {first.line}: listed twice"))
+                continue
+            text = " ".join(sentence.text for sentence, _, _ in group)
+            if windows:  # one speaker, gender, lang… where the window's sentences share it
+                meta = {k: v for k, v in meta.items() if all(m.get(k) == v for _, m, _ in group)}
+                meta.update({"start": first.start, "end": last.end, "segments": [
+                    [round(sentence.start - first.start, 3), round(sentence.end - first.start, 3), sentence.text]
+                    for sentence, _, _ in group]})
+                speaker = speaker if all(s == speaker for _, _, s in group) else None
+            if previous:
+                meta = {**meta, "previous_text": previous}
+            previous = text
+            entries.append(Item(key=key, source=source, audio=str(audio), text=text, split=split, speaker=speaker,
+                                meta=meta, segment=(first.start, last.end), split_group=recording))
     inside = frozenset(PurePosixPath(recording) for recording in recordings if not Path(recording).is_absolute())
     entries += list_folder(root, exclude=exclude, speaker_from_folder=speaker_from_folder, skip=inside, taken=taken)
     if info is not None:
         info["ali_files"] = len(files)
         info["recordings"] = len(recordings)
     return entries
+
+
+def _windows(kept: list[tuple[Any, dict[str, Any], str | None]], seconds: float) -> list[list[tuple]]:
+    """Consecutive sentences in windows of at most `seconds`, from the first one's start to the last one's end;
+    a sentence that starts before the previous one ends starts a new window."""
+    groups: list[list[tuple]] = []
+    for entry in kept:
+        sentence = entry[0]
+        if groups:
+            first, last = groups[-1][0][0], groups[-1][-1][0]
+            if sentence.start >= last.end and sentence.end - first.start <= seconds:
+                groups[-1].append(entry)
+                continue
+        groups.append([entry])
+    return groups
