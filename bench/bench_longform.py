@@ -7,8 +7,10 @@ Recordings: the test clips of bench_accuracy.py's corpus (voices never heard in 
 (~3 s each: 25 clips ≈ 80 s); the reference is their transcripts joined. Each model is scored twice by
 launch/evaluate.py on exactly those clips: short (`--data` the clips, one 30 s window each, no timestamps) and
 long (`--long-form`: each recording whole, sequential long-form generate() with timestamps). Greedy, fp32, the
-`default` normaliser; new tokens: 48 per clip, 224 per 30 s window. Writes bench/results/longform.json (the
-ratio long/short per model).
+`default` normaliser; new tokens: 48 per clip, 224 per 30 s window. --condition-on-previous also scores long
+form with each window prompted by the text decoded before it (as faster-whisper decodes; what train.py
+--prev-text trains for). Writes bench/results/RESULTS.json (--results, default longform: the ratio long/short
+per model).
 """
 
 from __future__ import annotations
@@ -55,11 +57,13 @@ def make_recordings(test_corpus: Path, out: Path, clips: int, count: int, gap: f
     return long, short
 
 
-def evaluate(model: str, data: Path, out: Path, long_form: bool) -> dict:
+def evaluate(model: str, data: Path, out: Path, kind: str) -> dict:
+    """kind: short (clip by clip), long (--long-form), long_prev (--long-form --condition-on-previous)."""
     out.mkdir(parents=True, exist_ok=True)
+    flags = {"short": [], "long": ["--long-form"], "long_prev": ["--long-form", "--condition-on-previous"]}[kind]
     return evaluate_json(model, data, "--output", str(out / "scores.tsv"), "--language", "en", "--precision", "fp32",
-                         "--num-workers", "1", "--generation-max-length", "224" if long_form else "48",
-                         *(["--long-form"] if long_form else []), threads=CORES, log=out / "evaluate.log")
+                         "--num-workers", "1", "--generation-max-length", "48" if kind == "short" else "224", *flags,
+                         threads=CORES, log=out / "evaluate.log")
 
 
 def main() -> None:
@@ -70,6 +74,9 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=25, help="clips per recording")
     parser.add_argument("--recordings", type=int, default=6)
     parser.add_argument("--gap", type=float, default=0.5, help="seconds of silence between clips")
+    parser.add_argument("--condition-on-previous", action="store_true",
+                        help="also score long-form with each window prompted by the text before it (long_prev)")
+    parser.add_argument("--results", default="longform", help="bench/results/RESULTS.json")
     args = parser.parse_args()
     started = time.perf_counter()
     test_corpus = args.cache / "corpus" / "test"
@@ -80,19 +87,26 @@ def main() -> None:
     rows = []
     for index, model in enumerate(args.models):
         runs = folder / "runs" / f"{index:02d}-{Path(model).parent.name}-{Path(model).name}"
-        scores = {kind: evaluate(model, data, runs / kind, kind == "long") for kind, data in (("short", short), ("long", long))}
+        kinds = [("short", short), ("long", long)] + ([("long_prev", long)] if args.condition_on_previous else [])
+        scores = {kind: evaluate(model, data, runs / kind, kind) for kind, data in kinds}
         row = {"model": model, **{f"{kind}_{key}": s[key] for kind, s in scores.items() for key in ("wer", "cer", "samples", "seconds")},
-               "long_over_short": scores["long"]["wer"] / scores["short"]["wer"] if scores["short"]["wer"] else None}
+               **{f"{kind}_over_short": scores[kind]["wer"] / scores["short"]["wer"] if scores["short"]["wer"] else None
+                  for kind in scores if kind != "short"}}
         rows.append(row)
-        print(f"{model}: short WER {row['short_wer']:.4f}, long-form WER {row['long_wer']:.4f}", flush=True)
+        print(f"{model}: short WER {row['short_wer']:.4f}, long-form WER {row['long_wer']:.4f}"
+              + (f", conditioned {row['long_prev_wer']:.4f}" if "long_prev_wer" in row else ""), flush=True)
     seconds = sum(sf.info(p).duration for p in long.glob("*.wav"))
-    out = save_results("longform", {"recordings": args.recordings, "clips_per_recording": args.clips, "gap": args.gap,
+    out = save_results(args.results, {"recordings": args.recordings, "clips_per_recording": args.clips, "gap": args.gap,
                                     "recording_seconds": seconds, "models": rows,
                                     "bench_seconds": time.perf_counter() - started})
     print(f"\n{args.recordings} recordings of {args.clips} clips ({seconds / args.recordings:.0f} s each on average)\n")
-    print_table(["model", "short-clip WER", "long-form WER", "long / short"],
+    conditioned = args.condition_on_previous
+    print_table(["model", "short-clip WER", "long-form WER", "long / short"]
+                + (["long-form WER, previous text", "its / short"] if conditioned else []),
                 [[r["model"], f"{100 * r['short_wer']:.2f} %", f"{100 * r['long_wer']:.2f} %",
-                  f"{r['long_over_short']:.2f}×" if r["long_over_short"] else ""] for r in rows])
+                  f"{r['long_over_short']:.2f}×" if r["long_over_short"] else ""]
+                 + ([f"{100 * r['long_prev_wer']:.2f} %", f"{r['long_prev_over_short']:.2f}×" if r["long_prev_over_short"] else ""]
+                    if conditioned else []) for r in rows])
     print(f"\nwrote {out}")
 
 

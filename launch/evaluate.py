@@ -27,8 +27,9 @@ limit, no temperature fallback, no timestamps, no previous-text prompt, no VAD: 
 `--long-form` scores long recordings: --data is a folder of ID.wav + ID.txt of any length, or of anaouder .ali
 files (each one recording, its segment texts joined), each transcribed whole by transformers' sequential long-form
 generate() with timestamps (wdsbr.longform), scored by the same scorer and normaliser; --output also writes each
-recording's subtitles (--subtitles srt or vtt) to a folder beside the TSV. Under a launcher each rank transcribes
-every world_size-th recording. Its row has no loss; `samples` counts recordings.
+recording's subtitles (--subtitles srt or vtt) to a folder beside the TSV; --condition-on-previous prompts each
+30 s window with the text decoded before it. Under a launcher each rank transcribes every world_size-th
+recording. Its row has no loss; `samples` counts recordings.
 
 Sections, in order: config → distributed → data → model → transcribe → score and report.
 """
@@ -93,6 +94,7 @@ O = click.option
 @O("--engine", type=click.Choice(ENGINES), default="transformers", show_default=True, help="transformers (a save_pretrained folder) or faster-whisper (a CTranslate2 folder from tools/export.py).")
 @O("--compute-type", type=click.Choice(COMPUTE_TYPES), default="default", show_default=True, help="faster-whisper only: CTranslate2 compute type (default: the export's quantization).")
 @O("--long-form", is_flag=True, help="--data is a folder of long recordings (ID.wav + ID.txt, or .ali): each transcribed whole, with timestamps.")
+@O("--condition-on-previous", is_flag=True, help="--long-form: prompt each 30 s window with the text decoded before it (as faster-whisper's default; train.py --prev-text).")
 @O("--subtitles", type=click.Choice(["srt", "vtt"]), default="srt", show_default=True, help="--long-form with --output: the subtitle format written per recording.")
 @O("--num-workers", type=int, default=DEFAULT_WORKERS, show_default=True, help="DataLoader workers per rank, as in training (and decoding processes for a folder); default: 4, at most the CPU cores.")
 @O("--debug", is_flag=True, help="Show tracebacks for configuration errors.")
@@ -163,6 +165,8 @@ def configure(opts: dict) -> dict:
                         f"with python tools/export.py --model {cfg['model']} --to ct2 --output {cfg['model'].rstrip('/')}-ct2")
     if not ct2 and cfg["compute_type"] != "default":
         problems.append(f"--compute-type {cfg['compute_type']}: only for --engine faster-whisper (use --precision)")
+    if cfg["condition_on_previous"] and not cfg["long_form"]:
+        problems.append("--condition-on-previous: only with --long-form (a short clip has no text before it)")
     if cfg["long_form"] and ct2:
         problems.append("--long-form: only with --engine transformers for now (faster-whisper's own transcribe() "
                         "handles long audio: run it on best-ct2/ directly)")
@@ -230,6 +234,7 @@ def evaluate(cfg: dict) -> None:
 
         # ----------------------------------------------------------------------------------------- transcribe
         if cfg["long_form"]:
+            gen_kwargs["condition_on_prev_tokens"] = cfg["condition_on_previous"]  # transformers' long-form option
             results, totals, seconds = transcribe_recordings(cfg, model, processor, gen_kwargs, dtype, device, prepared)
             loss_sum, tokens = 0.0, 0
         else:
@@ -309,7 +314,8 @@ def report(cfg, results, loss_sum, tokens, totals, seconds, prepared, normalize,
                "model": cfg["model"], "data": cfg["data"], "normalizer": cfg["text_normalizer"], "language": language,
                "engine": cfg["engine"], "precision": precision, "num_beams": cfg["num_beams"], "batch_size": cfg["batch_size"],
                "world_size": world_size, "skipped_samples": int(sum(skipped_by_reason.values())),
-               "rejected_inputs": len(prepared["rejected"]), "normalizers": scores["normalizers"]}
+               "rejected_inputs": len(prepared["rejected"]), "normalizers": scores["normalizers"],
+               **({"condition_on_previous": cfg["condition_on_previous"]} if cfg["long_form"] else {})}
         row = {name: None if isinstance(value, float) and not math.isfinite(value) else value for name, value in row.items()}
         if skipped_by_reason:
             note(f"skipped {plural(row['skipped_samples'], 'sample')}: {by_reason(skipped_by_reason)}")

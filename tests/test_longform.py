@@ -138,3 +138,19 @@ def test_long_form_on_a_missing_folder_is_one_line(wordy_whisper, tmp_path):
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "--long-form needs a folder" in result.stderr and "Traceback" not in result.stderr
 
+
+
+def test_conditioning_on_the_previous_text_changes_what_later_windows_decode(one_rank, wordy_whisper, recordings, tmp_path):
+    tsv = tmp_path / "conditioned.tsv"
+    row = json_line(evaluate("--model", wordy_whisper, "--data", recordings, "--long-form", "--output", tsv,
+                             "--condition-on-previous", *FAST))
+    assert row["condition_on_previous"] is True and one_rank[1]["condition_on_previous"] is False
+
+    def predictions(path):
+        return {line.split("\t")[0]: line for line in path.read_text(encoding="utf-8").splitlines()[1:]}
+
+    conditioned, plain = predictions(tsv), predictions(one_rank[2])
+    assert conditioned["rec1"] == plain["rec1"]  # one window: nothing before it
+    assert conditioned["rec0"] != plain["rec0"]  # 70 s: windows 2 and 3 are prompted with what came before
+    refused = evaluate("--model", wordy_whisper, "--data", recordings, "--condition-on-previous", *FAST)
+    assert refused.returncode == 2 and "--condition-on-previous: only with --long-form" in refused.stderr

@@ -7,8 +7,8 @@ order. Nothing is cut to 30 s and nothing is rejected as too long.
 
 Decoding is transformers' own long-form `generate()`: log-mel features of the whole recording (no truncation),
 `return_timestamps=True`, so the model predicts timestamp tokens and the 30 s window moves to the last one it
-predicted; greedy or `--num-beams`, no temperature fallback and no previous-text conditioning, as validation
-decodes short clips. `--generation-max-length` bounds the new tokens of each 30 s window. The recording's audio
+predicted; greedy or `--num-beams`, no temperature fallback, as validation decodes short clips, and previous-text
+conditioning only when the caller asks for it (`condition_on_prev_tokens` in the generate arguments). `--generation-max-length` bounds the new tokens of each 30 s window. The recording's audio
 and features are held once (about 350 MB for an hour at 80 mels), the model sees one window at a time.
 """
 
