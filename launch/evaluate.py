@@ -61,6 +61,7 @@ from tqdm import tqdm
 from wdsbr import dist
 from wdsbr.cli import run
 from wdsbr.data import DEFAULT_WORKERS, SkipCounter, make_eval_loader
+from wdsbr.engine import cpu_precision_for_fp16
 from wdsbr.eval_data import eval_data_kind, expected_samples, prepare_shards
 from wdsbr.export import COMPUTE_TYPES, ENGINES, compute_type_of, is_ct2_folder, open_for_scoring, run_faster_whisper
 from wdsbr.evaluation import gather, generate_kwargs, run_validation, sum_across_ranks
@@ -196,9 +197,10 @@ def evaluate(cfg: dict) -> None:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
     world_size = dist.world_size()
     precision = cfg["precision"]
-    if precision == "fp16" and device.type == "cpu":
-        precision = "bf16"
-        note("fp16 is not supported on CPU: evaluating in bf16 instead, as training does (--precision fp32 for full precision)")
+    if precision == "fp16" and device.type == "cpu":  # as training does: bf16, or fp32 without native bf16
+        precision = cpu_precision_for_fp16()
+        note(f"fp16 is not supported on CPU: evaluating in {precision} instead, as training does"
+             + (" (--precision fp32 for full precision)" if precision == "bf16" else " (this CPU has no native bf16)"))
     dtype = DTYPES[precision]
 
     # ------------------------------------------------------------------------------------------------- data

@@ -16,6 +16,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from conftest import free_port, json_line, run_evaluate, serve_folder, speech_like
+from wdsbr.engine import cpu_precision_for_fp16
 from wdsbr.corpus import open_corpus
 from wdsbr.metrics import read_metrics
 from wdsbr.shards import ShardOptions, shard_corpus
@@ -166,7 +167,7 @@ def test_a_folder_of_wav_and_txt_pairs_scores_like_the_shards_written_from_it(si
 
 
 def test_evaluating_a_runs_best_reproduces_the_wer_the_trainer_logged(model, shards, tmp_path):
-    """Train (2 ranks, bf16 as the CPU default), read best/'s eval row from metrics.jsonl, then run the CLI on the
+    """Train (2 ranks, the CPU default: bf16, or fp32 without native bf16), read best/'s eval row from metrics.jsonl, then run the CLI on the
     same shards with nothing but --model RUN --data (and the run's worker count): the rest comes from the run's
     config.json. The model writes words, so an equal WER is not 1.0 = 1.0."""
     out = tmp_path / "run"
@@ -182,20 +183,22 @@ def test_evaluating_a_runs_best_reproduces_the_wer_the_trainer_logged(model, sha
     result = evaluate("--model", out, "--data", shards, "--num-workers", "1",
                       launcher=[str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port())])
     cli = json_line(result)
-    assert "--generation-max-length 6, --batch-size 3, --precision bf16" in result.stderr
-    assert (cli["wer"], cli["cer"], cli["samples"], cli["precision"]) == (row["wer"], row["cer"], row["samples"], "bf16")
+    precision = cpu_precision_for_fp16()  # what the trainer made of the config's fp16 here
+    assert f"--generation-max-length 6, --batch-size 3, --precision {precision}" in result.stderr
+    assert (cli["wer"], cli["cer"], cli["samples"], cli["precision"]) == (row["wer"], row["cer"], row["samples"], precision)
     assert {name: cli[name] for name in ("wer_raw", "wer_normalized", "wer_whisper_basic")} == \
         {name: row[name] for name in ("wer_raw", "wer_normalized", "wer_whisper_basic")}
     assert cli["loss"] == pytest.approx(row["val_loss"], rel=1e-4)  # the same tokens, summed in another order
 
 
-def test_max_samples_and_fp16_falling_back_to_bf16_on_cpu_like_the_trainer(model, shards):
+def test_max_samples_and_fp16_falling_back_on_cpu_like_the_trainer(model, shards):
     result = CliRunner().invoke(cli(), ["--model", model, "--data", str(shards), "--max-samples", "4",
                                        "--generation-max-length", "4", "--num-workers", "0"])
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout.strip().splitlines()[-1])
-    assert scores["samples"] == 4 and scores["precision"] == "bf16"
-    assert result.stderr.count("fp16 is not supported on CPU: evaluating in bf16") == 1
+    precision = cpu_precision_for_fp16()  # bf16, or fp32 on a CPU without native bf16
+    assert scores["samples"] == 4 and scores["precision"] == precision
+    assert result.stderr.count(f"fp16 is not supported on CPU: evaluating in {precision}") == 1
 
 
 # ---------------------------------------------------------------------------------------------- bad input
