@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from wdsbr.engine import (FP16_ON_CPU, FP16_ON_CPU_WITHOUT_BF16, ConfigError, checkpoint_tag, cpu_has_native_bf16,
+from wdsbr.engine import (FP16_ON_CPU, FP16_ON_CPU_WITHOUT_BF16, NO_FUSED_ADAM, ConfigError, checkpoint_tag, cpu_has_native_bf16,
                           cpu_precision_for_fp16, latest_checkpoint, load_ds_config, resolve_ds_config)
 
 SETTINGS = {"micro_batch_size": 4, "grad_accum_steps": 2, "lr": 1e-4, "weight_decay": 0.01, "max_grad_norm": 1.0,
@@ -18,9 +18,10 @@ def shipped_config() -> dict:
     return load_ds_config("configs/ds_zero2.json")
 
 
-def resolve(config=None, explicit=(), device_type="cuda", world_size=2, native_bf16=True, **settings):
+def resolve(config=None, explicit=(), device_type="cuda", world_size=2, native_bf16=True, fused_adam=True, **settings):
     return resolve_ds_config(config if config is not None else shipped_config(), {**SETTINGS, **settings},
-                             set(explicit), world_size=world_size, device_type=device_type, native_bf16=native_bf16)
+                             set(explicit), world_size=world_size, device_type=device_type, native_bf16=native_bf16,
+                             fused_adam=fused_adam)
 
 
 def test_the_shipped_config_is_zero2_fp16_with_everything_else_from_the_cli():
@@ -59,6 +60,12 @@ def test_fp16_on_a_cpu_without_native_bf16_says_so_and_runs_fp32():
     assert notes == [FP16_ON_CPU_WITHOUT_BF16] and effective["precision"] == "fp32"
     assert config["bf16"]["enabled"] is False and config["fp16"]["enabled"] is False
     assert cpu_precision_for_fp16() == ("bf16" if cpu_has_native_bf16() else "fp32")  # this machine's own answer
+
+
+def test_a_gpu_machine_without_deepspeeds_fused_adam_says_so_and_uses_torchs():
+    config, effective, notes = resolve(fused_adam=False)
+    assert config["optimizer"]["params"]["torch_adam"] is True and notes == [NO_FUSED_ADAM]
+    assert config["fp16"]["enabled"] is True  # nothing else changes
 
 
 def test_fp32_when_asked():

@@ -26,6 +26,8 @@ AUTO = "auto"
 SCHEDULERS = {"linear": "WarmupDecayLR", "cosine": "WarmupCosineLR"}
 CHECKPOINT_PREFIX = "step-"
 FP16_ON_CPU = "fp16 is not supported on CPU: training in bf16 instead (--precision fp32 for full precision)"
+NO_FUSED_ADAM = ("DeepSpeed's FusedAdam is not prebuilt and cannot be built here (no CUDA toolkit: nvcc under "
+                 "CUDA_HOME): torch's AdamW instead")
 FP16_ON_CPU_WITHOUT_BF16 = ("fp16 is not supported on CPU: training in fp32 instead (this CPU has no native bf16, "
                             "AVX-512 BF16 or AMX, and emulated bf16 runs many times slower than fp32)")
 
@@ -37,6 +39,20 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def fused_adam_buildable() -> bool:
+    """DeepSpeed's FusedAdam is usable here: prebuilt into this DeepSpeed install, or buildable at the engine's
+    start, which needs a CUDA toolkit (nvcc under torch's CUDA_HOME). A pip-installed CUDA torch has none."""
+    try:
+        from deepspeed.git_version_info import installed_ops  # only asked on a GPU machine
+    except ImportError:
+        installed_ops = {}
+    if installed_ops.get("fused_adam"):
+        return True
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return CUDA_HOME is not None and (Path(CUDA_HOME) / "bin" / "nvcc").exists()
 
 
 def cpu_precision_for_fp16(native_bf16: bool | None = None) -> str:
@@ -103,9 +119,11 @@ def settings_from_options(options: dict, explicit: set[str]) -> tuple[dict, set[
 
 
 def resolve_ds_config(config: dict[str, Any], settings: dict[str, Any], explicit: set[str], *, world_size: int,
-                      device_type: str, native_bf16: bool | None = None) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+                      device_type: str, native_bf16: bool | None = None,
+                      fused_adam: bool | None = None) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Fill the JSON's "auto" values from `settings` (the CLI values; `explicit` names those the user typed).
-    fp16 on CPU becomes bf16, or fp32 on a CPU without native bf16 (`native_bf16`; None: this CPU's).
+    fp16 on CPU becomes bf16, or fp32 on a CPU without native bf16 (`native_bf16`; None: this CPU's). Adam is
+    torch's on CPU, and on a GPU where DeepSpeed's FusedAdam cannot be had (`fused_adam`; None: asked here).
 
     Returns (DeepSpeed config, effective settings, notes to print). Raises one ConfigError listing every problem.
     """
@@ -158,9 +176,14 @@ def resolve_ds_config(config: dict[str, Any], settings: dict[str, Any], explicit
     _set(config, "bf16.enabled", precision == "bf16")
     effective["precision"] = precision
 
-    # Optimizer: DeepSpeed's fused AdamW needs a compiled CUDA op; on CPU use torch's.
-    if device_type == "cpu" and _get(config, "optimizer.type", "").lower() in ("adam", "adamw"):
-        _set(config, "optimizer.params.torch_adam", True)
+    # Optimizer: DeepSpeed's fused AdamW needs a compiled CUDA op; on CPU, or on a GPU machine that can neither
+    # load a prebuilt one nor build it (no CUDA toolkit), use torch's.
+    if _get(config, "optimizer.type", "").lower() in ("adam", "adamw") and not _get(config, "optimizer.params.torch_adam", False):
+        if device_type == "cpu":
+            _set(config, "optimizer.params.torch_adam", True)
+        elif not (fused_adam_buildable() if fused_adam is None else fused_adam):
+            _set(config, "optimizer.params.torch_adam", True)
+            notes.append(NO_FUSED_ADAM)
 
     # Scheduler: warm-up then linear or cosine decay to max_steps.
     if "scheduler" in config:
