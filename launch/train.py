@@ -38,7 +38,7 @@ from wdsbr.model import check_model, is_multilingual, language_code, load_model,
 from wdsbr.scoring import load_normalizer
 from wdsbr.streams import count_samples, list_shards
 from wdsbr.training import (RunState, StepMeter, any_rank_signalled, evaluate, finish, make_run_folder, quiet_libraries,
-                            save_run_checkpoint)
+                            save_run_checkpoint, say_left_out)
 
 caught: list[str] = []  # SIGTERM (scancel, a launcher stopping) or SIGUSR1 (Slurm's warning before the time limit)
 # --resume restores every option of the run except these (and those given again on the command line).
@@ -201,8 +201,7 @@ def train(cfg: dict, ds_config: dict, notes: list[str]) -> None:
     if cfg["val_long_form"]:
         recordings, rejected = list_recordings(cfg["val_long_form"])
         long_form = my_share(recordings, dist.rank(), dist.world_size())
-        for row in rejected:
-            say(f"--val-long-form: {row['source']}: {row['reason']} ({row['detail']}): left out")
+        say_left_out(rejected)
 
     # ----------------------------------------------------------------------------------------------- engine
     engine = build_engine(model, ds_config)

@@ -167,6 +167,12 @@ def any_rank_signalled(caught: list[str], device: torch.device) -> bool:
     return bool(signalled.item())
 
 
+def say_left_out(rejected: list[dict]) -> None:
+    """Name each --val-long-form recording that cannot be scored (rejection rows of `wdsbr.longform`)."""
+    for row in rejected:
+        say(f"--val-long-form: {row['source']}: {row['reason']} ({row['detail']}): left out")
+
+
 def long_form_scores(model, processor, recordings: list[Recording], gen_kwargs: dict, dtype: torch.dtype,
                      device: torch.device, normalizer: str) -> dict | None:
     """Collective: all ranks. --val-long-form: this rank's share of the recordings transcribed whole (sequential
@@ -176,8 +182,7 @@ def long_form_scores(model, processor, recordings: list[Recording], gen_kwargs: 
     model.eval()
     results, _, unreadable = run_long_form(model, processor, recordings, gen_kwargs, dtype, device)
     model.train(was_training)
-    for row in unreadable:
-        say(f"--val-long-form: {row['source']}: {row['reason']} ({row['detail']}): left out")
+    say_left_out(unreadable)
     results, _, _ = gather(results, 0.0, 0)  # collective: all ranks
     if not dist.is_main():
         return None
