@@ -4,9 +4,14 @@ and bad samples skipped and counted."""
 from __future__ import annotations
 
 import math
-from collections import Counter
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -488,3 +493,58 @@ def test_a_resumed_epoch_prompts_and_times_its_windows_as_the_uninterrupted_one(
     full = batches()
     assert sum(inputs is not None for _, _, inputs in full) >= 2  # prompted windows are in it
     assert batches(start_batch=3) == full[3:]  # the stream before the skip is replayed: same previous texts
+
+
+_KILLED_TRAINER = """
+import os, sys
+from transformers import WhisperProcessor
+from wdsbr.data import make_train_loader
+
+tokenizer = WhisperProcessor.from_pretrained(sys.argv[2]).tokenizer
+loader = make_train_loader(sys.argv[1], tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=2,
+                           num_workers=1)
+batches = iter(loader)
+next(batches)
+
+
+def children(parent):
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1] == str(parent):
+                yield pid
+        except OSError:
+            pass
+
+
+print(" ".join({str(worker.pid) for worker in batches._workers} | set(children(os.getpid()))), flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_their_forkserver_and_resource_tracker_exit_when_the_trainer_is_killed(uneven_shards, tiny_whisper):
+    """SIGKILL runs no clean-up in the trainer: its DataLoader worker must notice by itself. It used to live on for
+    ever (torch's watchdog follows the worker's parent, the forkserver), keeping the forkserver and the resource
+    tracker alive through inherited pipes, and a job's log open (srun waited a minute for it)."""
+    trainer = subprocess.Popen([sys.executable, "-c", _KILLED_TRAINER, str(uneven_shards), tiny_whisper],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        helpers = [int(pid) for pid in trainer.stdout.readline().split()]
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert len(helpers) >= 2, helpers  # the worker and the forkserver at least (and the resource tracker)
+    deadline = time.monotonic() + 60  # a bound against hanging: it takes well under a second with a pidfd
+    while any(map(_running, helpers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in helpers if _running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after their trainer was killed: {left}"

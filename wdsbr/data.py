@@ -33,7 +33,10 @@ import math
 import multiprocessing
 import os
 import random
+import select
 import signal
+import threading
+import time
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -371,11 +374,47 @@ def batches_per_epoch(epoch_samples: int, micro_batch_size: int, world_size: int
     return max(1, math.ceil(epoch_samples / (world_size * micro_batch_size)))
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
+def _init_worker(trainer_pid: int, _worker_id: int) -> None:
     """DataLoader workers leave SIGTERM/SIGUSR1/SIGINT to the trainer: a launcher that signals the whole process
-    tree must not kill the batch the trainer needs to finish its step and checkpoint. Workers exit with it."""
+    tree must not kill the batch the trainer needs to finish its step and checkpoint. Workers exit with it,
+    however it ends (`_exit_with`)."""
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)
+    _exit_with(trainer_pid)
+
+
+def _exit_with(trainer_pid: int) -> None:
+    """Exit this worker as soon as the trainer that made it is gone. torch's own watchdog follows the worker's
+    parent, which is the forkserver, not the trainer: a trainer killed with SIGKILL (the OOM killer, `srun
+    --kill-on-bad-exit` after a lost rank) left its workers, their forkserver and resource tracker running for
+    ever, each keeping the others alive through inherited pipes, and holding the job's log open (srun waited a
+    minute for them). A pidfd wakes a thread the moment the trainer ends; without one (not Linux), a poll."""
+    try:
+        pidfd = os.pidfd_open(trainer_pid)
+    except ProcessLookupError:
+        os._exit(1)  # gone already
+    except (AttributeError, OSError):
+        pidfd = None
+
+    def watch() -> None:
+        if pidfd is not None:
+            select.select([pidfd], [], [])
+        else:
+            while _alive(trainer_pid):
+                time.sleep(1.0)
+        os._exit(1)  # nothing to flush: the batches had no one left to go to
+
+    threading.Thread(target=watch, name="wdsbr-exit-with-trainer", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _worker_context():
@@ -391,7 +430,7 @@ def _loader(pipeline: wds.DataPipeline, num_workers: int) -> torch.utils.data.Da
     return torch.utils.data.DataLoader(
         pipeline, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
         prefetch_factor=2 if num_workers else None, persistent_workers=False,
-        worker_init_fn=_ignore_stop_signals if num_workers else None,
+        worker_init_fn=functools.partial(_init_worker, os.getpid()) if num_workers else None,
         multiprocessing_context=_worker_context() if num_workers else None)
 
 
