@@ -61,8 +61,9 @@ bench: setup  # ~23 minutes on 2 shared CPU cores (2026-12-01); bench/RESULTS.md
 clean:
 	rm -rf $(DEMO) bench/results
 
-# Slurm: a one-node cluster on loopback runs launch/slurm/train.sbatch (2 CPU ranks; completion, USR1 →
-# checkpoint → requeue → resume, scancel). Needs root and `apt-get install -y slurm-wlm munge`; ~3 minutes.
+# Slurm: a two-node cluster (two network namespaces) runs launch/slurm/train.sbatch (2 CPU ranks; completion
+# on one and two nodes, USR1 → checkpoint → requeue → resume, scancel, a lost rank). Needs root and
+# `apt-get install -y slurm-wlm munge iproute2`; ~7 minutes.
 .PHONY: slurm-test
 slurm-test: setup
 	PYTHON=$(abspath $(BIN))/python bash tests/slurm/run_slurm_test.sh
