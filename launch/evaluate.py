@@ -65,7 +65,7 @@ from wdsbr.engine import cpu_precision_for_fp16
 from wdsbr.eval_data import eval_data_kind, expected_samples, prepare_shards
 from wdsbr.export import COMPUTE_TYPES, ENGINES, compute_type_of, is_ct2_folder, open_for_scoring, run_faster_whisper
 from wdsbr.evaluation import gather, generate_kwargs, run_validation, sum_across_ranks
-from wdsbr.longform import list_recordings, my_share, run_long_form, subtitles
+from wdsbr.longform import fit_after_previous_text, list_recordings, my_share, run_long_form, subtitles
 from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor
 from wdsbr.report import write_markdown, write_tsv
 from wdsbr.scoring import SCORE_KEYS, load_normalizer, score_all, score_samples
@@ -237,6 +237,12 @@ def evaluate(cfg: dict) -> None:
         # ----------------------------------------------------------------------------------------- transcribe
         if cfg["long_form"]:
             gen_kwargs["condition_on_prev_tokens"] = cfg["condition_on_previous"]  # transformers' long-form option
+            if cfg["condition_on_previous"]:
+                fits = fit_after_previous_text(gen_kwargs["max_new_tokens"], max_label_tokens)
+                if fits < gen_kwargs["max_new_tokens"]:
+                    note(f"--condition-on-previous: at most {fits} new tokens per window, not {gen_kwargs['max_new_tokens']}: "
+                         f"the previous text may take up to half of the model's {max_label_tokens} positions")
+                gen_kwargs["max_new_tokens"] = fits
             results, totals, seconds = transcribe_recordings(cfg, model, processor, gen_kwargs, dtype, device, prepared)
             loss_sum, tokens = 0.0, 0
         else:

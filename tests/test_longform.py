@@ -140,6 +140,22 @@ def test_long_form_on_a_missing_folder_is_one_line(wordy_whisper, tmp_path):
 
 
 
+def test_conditioned_windows_fit_whisper_s_448_positions_when_the_text_before_them_is_long(wordy_whisper, tmp_path):
+    """A window prompted with the text before it holds up to 227 prompt tokens (<|startofprev|>, 223 previous, 3
+    start tokens): asking for 224 new tokens made generate() refuse the second window of a 70 s recording (exit 2,
+    seen on tiny.en whose text had looped). The new tokens are now capped to fit, and the cap is said."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    sf.write(folder / "rec0.wav", speech_like(70.0, seed=0), 16_000)
+    (folder / "rec0.txt").write_text("demat deoc'h\n", encoding="utf-8")
+    result = evaluate("--model", wordy_whisper, "--data", folder, "--long-form", "--condition-on-previous",
+                      "--output", tmp_path / "s.tsv", "--precision", "fp32", "--generation-max-length", "224",
+                      "--language", "br")
+    assert result.returncode == 0, result.stderr[-800:]
+    assert "--condition-on-previous: at most 220 new tokens per window, not 224" in result.stderr
+    assert json_line(result)["samples"] == 1
+
+
 def test_conditioning_on_the_previous_text_changes_what_later_windows_decode(one_rank, wordy_whisper, recordings, tmp_path):
     tsv = tmp_path / "conditioned.tsv"
     row = json_line(evaluate("--model", wordy_whisper, "--data", recordings, "--long-form", "--output", tsv,

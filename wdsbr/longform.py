@@ -89,6 +89,14 @@ def my_share(recordings: list[Recording], rank: int, world_size: int) -> list[Re
     return recordings[rank::world_size]
 
 
+def fit_after_previous_text(max_new_tokens: int, max_target_positions: int) -> int:
+    """The new tokens a window may ask for when conditioned on the text before it. generate() prompts the window
+    with <|startofprev|>, up to max_target_positions // 2 - 1 previous tokens and up to 4 start tokens, and
+    refuses the window when prompt + max_new_tokens passes max_target_positions (seen: 227 + 224 > 448 once a
+    recording's text had looped). 448 positions: 220."""
+    return min(max_new_tokens, max_target_positions - (1 + max_target_positions // 2 - 1 + 4))
+
+
 @torch.no_grad()
 def transcribe_long(model, feature_extractor, tokenizer, audio, gen_kwargs: dict[str, Any], dtype: torch.dtype,
                     device: torch.device) -> tuple[str, list[dict[str, Any]]]:
