@@ -9,7 +9,8 @@ launch/evaluate.py on exactly those clips: short (`--data` the clips, one 30 s w
 long (`--long-form`: each recording whole, sequential long-form generate() with timestamps). Greedy, fp32, the
 `default` normaliser; new tokens: 48 per clip, 224 per 30 s window. --condition-on-previous also scores long
 form with each window prompted by the text decoded before it (as faster-whisper decodes; what train.py
---prev-text trains for). Writes bench/results/RESULTS.json (--results, default longform: the ratio long/short
+--prev-text trains for); --temperature-fallback also scores it with Whisper's temperature fallback (long_fb, and
+long_prev_fb with --condition-on-previous: faster-whisper's default decoding, less its VAD and beams). Writes bench/results/RESULTS.json (--results, default longform: the ratio long/short
 per model).
 """
 
@@ -58,9 +59,12 @@ def make_recordings(test_corpus: Path, out: Path, clips: int, count: int, gap: f
 
 
 def evaluate(model: str, data: Path, out: Path, kind: str) -> dict:
-    """kind: short (clip by clip), long (--long-form), long_prev (--long-form --condition-on-previous)."""
+    """kind: short (clip by clip), long (--long-form), long_prev (--long-form --condition-on-previous), and either
+    long one with _fb (--temperature-fallback)."""
     out.mkdir(parents=True, exist_ok=True)
-    flags = {"short": [], "long": ["--long-form"], "long_prev": ["--long-form", "--condition-on-previous"]}[kind]
+    flags = {"short": [], "long": ["--long-form"], "long_prev": ["--long-form", "--condition-on-previous"],
+             "long_fb": ["--long-form", "--temperature-fallback"],
+             "long_prev_fb": ["--long-form", "--condition-on-previous", "--temperature-fallback"]}[kind]
     return evaluate_json(model, data, "--output", str(out / "scores.tsv"), "--language", "en", "--precision", "fp32",
                          "--num-workers", "1", "--generation-max-length", "48" if kind == "short" else "224", *flags,
                          threads=CORES, log=out / "evaluate.log")
@@ -76,6 +80,8 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.5, help="seconds of silence between clips")
     parser.add_argument("--condition-on-previous", action="store_true",
                         help="also score long-form with each window prompted by the text before it (long_prev)")
+    parser.add_argument("--temperature-fallback", action="store_true",
+                        help="also score long-form with Whisper's temperature fallback (long_fb; long_prev_fb)")
     parser.add_argument("--results", default="longform", help="bench/results/RESULTS.json")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -87,26 +93,28 @@ def main() -> None:
     rows = []
     for index, model in enumerate(args.models):
         runs = folder / "runs" / f"{index:02d}-{Path(model).parent.name}-{Path(model).name}"
-        kinds = [("short", short), ("long", long)] + ([("long_prev", long)] if args.condition_on_previous else [])
+        longs = ["long"] + (["long_prev"] if args.condition_on_previous else [])
+        longs += [f"{kind}_fb" for kind in longs] if args.temperature_fallback else []
+        kinds = [("short", short)] + [(kind, long) for kind in longs]
         scores = {kind: evaluate(model, data, runs / kind, kind) for kind, data in kinds}
         row = {"model": model, **{f"{kind}_{key}": s[key] for kind, s in scores.items() for key in ("wer", "cer", "samples", "seconds")},
                **{f"{kind}_over_short": scores[kind]["wer"] / scores["short"]["wer"] if scores["short"]["wer"] else None
                   for kind in scores if kind != "short"}}
         rows.append(row)
-        print(f"{model}: short WER {row['short_wer']:.4f}, long-form WER {row['long_wer']:.4f}"
-              + (f", conditioned {row['long_prev_wer']:.4f}" if "long_prev_wer" in row else ""), flush=True)
+        print(f"{model}: short WER {row['short_wer']:.4f}, " + ", ".join(f"{kind} {row[f'{kind}_wer']:.4f}" for kind in longs),
+              flush=True)
     seconds = sum(sf.info(p).duration for p in long.glob("*.wav"))
     out = save_results(args.results, {"recordings": args.recordings, "clips_per_recording": args.clips, "gap": args.gap,
                                     "recording_seconds": seconds, "models": rows,
                                     "bench_seconds": time.perf_counter() - started})
     print(f"\n{args.recordings} recordings of {args.clips} clips ({seconds / args.recordings:.0f} s each on average)\n")
-    conditioned = args.condition_on_previous
-    print_table(["model", "short-clip WER", "long-form WER", "long / short"]
-                + (["long-form WER, previous text", "its / short"] if conditioned else []),
-                [[r["model"], f"{100 * r['short_wer']:.2f} %", f"{100 * r['long_wer']:.2f} %",
-                  f"{r['long_over_short']:.2f}×" if r["long_over_short"] else ""]
-                 + ([f"{100 * r['long_prev_wer']:.2f} %", f"{r['long_prev_over_short']:.2f}×" if r["long_prev_over_short"] else ""]
-                    if conditioned else []) for r in rows])
+    names = {"long": "long-form WER", "long_prev": "previous text", "long_fb": "fallback",
+             "long_prev_fb": "previous text + fallback"}
+    print_table(["model", "short-clip WER"] + [heading for kind in longs for heading in (names[kind], "/ short")],
+                [[r["model"], f"{100 * r['short_wer']:.2f} %"]
+                 + [cell for kind in longs for cell in (f"{100 * r[f'{kind}_wer']:.2f} %",
+                                                        f"{r[f'{kind}_over_short']:.2f}×" if r[f"{kind}_over_short"] else "")]
+                 for r in rows])
     print(f"\nwrote {out}")
 
 

@@ -28,7 +28,8 @@ limit, no temperature fallback, no timestamps, no previous-text prompt, no VAD: 
 files (each one recording, its segment texts joined), each transcribed whole by transformers' sequential long-form
 generate() with timestamps (wdsbr.longform), scored by the same scorer and normaliser; --output also writes each
 recording's subtitles (--subtitles srt or vtt) to a folder beside the TSV; --condition-on-previous prompts each
-30 s window with the text decoded before it. Under a launcher each rank transcribes every world_size-th
+30 s window with the text decoded before it; --temperature-fallback adds Whisper's fallback (a window that loops or
+is unlikely is decoded again, sampled at temperatures 0.2 … 1.0, seeded per recording: wdsbr.longform). Under a launcher each rank transcribes every world_size-th
 recording. Its row has no loss; `samples` counts recordings.
 
 Sections, in order: config → distributed → data → model → transcribe → score and report.
@@ -65,7 +66,7 @@ from wdsbr.engine import cpu_precision_for_fp16
 from wdsbr.eval_data import eval_data_kind, expected_samples, prepare_shards
 from wdsbr.export import COMPUTE_TYPES, ENGINES, compute_type_of, is_ct2_folder, open_for_scoring, run_faster_whisper
 from wdsbr.evaluation import gather, generate_kwargs, run_validation, sum_across_ranks
-from wdsbr.longform import fit_after_previous_text, list_recordings, my_share, run_long_form, subtitles
+from wdsbr.longform import TEMPERATURE_FALLBACK, fit_after_previous_text, list_recordings, my_share, run_long_form, subtitles
 from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor
 from wdsbr.report import write_markdown, write_tsv
 from wdsbr.scoring import SCORE_KEYS, load_normalizer, score_all, score_samples
@@ -96,6 +97,7 @@ O = click.option
 @O("--compute-type", type=click.Choice(COMPUTE_TYPES), default="default", show_default=True, help="faster-whisper only: CTranslate2 compute type (default: the export's quantization).")
 @O("--long-form", is_flag=True, help="--data is a folder of long recordings (ID.wav + ID.txt, or .ali): each transcribed whole, with timestamps.")
 @O("--condition-on-previous", is_flag=True, help="--long-form: prompt each 30 s window with the text decoded before it (as faster-whisper's default; train.py --prev-text).")
+@O("--temperature-fallback", is_flag=True, help="--long-form: decode a window again, sampled at 0.2 … 1.0, when its tokens loop (compression ratio > 1.35) or its mean log-probability < -1 (Whisper's long-form fallback).")
 @O("--subtitles", type=click.Choice(["srt", "vtt"]), default="srt", show_default=True, help="--long-form with --output: the subtitle format written per recording.")
 @O("--num-workers", type=int, default=DEFAULT_WORKERS, show_default=True, help="DataLoader workers per rank, as in training (and decoding processes for a folder); default: 4, at most the CPU cores.")
 @O("--debug", is_flag=True, help="Show tracebacks for configuration errors.")
@@ -168,6 +170,8 @@ def configure(opts: dict) -> dict:
         problems.append(f"--compute-type {cfg['compute_type']}: only for --engine faster-whisper (use --precision)")
     if cfg["condition_on_previous"] and not cfg["long_form"]:
         problems.append("--condition-on-previous: only with --long-form (a short clip has no text before it)")
+    if cfg["temperature_fallback"] and not cfg["long_form"]:
+        problems.append("--temperature-fallback: only with --long-form (short clips decode as validation does)")
     if cfg["long_form"] and ct2:
         problems.append("--long-form: only with --engine transformers for now (faster-whisper's own transcribe() "
                         "handles long audio: run it on best-ct2/ directly)")
@@ -237,6 +241,8 @@ def evaluate(cfg: dict) -> None:
         # ----------------------------------------------------------------------------------------- transcribe
         if cfg["long_form"]:
             gen_kwargs["condition_on_prev_tokens"] = cfg["condition_on_previous"]  # transformers' long-form option
+            if cfg["temperature_fallback"]:
+                gen_kwargs.update(TEMPERATURE_FALLBACK)
             if cfg["condition_on_previous"]:
                 fits = fit_after_previous_text(gen_kwargs["max_new_tokens"], max_label_tokens)
                 if fits < gen_kwargs["max_new_tokens"]:
@@ -323,7 +329,8 @@ def report(cfg, results, loss_sum, tokens, totals, seconds, prepared, normalize,
                "engine": cfg["engine"], "precision": precision, "num_beams": cfg["num_beams"], "batch_size": cfg["batch_size"],
                "world_size": world_size, "skipped_samples": int(sum(skipped_by_reason.values())),
                "rejected_inputs": len(prepared["rejected"]), "normalizers": scores["normalizers"],
-               **({"condition_on_previous": cfg["condition_on_previous"]} if cfg["long_form"] else {})}
+               **({"condition_on_previous": cfg["condition_on_previous"], "temperature_fallback": cfg["temperature_fallback"]}
+                  if cfg["long_form"] else {})}
         row = {name: None if isinstance(value, float) and not math.isfinite(value) else value for name, value in row.items()}
         if skipped_by_reason:
             note(f"skipped {plural(row['skipped_samples'], 'sample')}: {by_reason(skipped_by_reason)}")

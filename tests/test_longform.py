@@ -14,7 +14,7 @@ import torch
 from conftest import free_port, json_line, run_evaluate, speech_like
 
 from wdsbr.evaluation import generate_kwargs
-from wdsbr.longform import list_recordings, my_share, run_long_form, subtitles
+from wdsbr.longform import TEMPERATURE_FALLBACK, list_recordings, my_share, run_long_form, subtitles
 from wdsbr.model import load_model, load_processor
 
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
@@ -106,6 +106,29 @@ def test_long_form_decoding_moves_the_window_through_the_whole_recording(wordy_w
     assert segments[-1]["end"] > 30.0
 
 
+def test_temperature_fallback_resamples_looping_windows_the_same_way_every_time(tiny_whisper, recordings):
+    """The random model loops ("de ar" again and again), so its windows compress too well: with the fallback they
+    are decoded again, sampled, which changes the text; the sampling is seeded by the recording, not by the
+    caller's random state, and the caller's random state (a trainer's) is left as it was. (The wordy model
+    suppresses timestamps, which leaves nothing to sample from in long-form decoding.)"""
+    processor, model = load_processor(tiny_whisper, "br"), load_model(tiny_whisper).eval()
+    found, _ = list_recordings(recordings)
+    greedy = generate_kwargs("br", 1, 24)
+
+    def decode(gen_kwargs, caller_seed):
+        torch.manual_seed(caller_seed)
+        predictions, _, _ = run_long_form(model, processor, found[:1], gen_kwargs, torch.float32, torch.device("cpu"))
+        return [p.prediction for p in predictions], torch.rand(1).item()
+
+    plain, plain_next = decode(greedy, 0)
+    fallback, fallback_next = decode({**greedy, **TEMPERATURE_FALLBACK}, 0)
+    again, again_next = decode({**greedy, **TEMPERATURE_FALLBACK}, 1)
+    assert fallback != plain
+    assert again == fallback
+    torch.manual_seed(0)
+    assert plain_next == fallback_next == torch.rand(1).item() and again_next != fallback_next
+
+
 # ---------------------------------------------------------------------------------------------- the CLI
 
 def test_evaluate_long_form_scores_every_recording_and_writes_subtitles(one_rank):
@@ -131,6 +154,12 @@ def test_two_ranks_give_the_same_numbers_as_one(one_rank, wordy_whisper, recordi
     assert (two["wer"], two["cer"], two["audio_hours"]) == (one["wer"], one["cer"], one["audio_hours"])
     assert sorted(tsv.read_text(encoding="utf-8").splitlines()) == sorted(one_rank[2].read_text(encoding="utf-8").splitlines())
     assert len(list(tsv.with_suffix("").rglob("*.vtt"))) == 3
+
+
+def test_temperature_fallback_is_only_for_long_form(wordy_whisper, recordings):
+    result = evaluate("--model", wordy_whisper, "--data", recordings, "--temperature-fallback", *FAST)
+    assert result.returncode != 0
+    assert "--temperature-fallback: only with --long-form" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_long_form_on_a_missing_folder_is_one_line(wordy_whisper, tmp_path):

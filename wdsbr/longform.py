@@ -7,14 +7,17 @@ order. Nothing is cut to 30 s and nothing is rejected as too long.
 
 Decoding is transformers' own long-form `generate()`: log-mel features of the whole recording (no truncation),
 `return_timestamps=True`, so the model predicts timestamp tokens and the 30 s window moves to the last one it
-predicted; greedy or `--num-beams`, no temperature fallback, as validation decodes short clips, and previous-text
-conditioning only when the caller asks for it (`condition_on_prev_tokens` in the generate arguments). `--generation-max-length` bounds the new tokens of each 30 s window. The recording's audio
+predicted; greedy or `--num-beams`, as validation decodes short clips; previous-text conditioning
+(`condition_on_prev_tokens`) and Whisper's temperature fallback (`TEMPERATURE_FALLBACK`: a window whose tokens
+compress too well, i.e. loop, or whose mean log-probability is too low is decoded again, sampled at the next
+temperature) only when the caller asks for them, in the generate arguments. `--generation-max-length` bounds the new tokens of each 30 s window. The recording's audio
 and features are held once (about 350 MB for an hour at 80 mels), the model sees one window at a time.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +100,19 @@ def fit_after_previous_text(max_new_tokens: int, max_target_positions: int) -> i
     return min(max_new_tokens, max_target_positions - (1 + max_target_positions // 2 - 1 + 4))
 
 
+# Whisper's own long-form heuristics, as transformers' documentation gives them for generate(): the compression
+# ratio is of the window's token ids (transformers' measure, so 1.35, not OpenAI's 2.4 on text bytes).
+# no_speech_threshold is left out: it drops a window judged silent, a deletion the scorer would charge.
+TEMPERATURE_FALLBACK: dict[str, Any] = {"temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                                        "compression_ratio_threshold": 1.35, "logprob_threshold": -1.0}
+
+
+def recording_seed(key: str) -> int:
+    """The sampling seed of one recording under temperature fallback: its key's CRC-32, so a recording decodes
+    the same whichever rank or position it has."""
+    return zlib.crc32(key.encode("utf-8"))
+
+
 @torch.no_grad()
 def transcribe_long(model, feature_extractor, tokenizer, audio, gen_kwargs: dict[str, Any], dtype: torch.dtype,
                     device: torch.device) -> tuple[str, list[dict[str, Any]]]:
@@ -127,8 +143,12 @@ def run_long_form(model, processor, recordings: list[Recording], gen_kwargs: dic
             rejected.append({"source": str(recording.audio_path), "reason": "unreadable_audio", "detail": str(error)})
             continue
         start = time.perf_counter()
-        text, segments = transcribe_long(model, processor.feature_extractor, processor.tokenizer, audio, gen_kwargs,
-                                         dtype, device)
+        # Only temperature fallback samples: seeded by the key, on a forked generator, so the trainer's own random
+        # state (dropout, augmentation) is the same after a validation as without one.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(recording_seed(recording.key))
+            text, segments = transcribe_long(model, processor.feature_extractor, processor.tokenizer, audio, gen_kwargs,
+                                             dtype, device)
         transcript = Transcript(recording.key, text, segments, len(audio) / SAMPLE_RATE, time.perf_counter() - start)
         predictions.append(Prediction(recording.key, recording.text, text))
         transcripts.append(transcript)
