@@ -10,8 +10,8 @@ long (`--long-form`: each recording whole, sequential long-form generate() with 
 `default` normaliser; new tokens: 48 per clip, 224 per 30 s window. --condition-on-previous also scores long
 form with each window prompted by the text decoded before it (as faster-whisper decodes; what train.py
 --prev-text trains for); --temperature-fallback also scores it with Whisper's temperature fallback (long_fb, and
-long_prev_fb with --condition-on-previous: faster-whisper's default decoding, less its VAD and beams). Writes bench/results/RESULTS.json (--results, default longform: the ratio long/short
-per model).
+long_prev_fb with --condition-on-previous: faster-whisper's default decoding, less its VAD and beams). Writes
+bench/results/RESULTS.json (--results, default longform: the ratio long/short per model).
 """
 
 from __future__ import annotations
@@ -62,9 +62,8 @@ def evaluate(model: str, data: Path, out: Path, kind: str) -> dict:
     """kind: short (clip by clip), long (--long-form), long_prev (--long-form --condition-on-previous), and either
     long one with _fb (--temperature-fallback)."""
     out.mkdir(parents=True, exist_ok=True)
-    flags = {"short": [], "long": ["--long-form"], "long_prev": ["--long-form", "--condition-on-previous"],
-             "long_fb": ["--long-form", "--temperature-fallback"],
-             "long_prev_fb": ["--long-form", "--condition-on-previous", "--temperature-fallback"]}[kind]
+    flags = (["--long-form"] if kind != "short" else []) + (["--condition-on-previous"] if "_prev" in kind else []) \
+        + (["--temperature-fallback"] if kind.endswith("_fb") else [])
     return evaluate_json(model, data, "--output", str(out / "scores.tsv"), "--language", "en", "--precision", "fp32",
                          "--num-workers", "1", "--generation-max-length", "48" if kind == "short" else "224", *flags,
                          threads=CORES, log=out / "evaluate.log")

@@ -29,8 +29,8 @@ files (each one recording, its segment texts joined), each transcribed whole by 
 generate() with timestamps (wdsbr.longform), scored by the same scorer and normaliser; --output also writes each
 recording's subtitles (--subtitles srt or vtt) to a folder beside the TSV; --condition-on-previous prompts each
 30 s window with the text decoded before it; --temperature-fallback adds Whisper's fallback (a window that loops or
-is unlikely is decoded again, sampled at temperatures 0.2 … 1.0, seeded per recording: wdsbr.longform). Under a launcher each rank transcribes every world_size-th
-recording. Its row has no loss; `samples` counts recordings.
+is unlikely is decoded again, sampled at temperatures 0.2 … 1.0, seeded per recording: wdsbr.longform). Under a
+launcher each rank transcribes every world_size-th recording. Its row has no loss; `samples` counts recordings.
 
 Sections, in order: config → distributed → data → model → transcribe → score and report.
 """

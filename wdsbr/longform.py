@@ -10,8 +10,9 @@ Decoding is transformers' own long-form `generate()`: log-mel features of the wh
 predicted; greedy or `--num-beams`, as validation decodes short clips; previous-text conditioning
 (`condition_on_prev_tokens`) and Whisper's temperature fallback (`TEMPERATURE_FALLBACK`: a window whose tokens
 compress too well, i.e. loop, or whose mean log-probability is too low is decoded again, sampled at the next
-temperature) only when the caller asks for them, in the generate arguments. `--generation-max-length` bounds the new tokens of each 30 s window. The recording's audio
-and features are held once (about 350 MB for an hour at 80 mels), the model sees one window at a time.
+temperature) only when the caller asks for them, in the generate arguments. `--generation-max-length` bounds the
+new tokens of each 30 s window. The recording's audio and features are held once (about 350 MB for an hour at 80
+mels), the model sees one window at a time.
 """
 
 from __future__ import annotations
