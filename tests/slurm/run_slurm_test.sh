@@ -48,7 +48,7 @@ while read -r name; do unset "$name"; done < <(compgen -e | grep '^SLURM_' || tr
 
 WORK=$(mktemp -d /tmp/wdsbr-slurm-test.XXXXXX)
 STATE=$WORK/state
-mkdir -p "$STATE"/{munge,slurmctld,slurmd} "$WORK"/{logs,runs}
+mkdir -p "$STATE"/{munge,slurmctld} "$WORK"/{logs,runs}
 pids=()
 slurmd_pids=()
 job2=""
