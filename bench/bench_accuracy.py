@@ -1,7 +1,7 @@
 """Accuracy on a real pretrained Whisper: wdsbr fine-tuning against the Hugging Face recipe, same corpus, budget,
 schedule and seeds, every final model scored by one scorer on voices never heard in training.
 
-    ../shared/pretrained/make_tiny_en.sh ~/.cache/wdsbr/tiny.en      # OpenAI's tiny.en, offline (~1 min)
+    python tools/fetch_pretrained.py tiny.en ~/.cache/wdsbr/tiny.en   # OpenAI's tiny.en (hub, else rebuilt offline)
     python bench/bench_accuracy.py --model ~/.cache/wdsbr/tiny.en [--seeds 0 1 2] [--candidates hf wdsbr-1 wdsbr-2]
     make bench-accuracy                                               # the same, with the defaults below
 
@@ -259,7 +259,7 @@ def main() -> None:
             parse_candidate(candidate)
     started = time.perf_counter()
     if not Path(args.model).exists() and "/" not in str(args.model):
-        raise SystemExit(f"{args.model}: no such model folder; make it with ../shared/pretrained/make_tiny_en.sh {args.model}")
+        raise SystemExit(f"{args.model}: no such model folder; make it with python tools/fetch_pretrained.py tiny.en {args.model}")
 
     shards = make_corpus(args.cache, args.train_clips, args.test_clips)
     dataset = args.cache / "hf-mapped"

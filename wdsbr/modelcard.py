@@ -62,7 +62,7 @@ def write_model_card(
     datasets = [datasets] if isinstance(datasets, str) else list(datasets)
     command = command if isinstance(command, str) else shlex.join(command)
     normalizer = normalizer or "default"
-    hub_base = base_model if is_hub_id(base_model) else None
+    hub_base = base_model if is_hub_id(base_model) else hub_origin(base_model)
     model_name = model_name or folder.resolve().parent.name or "whisper-br"
     evaluated_on = eval_dataset or (datasets[0] if datasets else "unknown")
     rows = metric_rows(scores, normalizer)
@@ -111,6 +111,17 @@ def metric_rows(scores: Mapping[str, Any], normalizer: str) -> list[tuple[str, s
         label = labels.get(key, normalizer)
         rows.append((key, metric_type, f"{title} (normalizer: {label})", label, round(100 * float(value), 2)))
     return rows
+
+
+def hub_origin(folder: str | None) -> str | None:
+    """The hub model a local folder is a copy of, as its `pretrained.json` says (tools/fetch_pretrained.py writes
+    it: `openai/whisper-base` for the offline rebuild of base too, the same weights), else None."""
+    try:
+        info = json.loads((Path(folder or "").expanduser() / "pretrained.json").read_text())
+    except (OSError, ValueError):
+        return None
+    origin = info.get("same_weights_as") or str(info.get("source", "")).removeprefix("hub:")
+    return origin if is_hub_id(origin) else None
 
 
 def is_hub_id(name: str | None) -> bool:
@@ -168,7 +179,8 @@ def _body(model_name: str, base_model: str, hub_base: str | None, language: str,
           hours: dict[str, float], rows: list, normalizer: str, command: str, evaluated_on: str, eval_split: str,
           folder: Path) -> str:
     """The Markdown under the metadata: results table, data, normaliser, command, usage."""
-    base = f"[{base_model}](https://huggingface.co/{base_model})" if hub_base else f"`{base_model}`"
+    base = f"`{base_model}`" if not hub_base else f"[{hub_base}](https://huggingface.co/{hub_base})" + (
+        "" if hub_base == base_model else f" (its weights, from `{base_model}`)")
     lines = [f"# {model_name}", "",
              f"Whisper fine-tuned for {'Breton' if language == 'br' else language} (`{language}`) speech recognition from "
              f"{base} with wdsbr (WebDataset shards, DeepSpeed ZeRO-2).", ""]
