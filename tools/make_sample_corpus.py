@@ -142,9 +142,10 @@ _FRENCH_RESPELLING = [
 ]
 
 
-def respell(text: str, voice_key: str) -> str:
-    """What the voice is given to read: the spoken Breton words respelt for that voice's letter-to-sound rules."""
-    rules = _FRENCH_RESPELLING if VOICES[voice_key]["voice"].startswith("fr") else _WELSH_RESPELLING
+def respell(text: str, voice: str) -> str:
+    """What an espeak-ng voice (`cy+f2`, `fr-fr`) is given to read: Breton words respelt for its letter-to-sound
+    rules (French voices get the French respelling, every other voice the Welsh one)."""
+    rules = _FRENCH_RESPELLING if voice.startswith("fr") else _WELSH_RESPELLING
     text = text.lower()
     for pattern, replacement in rules:
         text = re.sub(pattern, replacement, text)
@@ -166,7 +167,7 @@ def synthesise(clip: tuple, out_dir: Path, scratch: Path) -> Path:
     raw = scratch / "raw.wav"
     subprocess.run(
         ["espeak-ng", "-v", voice["voice"], "-s", str(voice["speed"]), "-p", str(voice["pitch"]), "-w", str(raw),
-         respell(spoken or transcript, voice_key)],
+         respell(spoken or transcript, voice["voice"])],
         check=True,
     )
     wav_path = out_dir / f"{clip_id}.wav"
