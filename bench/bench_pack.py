@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,15 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, write_corpus  # noqa: E402
+from common import RESULTS, ROOT, free_port, write_corpus  # noqa: E402
 
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def train(model: Path, shards: Path, out: Path, seed: int, steps: int, eval_every: int, pack: float) -> dict:

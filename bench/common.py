@@ -30,6 +30,9 @@ RESULTS = ROOT / "bench" / "results"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from wdsbr.dist import free_port  # noqa: E402,F401  (the benches' one copy of each)
+from wdsbr.text import plural  # noqa: E402,F401
+
 WORDS = "demat kenavo trugarez c'hoant bara mor ti gêr brezhoneg skol levr amzer glav heol".split()
 
 
@@ -132,10 +135,6 @@ def hf_map(raw, processor, num_proc: int | None = None):
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
 
 def summarize(values: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}

@@ -69,7 +69,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -85,7 +84,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (also puts the checkout on sys.path)
-from common import ROOT, DataCollatorSpeechSeq2SeqWithPadding, print_table, save_results, write_corpus  # noqa: E402
+from common import ROOT, DataCollatorSpeechSeq2SeqWithPadding, free_port, print_table, save_results, write_corpus  # noqa: E402
 
 import wdsbr  # noqa: E402  (the standard library only: wdsbr.REQUIRED)
 
@@ -225,12 +224,6 @@ def reset_peak_memory() -> None:
     if torch.cuda.is_available():
         synchronize()
         torch.cuda.reset_peak_memory_stats()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -46,7 +46,6 @@ import wdsbr  # noqa: E402
 wdsbr.check_dependencies()  # a plain `python` without the set-up: one line naming the fix, no traceback
 
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -55,21 +54,23 @@ from typing import NoReturn
 
 import click
 import torch
-import transformers
 from click.core import ParameterSource
 from tqdm import tqdm
 
 from wdsbr import dist
 from wdsbr.cli import run
+from wdsbr.dist import say
 from wdsbr.data import DEFAULT_WORKERS, SkipCounter, make_eval_loader
 from wdsbr.engine import cpu_precision_for_fp16
 from wdsbr.eval_data import eval_data_kind, expected_samples, prepare_shards
 from wdsbr.export import COMPUTE_TYPES, ENGINES, compute_type_of, is_ct2_folder, open_for_scoring, run_faster_whisper
 from wdsbr.evaluation import gather, generate_kwargs, run_validation, sum_across_ranks
 from wdsbr.longform import TEMPERATURE_FALLBACK, fit_after_previous_text, list_recordings, my_share, run_long_form, subtitles
-from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor
+from wdsbr.metrics import finite_or_none
+from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor, quiet_libraries
 from wdsbr.report import write_markdown, write_tsv
 from wdsbr.scoring import SCORE_KEYS, load_normalizer, score_all, score_samples
+from wdsbr.text import plural
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # When --model is a run's best/ (or the run folder), these come from the run's config.json unless given:
@@ -133,7 +134,7 @@ def from_run(opts: dict, explicit: set[str]) -> dict:
         if name not in explicit and value is not None and value != opts[name]:
             taken[name] = value
     if taken:
-        note(f"from {saved}: " + ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in taken.items()))
+        say(f"from {saved}: " + ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in taken.items()), err=True)
     return {**opts, **taken}
 
 
@@ -191,8 +192,7 @@ def configure(opts: dict) -> dict:
 
 
 def evaluate(cfg: dict) -> None:
-    transformers.logging.set_verbosity_error()  # generate()'s per-call advice
-    transformers.utils.logging.disable_progress_bar()  # weight-loading bars: ours is the only one
+    quiet_libraries()
     # ------------------------------------------------------------------------------------------ distributed
     device = torch.device(f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
@@ -203,8 +203,8 @@ def evaluate(cfg: dict) -> None:
     precision = cfg["precision"]
     if precision == "fp16" and device.type == "cpu":  # as training does: bf16, or fp32 without native bf16
         precision = cpu_precision_for_fp16()
-        note(f"fp16 is not supported on CPU: evaluating in {precision} instead, as training does"
-             + (" (--precision fp32 for full precision)" if precision == "bf16" else " (this CPU has no native bf16)"))
+        say(f"fp16 is not supported on CPU: evaluating in {precision} instead, as training does"
+             + (" (--precision fp32 for full precision)" if precision == "bf16" else " (this CPU has no native bf16)"), err=True)
     dtype = DTYPES[precision]
 
     # ------------------------------------------------------------------------------------------------- data
@@ -246,8 +246,8 @@ def evaluate(cfg: dict) -> None:
             if cfg["condition_on_previous"]:
                 fits = fit_after_previous_text(gen_kwargs["max_new_tokens"], max_label_tokens)
                 if fits < gen_kwargs["max_new_tokens"]:
-                    note(f"--condition-on-previous: at most {fits} new tokens per window, not {gen_kwargs['max_new_tokens']}: "
-                         f"the previous text may take up to half of the model's {max_label_tokens} positions")
+                    say(f"--condition-on-previous: at most {fits} new tokens per window, not {gen_kwargs['max_new_tokens']}: "
+                         f"the previous text may take up to half of the model's {max_label_tokens} positions", err=True)
                 gen_kwargs["max_new_tokens"] = fits
             results, totals, seconds = transcribe_recordings(cfg, model, processor, gen_kwargs, dtype, device, prepared)
             loss_sum, tokens = 0.0, 0
@@ -331,13 +331,13 @@ def report(cfg, results, loss_sum, tokens, totals, seconds, prepared, normalize,
                "rejected_inputs": len(prepared["rejected"]), "normalizers": scores["normalizers"],
                **({"condition_on_previous": cfg["condition_on_previous"], "temperature_fallback": cfg["temperature_fallback"]}
                   if cfg["long_form"] else {})}
-        row = {name: None if isinstance(value, float) and not math.isfinite(value) else value for name, value in row.items()}
+        row = {name: finite_or_none(value) for name, value in row.items()}
         if skipped_by_reason:
-            note(f"skipped {plural(row['skipped_samples'], 'sample')}: {by_reason(skipped_by_reason)}")
+            say(f"skipped {plural(row['skipped_samples'], 'sample')}: {by_reason(skipped_by_reason)}", err=True)
         if prepared["rejected"]:
             first = prepared["rejected"][0]
-            note(f"rejected {plural(len(prepared['rejected']), 'input')} of {cfg['data']}: {by_reason(prepared['rejected'])} "
-                 f"(first: {first['source']}: {first['detail']})")
+            say(f"rejected {plural(len(prepared['rejected']), 'input')} of {cfg['data']}: {by_reason(prepared['rejected'])} "
+                 f"(first: {first['source']}: {first['detail']})", err=True)
         if cfg["output"]:
             samples, word_errors = score_samples(results, normalize)
             tsv = Path(cfg["output"])
@@ -349,18 +349,8 @@ def report(cfg, results, loss_sum, tokens, totals, seconds, prepared, normalize,
         torch.distributed.barrier()  # before exit
         torch.distributed.destroy_process_group()
     if dist.is_main() and not row["samples"]:
-        note(f"error: no sample of {cfg['data']} could be scored")
+        say(f"error: no sample of {cfg['data']} could be scored", err=True)
         sys.exit(1)
-
-
-def note(message: str) -> None:
-    """One line on rank 0's stderr (stdout holds only the JSON line)."""
-    if dist.is_main():
-        tqdm.write(message, file=sys.stderr)
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def by_reason(counts: dict[str, int] | list[dict]) -> str:

@@ -33,11 +33,12 @@ from wdsbr.engine import (ConfigError, build_engine, compute_dtype, device_type,
 from wdsbr.evaluation import METRICS, EarlyStopping, generate_kwargs
 from wdsbr.export import require_export_extra
 from wdsbr.longform import list_recordings, my_share
-from wdsbr.metrics import MetricsLog, progress_bar, say
-from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor
+from wdsbr.dist import say
+from wdsbr.metrics import MetricsLog, progress_bar
+from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor, quiet_libraries
 from wdsbr.scoring import load_normalizer
 from wdsbr.streams import count_samples, list_shards
-from wdsbr.training import (RunState, StepMeter, any_rank_signalled, evaluate, finish, make_run_folder, quiet_libraries,
+from wdsbr.training import (RunState, StepMeter, any_rank_signalled, evaluate, finish, make_run_folder,
                             save_run_checkpoint, say_left_out)
 
 caught: list[str] = []  # SIGTERM (scancel, a launcher stopping) or SIGUSR1 (Slurm's warning before the time limit)

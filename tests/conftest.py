@@ -11,7 +11,6 @@ import http.server
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,14 @@ import webdataset as wds
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from wdsbr.dist import free_port  # noqa: E402,F401  (the tests import it from here)
+
+
+def read_metrics(output_dir: str | Path) -> list[dict]:
+    """All rows of OUTPUT/metrics.jsonl, as the trainer wrote them."""
+    path = Path(output_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def speech_like(seconds: float, sample_rate: int = 16_000, seed: int = 0) -> np.ndarray:
@@ -42,13 +49,6 @@ def speech_like(seconds: float, sample_rate: int = 16_000, seed: int = 0) -> np.
     noise = rng.standard_normal(n) * (np.sin(2 * np.pi * 1.3 * t) > 0.8)
     audio = 0.3 * voiced * (0.6 + 0.4 * formants / 2) * envelope + 0.05 * noise
     return (audio / max(1e-6, np.abs(audio).max()) * 0.8).astype(np.float32)
-
-
-def free_port() -> int:
-    """A free loopback port for a launcher's rendezvous (tests run launchers one after another)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -15,10 +15,9 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from conftest import free_port, json_line, run_evaluate, serve_folder, speech_like
+from conftest import free_port, json_line, read_metrics, run_evaluate, serve_folder, speech_like
 from wdsbr.engine import cpu_precision_for_fp16
 from wdsbr.corpus import open_corpus
-from wdsbr.metrics import read_metrics
 from wdsbr.shards import ShardOptions, shard_corpus
 from wdsbr.text import clean_text
 

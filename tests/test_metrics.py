@@ -3,7 +3,8 @@
 import json
 import math
 
-from wdsbr.metrics import MetricsLog, read_metrics
+from conftest import read_metrics
+from wdsbr.metrics import MetricsLog
 
 
 def test_rows_are_appended_flushed_and_nan_becomes_null(tmp_path):

@@ -23,11 +23,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import free_port, speech_like, write_speech_corpus
+from conftest import free_port, read_metrics, speech_like, write_speech_corpus
 from wdsbr.corpus import open_corpus
 from wdsbr.data import SkipCounter, batches_per_epoch, make_eval_loader, make_train_loader
 from wdsbr.engine import checkpoint_problem, latest_checkpoint
-from wdsbr.metrics import read_metrics
 from wdsbr.shards import ShardOptions, shard_corpus
 from wdsbr.streams import list_shards
 

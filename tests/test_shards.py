@@ -14,7 +14,8 @@ import soundfile as sf
 import webdataset as wds
 
 from wdsbr.corpus import open_corpus, open_hf_corpus
-from wdsbr.shards import MANIFEST, ShardError, ShardOptions, check_options, load_manifest, ordered_map, shard_corpus
+from wdsbr.shards import MANIFEST, ShardError, ShardOptions, check_options, ordered_map, shard_corpus
+from wdsbr.streams import read_manifest
 
 SPLITS = ("train", "validation", "test")
 
@@ -185,7 +186,7 @@ def test_samples_per_shard_gives_several_shards_per_split_readable_by_webdataset
         assert summary["hours"] == pytest.approx(seconds / 3600, abs=1e-5)
         total += len(samples)
     assert total == manifest["counts"]["kept"] == 30
-    assert load_manifest(output) == manifest
+    assert read_manifest(output) == manifest
 
 
 def test_max_shard_bytes_starts_a_new_shard_before_the_limit(tmp_path):
@@ -366,7 +367,7 @@ def test_a_run_that_keeps_nothing_is_an_error_but_its_manifest_says_why(tmp_path
     write_text(tmp_path / "corpus" / "a.txt", "Demat")
     with pytest.raises(ShardError, match="nothing kept: all 1 inputs were rejected \\(too_short 1\\)"):
         run(tmp_path / "corpus", tmp_path / "out")
-    assert load_manifest(tmp_path / "out")["rejected"][0]["reason"] == "too_short"
+    assert read_manifest(tmp_path / "out")["rejected"][0]["reason"] == "too_short"
 
 
 def test_check_options_reports_every_problem_at_once():

@@ -20,10 +20,9 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import free_port, serve_folder, speech_like, write_speech_corpus
+from conftest import free_port, read_metrics, serve_folder, speech_like, write_speech_corpus
 from wdsbr.corpus import open_corpus
 from wdsbr.engine import cpu_precision_for_fp16
-from wdsbr.metrics import read_metrics
 from wdsbr.shards import ShardOptions, shard_corpus
 
 ROOT = Path(__file__).resolve().parents[1]

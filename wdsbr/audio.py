@@ -16,6 +16,7 @@ import soundfile as sf
 import soxr
 
 SAMPLE_RATE = 16_000  # Whisper's input rate
+WINDOW_SECONDS = 30.0  # Whisper's fixed input window
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 
 

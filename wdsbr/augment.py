@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from wdsbr.audio import SAMPLE_RATE, resample
+from wdsbr.features import HOP_LENGTH
 
-HOP_LENGTH = 160  # samples per log-mel frame (Whisper's feature extractor)
 
 
 def rng_for(seed: int, epoch: int, key: str, purpose: str) -> np.random.Generator:

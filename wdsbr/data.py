@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from wdsbr.audio import SAMPLE_RATE, AudioError, load_audio
+from wdsbr.audio import SAMPLE_RATE, WINDOW_SECONDS, AudioError, load_audio
 from wdsbr.augment import SpecAugment, parse_speeds, rng_for, speed_perturb
 from wdsbr.collate import Collator
 from wdsbr.streams import count_samples, count_seconds, list_shards, read_shard_range, shard_counts
@@ -55,7 +55,7 @@ DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_geta
 
 log = logging.getLogger(__name__)
 
-MAX_SECONDS = 30.0  # Whisper's window: longer audio would be truncated away from its transcript
+MAX_SECONDS = WINDOW_SECONDS  # longer audio would be truncated away from its transcript
 PACK_GAP_SECONDS = 0.3  # silence between packed utterances (--pack)
 PACK_FILL = 0.9  # a greedy pack of short clips fills about this much of the window: sizes a packed epoch
 AUDIO_FIELDS = ("flac", "wav", "mp3", "ogg")

@@ -7,8 +7,10 @@ LOCAL_RANK; Slurm's srun: SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID), or from an i
 from __future__ import annotations
 
 import os
-
+import socket
 import sys
+
+from tqdm.auto import tqdm
 
 
 def _env_int(*names: str, default: int) -> int:
@@ -45,3 +47,16 @@ def local_rank() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def say(message: str, *, err: bool = False) -> None:
+    """One line on rank 0's stdout (stderr with `err`), written through tqdm so a progress bar stays whole."""
+    if is_main():
+        tqdm.write(message, file=sys.stderr if err else sys.stdout)
+
+
+def free_port() -> int:
+    """A free loopback port for a launcher's rendezvous (tests and benches start launchers one after another)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

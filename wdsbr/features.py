@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from transformers.audio_utils import mel_filter_bank
 
-from wdsbr.audio import SAMPLE_RATE
+from wdsbr.audio import SAMPLE_RATE, WINDOW_SECONDS
 
 N_FFT = 400
 HOP_LENGTH = 160
-CHUNK_SAMPLES = 480_000  # 30 s at 16 kHz: Whisper's fixed input window
+CHUNK_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)  # 480,000: Whisper's fixed input window
 N_FRAMES = CHUNK_SAMPLES // HOP_LENGTH  # 3000
 LOG_FLOOR = -10.0  # log10 of the 1e-10 clamp: the value of every all-zero frame
 

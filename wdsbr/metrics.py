@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from wdsbr import dist
 
 
-def _clean(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     """JSON has no NaN/inf: write them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -45,7 +45,7 @@ class MetricsLog:
     def log(self, kind: str, **row: Any) -> None:
         if not self.enabled:
             return
-        record = {"kind": kind, "time": round(time.time(), 3), **{k: _clean(v) for k, v in row.items()}}
+        record = {"kind": kind, "time": round(time.time(), 3), **{k: finite_or_none(v) for k, v in row.items()}}
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._file.flush()
         if self._writer is not None and "step" in row:
@@ -60,12 +60,6 @@ class MetricsLog:
             self._writer.close()
 
 
-def read_metrics(output_dir: str | Path) -> list[dict]:
-    """All rows of OUTPUT/metrics.jsonl (for tests and tools)."""
-    path = Path(output_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def progress_bar(total_steps: int, initial_step: int) -> tqdm:
     """Rank 0's bar: steps, loss, samples/s and tqdm's ETA; disabled elsewhere."""
     interactive = sys.stderr.isatty()  # in a log file (Slurm, nohup) redraw every 30 s, not every step
@@ -73,7 +67,3 @@ def progress_bar(total_steps: int, initial_step: int) -> tqdm:
                 disable=not dist.is_main(), dynamic_ncols=True, mininterval=0.1 if interactive else 30.0)
 
 
-def say(message: str) -> None:
-    """One line on rank 0's stdout (tqdm-safe)."""
-    if dist.is_main():
-        tqdm.write(message, file=sys.stdout)

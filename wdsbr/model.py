@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 
+import transformers
 from transformers import (
     GenerationConfig,
     WhisperConfig,
@@ -37,6 +39,14 @@ MODEL_FILES = {
 }
 # Whisper's special tokens, in the order (and so with the id offsets) the real tokenizers have them.
 _N_TIMESTAMPS = 1501  # <|0.00|> … <|30.00|> in steps of 0.02 s
+
+
+def quiet_libraries() -> None:
+    """Keep the run's own lines readable: transformers' per-call generate() advice and weight-loading bars (ours
+    are the only ones), and DeepSpeed's FutureWarnings about torch.distributed (theirs to fix, not the user's)."""
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
 
 
 def language_code(language: str) -> str:

@@ -17,9 +17,11 @@ import shlex
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from wdsbr.streams import read_manifest
+
 # (score key, metric type, what the metric is called); the normaliser comes from scores["normalizers"]
 # (wdsbr.scoring.score_all) or, for the trainer's own wer/cer, from the --text-normalizer.
-METRICS = (
+CARD_METRICS = (
     ("wer_normalized", "wer", "WER"),
     ("cer_normalized", "cer", "CER"),
     ("wer_raw", "wer", "WER"),
@@ -51,8 +53,8 @@ def write_model_card(
 
     `datasets`: Hub dataset ids (or plain names) trained on; the first is the one `scores` were measured on
     unless `eval_dataset` says otherwise, on `eval_split`. `hours`: training hours, or hours per split.
-    `scores`: fractions (0.123 = 12.3 % WER) keyed as in `METRICS` — `wdsbr.evaluation.score`'s `wer`/`cer`,
-    `wdsbr.scoring.score_all`'s keys and its `normalizers`; they are written as percentages, the Hub's
+    `scores`: fractions (0.123 = 12.3 % WER) keyed as `wdsbr.scoring.score_all` keys them (`wer`, `cer`, the
+    `SCORE_KEYS` and `normalizers`); they are written as percentages, the Hub's
     convention. `normalizer`: the `--text-normalizer` of the run. `command`: the training command. `export`:
     `wdsbr.export.export_and_score`'s report (`--export ct2`): a faster-whisper section with its WER.
     """
@@ -104,7 +106,7 @@ def metric_rows(scores: Mapping[str, Any], normalizer: str) -> list[tuple[str, s
     """(score key, metric type, metric name, normaliser label, value in %) for every finite score present."""
     labels = dict(scores.get("normalizers") or {})
     rows = []
-    for key, metric_type, title in METRICS:
+    for key, metric_type, title in CARD_METRICS:
         value = scores.get(key)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
@@ -134,11 +136,10 @@ def describe_shards(train_shards: str) -> dict[str, Any]:
     folder (`shards/train` -> `shards/manifest.json`), for `write_model_card`; empty when there is none.
     A Common Voice release folder named `cv-corpus-17.0-…` becomes `mozilla-foundation/common_voice_17_0`; a local
     corpus is "kind:folder-name" (e.g. "ali:interviews"), which the metadata leaves out (not a Hub id)."""
-    candidates = [Path(train_shards).parent / "manifest.json", Path(train_shards).parent.parent / "manifest.json"]
-    manifest_path = next((path for path in candidates if "://" not in train_shards and path.is_file()), None)
-    if manifest_path is None:
+    roots = () if "://" in str(train_shards) else (Path(train_shards).parent, Path(train_shards).parent.parent)
+    manifest = next((found for found in map(read_manifest, roots) if found is not None), None)
+    if not isinstance(manifest, dict):
         return {"datasets": [], "hours": {}}
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     source = manifest.get("source", {})
     if source.get("kind") == "hf":
         names = [source["name"]]

@@ -35,14 +35,13 @@ from tqdm import tqdm
 
 import wdsbr
 from wdsbr.ali import SegmentPastEnd, read_segment
-from wdsbr.audio import SAMPLE_RATE, AudioError, EmptyAudioError, decode_audio, encode_audio, probe_seconds, resample
+from wdsbr.audio import SAMPLE_RATE, WINDOW_SECONDS, AudioError, EmptyAudioError, decode_audio, encode_audio, probe_seconds, resample
 from wdsbr.corpus import SPLITS, Corpus, Item, Rejection, assign_split, read_transcript
-from wdsbr.text import clean_text
+from wdsbr.streams import MANIFEST, TAR_BLOCK
+from wdsbr.text import clean_text, plural
 
-MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-%06d.tar"
-_TAR_BLOCK = 512
-_TAR_TAIL = 20 * _TAR_BLOCK  # end-of-archive blocks padded to tarfile's 10 KiB record
+_TAR_TAIL = 20 * TAR_BLOCK  # end-of-archive blocks padded to tarfile's 10 KiB record
 
 
 class ShardError(ValueError):
@@ -59,7 +58,7 @@ class ShardOptions:
     max_shard_bytes: int = 500_000_000
     audio_format: str = "flac"
     min_seconds: float = 0.2  # shorter clips are blips or broken files, not speech worth a label
-    max_seconds: float = 30.0  # Whisper's window: longer audio would be cut off from its transcript
+    max_seconds: float = WINDOW_SECONDS  # longer audio would be cut off from its transcript
     seed: int = 0
     workers: int = 0  # 0: one per available CPU; output does not depend on it
 
@@ -245,7 +244,7 @@ class SplitWriter:
         (output_dir / split).mkdir(parents=True, exist_ok=True)
 
     def write(self, sample: Sample) -> None:
-        size = sum(_TAR_BLOCK + -(-len(data) // _TAR_BLOCK) * _TAR_BLOCK for data in sample.fields.values())
+        size = sum(TAR_BLOCK + -(-len(data) // TAR_BLOCK) * TAR_BLOCK for data in sample.fields.values())
         if self._tar is not None and (
             self._samples >= self.samples_per_shard or self._bytes + size + _TAR_TAIL > self.max_shard_bytes
         ):
@@ -398,31 +397,23 @@ def save_manifest(manifest: dict[str, Any], path: Path) -> None:
     os.replace(partial_path, path)
 
 
-def load_manifest(path: str | Path) -> dict[str, Any]:
-    """Read OUT/manifest.json (or the manifest inside the folder OUT)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def format_summary(manifest: dict[str, Any], output_dir: str | Path) -> str:
     """The closing lines a run prints: kept/rejected by reason, samples and hours per split, throughput."""
     counts = manifest["counts"]
     reasons = ", ".join(f"{reason} {count}" for reason, count in counts["rejected_by_reason"].items())
     lines = [f"kept {counts['kept']} of {counts['found']} inputs; rejected {counts['rejected']}" + (f" ({reasons})" if reasons else "")]
     for split, summary in manifest["splits"].items():
-        shards = _plural(len(summary["shards"]), "shard")
+        shards = plural(len(summary["shards"]), "shard")
         lines.append(f"  {split:<10} {summary['samples']:>8} samples {summary['hours']:>10.3f} h {shards:>10}")
     run = manifest["run"]
     overlap = manifest.get("overlap")
     if overlap:
         known = any(summary.get("speakers") for summary in manifest["splits"].values())
-        speakers = _plural(overlap["speakers"], "speaker") if known else "speakers unknown"
-        lines.append(f"  train shares {speakers} and {_plural(overlap['sentences'], 'sentence')} with validation+test"
-                     if known else f"  train shares {_plural(overlap['sentences'], 'sentence')} with validation+test ({speakers})")
+        speakers = plural(overlap["speakers"], "speaker") if known else "speakers unknown"
+        lines.append(f"  train shares {speakers} and {plural(overlap['sentences'], 'sentence')} with validation+test"
+                     if known else f"  train shares {plural(overlap['sentences'], 'sentence')} with validation+test ({speakers})")
     lines.append(
-        f"{counts['found']} inputs in {run['wall_seconds']:.1f} s with {_plural(run['workers'], 'worker')}: "
+        f"{counts['found']} inputs in {run['wall_seconds']:.1f} s with {plural(run['workers'], 'worker')}: "
         f"{run['clips_per_second'] or 0:.1f} clips/s, {run['input_megabytes_per_second'] or 0:.2f} MB/s of source audio"
     )
     lines.append(f"wrote {Path(output_dir) / MANIFEST}")
@@ -443,7 +434,3 @@ def empty_split_warnings(manifest: dict[str, Any]) -> list[str]:
                     " needs a larger fraction, or split folders train/ validation/ test/)" if split != "train" else "")
             warnings.append(f"warning: the {split} split is empty although {why} asks for it{hint}")
     return warnings
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"

@@ -80,19 +80,26 @@ def _shard_id(shard: str) -> str:
     return shard if is_http(shard) else str(Path(shard).resolve())
 
 
+def read_manifest(root: str | Path) -> dict | None:
+    """The manifest.json in `root` (a folder, or an http(s) URL above the split folders); None when there is none
+    or it cannot be read as JSON."""
+    try:
+        if is_http(str(root)):
+            with urllib.request.urlopen(f"{root}/{MANIFEST}", timeout=HTTP_TIMEOUT_SECONDS) as response:
+                return json.loads(response.read().decode("utf-8"))
+        return json.loads((Path(root) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
 @functools.lru_cache(maxsize=64)  # one fetch per split root and process
 def _manifest_rows(root: str) -> dict[str, dict]:
     """{shard id: its manifest row (samples, seconds, …)} of the manifest.json under `root`; {} when there is none."""
+    manifest = read_manifest(root)
+    join = (lambda file: f"{root}/{file}") if is_http(root) else (lambda file: str((Path(root) / file).resolve()))
     try:
-        if is_http(root):
-            with urllib.request.urlopen(f"{root}/{MANIFEST}", timeout=HTTP_TIMEOUT_SECONDS) as response:
-                manifest = json.loads(response.read().decode("utf-8"))
-            join = lambda file: f"{root}/{file}"  # noqa: E731
-        else:
-            manifest = json.loads((Path(root) / MANIFEST).read_text(encoding="utf-8"))
-            join = lambda file: str((Path(root) / file).resolve())  # noqa: E731
         return {join(shard["file"]): shard for split in manifest["splits"].values() for shard in split["shards"]}
-    except (OSError, ValueError, KeyError, TypeError, urllib.error.URLError):
+    except (KeyError, TypeError, AttributeError):  # no manifest, or not the shard tool's
         return {}
 
 
@@ -104,7 +111,7 @@ def manifest_value(shard: str, field: str) -> float | None:
 
 
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: members that are not sample fields
-_BLOCK = 512
+TAR_BLOCK = 512
 
 
 def _member_keys(path: str) -> Iterator[tuple[str, int]]:
@@ -117,15 +124,15 @@ def _member_keys(path: str) -> Iterator[tuple[str, int]]:
         offset, start, name, size = 0, None, None, None
         while True:
             stream.seek(offset)
-            header = stream.read(_BLOCK)
-            if len(header) < _BLOCK or header == bytes(_BLOCK):
+            header = stream.read(TAR_BLOCK)
+            if len(header) < TAR_BLOCK or header == bytes(TAR_BLOCK):
                 return
             if tarfile.nti(header[148:156]) not in tarfile.calc_chksums(header):
                 raise tarfile.HeaderError(f"{path}: bad tar header checksum at byte {offset}")
             kind = header[156:157]
             length = size if size is not None else tarfile.nti(header[124:136])
             start = offset if start is None else start
-            offset += _BLOCK + -(-length // _BLOCK) * _BLOCK
+            offset += TAR_BLOCK + -(-length // TAR_BLOCK) * TAR_BLOCK
             if kind in (b"x", b"L"):  # extended header: its payload names (and sizes) the next member
                 payload = stream.read(length)
                 if kind == b"L":

@@ -48,3 +48,7 @@ def unify_marks(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     return _HYPHENS.sub("-", _APOSTROPHES.sub("'", text))
 
+
+def plural(count: int, noun: str) -> str:
+    """`1 shard`, `3 shards`: a count and its noun, for the lines the tools print."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from wdsbr.audio import WINDOW_SECONDS
+from wdsbr.collate import IGNORE_INDEX
+
 TIME_PRECISION = 0.02  # seconds per timestamp token
-WINDOW_SECONDS = 30.0
-IGNORE_INDEX = -100
 MAX_PREVIOUS_TOKENS = 223  # Whisper's n_text_ctx // 2 - 1: the previous text is cut from its start beyond this
 
 

@@ -11,33 +11,24 @@ from __future__ import annotations
 import json
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
 import torch
-import transformers
 
 from wdsbr import dist
+from wdsbr.dist import say
 from wdsbr.data import SkipCounter
 from wdsbr.engine import environment_summary, loss_scale, save_checkpoint
 from wdsbr.evaluation import EarlyStopping, gather, run_validation
 from wdsbr.export import export_and_score
 from wdsbr.longform import Recording, run_long_form
-from wdsbr.metrics import MetricsLog, say
+from wdsbr.metrics import MetricsLog
 from wdsbr.model import save_model_atomic
 from wdsbr.modelcard import describe_shards, training_command, write_model_card
 from wdsbr.scoring import SCORE_KEYS, score_all
-
-
-def quiet_libraries() -> None:
-    """Keep the run's own lines readable: transformers' per-call generate() advice and weight-loading bars, and
-    DeepSpeed's FutureWarnings about torch.distributed (theirs to fix, not the user's)."""
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
 
 
 @dataclass
