@@ -23,7 +23,7 @@ help:
 	@echo "make test   set up and run the tests (CPU, offline)"
 	@echo "make docs   build the guides in docs/ with MkDocs, strict (a broken link fails), into build/site/"
 	@echo "make bench  run the benchmarks in bench/ (JSON in bench/results/)"
-	@echo "make bench-accuracy   wdsbr vs the HF recipe fine-tuning a real tiny.en, 3 seeds (espeak-ng + sox; ~2.5 h here: 9 runs of 15-20 min)"
+	@echo "make bench-accuracy   wdsbr vs the HF recipe fine-tuning a real tiny.en, 3 seeds (espeak-ng + sox; hours on 2 CPU cores: bench/RESULTS.md)"
 	@echo "make bench-breton     the real multilingual base in Breton: zero-shot vs fine-tuned per test voice, 3 seeds x 1 and 2 ranks, faster-whisper (espeak-ng + sox)"
 
 setup: $(VENV)/.installed
@@ -69,7 +69,7 @@ bench-breton: setup  # OpenAI's multilingual base, then bench/bench_breton.py (r
 	$(BIN)/python tools/fetch_pretrained.py base $(BASE)
 	$(BIN)/python bench/bench_breton.py --model $(BASE)
 
-bench: setup  # ~23 minutes on 2 shared CPU cores (2026-12-01); bench/RESULTS.md is written from the JSON in bench/results/
+bench: setup  # tens of minutes on 2 CPU cores; bench/RESULTS.md is written from the JSON in bench/results/
 	$(BIN)/python -c "import accelerate, psutil" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/bench_features.py
 	$(BIN)/python bench/bench_loader.py
@@ -82,7 +82,7 @@ clean:
 
 # Slurm: a two-node cluster (two network namespaces) runs launch/slurm/train.sbatch (2 CPU ranks; completion
 # on one and two nodes, USR1 → checkpoint → requeue → resume, scancel, a lost rank). Needs root and
-# `apt-get install -y slurm-wlm munge iproute2`; ~7 minutes.
+# `apt-get install -y slurm-wlm munge iproute2`; minutes (bench/RESULTS.md says how many).
 .PHONY: slurm-test
 slurm-test: setup
 	PYTHON=$(abspath $(BIN))/python bash tests/slurm/run_slurm_test.sh

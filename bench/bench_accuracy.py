@@ -19,7 +19,7 @@ Candidates, interleaved seed by seed (seed 0: every candidate, then seed 1, …)
   wdsbr-N-spec, wdsbr-N-speed, wdsbr-N-aug   the same with --spec-augment, --speed-perturb 0.9,1.0,1.1, or both
   wdsbr-N-ts, wdsbr-N-tspack   with --timestamps 0.2 --prev-text 0.2 (and --pack): score them long-form with
              bench/bench_longform.py --models …/runs/wdsbr-1-ts-seed0/best …
-Augmentation at a multi-epoch budget (issue 17): a small corpus seen several times, its own cache and results,
+Augmentation at a multi-epoch budget: a small corpus seen several times, its own cache and results,
     python bench/bench_accuracy.py --train-clips 200 --max-steps 50 --cache ~/.cache/wdsbr/bench-augment \
         --results accuracy-augment --candidates hf wdsbr-1 wdsbr-1-aug       # 50 × 16 / 200 = 4 epochs
 Both trainers: global batch --batch-size, --max-steps, --lr with --warmup-steps of linear warm-up then linear
@@ -158,7 +158,7 @@ def run(command: list[str], ranks: int, log: Path) -> float:
 
 AUGMENT = {"spec": ["--spec-augment"], "speed": ["--speed-perturb", "0.9,1.0,1.1"],
            "aug": ["--spec-augment", "--speed-perturb", "0.9,1.0,1.1"],
-           # issue 18: Whisper's long-form training format, as distil-whisper, without and with packing
+           # Whisper's long-form training format, as distil-whisper, without and with packing
            "ts": ["--timestamps", "0.2", "--prev-text", "0.2"], "tspack": ["--timestamps", "0.2", "--prev-text", "0.2", "--pack"]}
 
 

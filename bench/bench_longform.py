@@ -1,4 +1,4 @@
-"""Long-form WER against short-clip WER on the same speech (issue 18), for any Whisper folders.
+"""Long-form WER against short-clip WER on the same speech, for any Whisper folders.
 
     python bench/bench_longform.py --models ~/.cache/wdsbr/tiny.en ~/.cache/wdsbr/bench-accuracy/runs/wdsbr-1-seed0/best
 

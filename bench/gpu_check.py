@@ -1,4 +1,4 @@
-"""The GPU check (issue 21): one short run that measures, side by side, what wdsbr does on one CUDA GPU.
+"""The GPU check: one short run that measures, side by side, what wdsbr does on one CUDA GPU.
 
     bash bench/gpu_check.sh --wheels wheels/           # on the GPU machine: installs what it lacks, then this
     python bench/gpu_check.py [--budget-seconds 480] [--results-dir bench/results] [--parts NAME,NAME]

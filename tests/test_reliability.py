@@ -1,6 +1,6 @@
 """Fault injection: each test injects one fault (bad files, damaged shards, a killed or signalled rank, a full
 disk, a damaged checkpoint, a poisoned batch, a slow rank) and asserts what happens — nothing hangs, nothing
-is lost without a trace, every error is one clear line. The README's RELIABILITY table lists them."""
+is lost without a trace, every error is one clear line. docs/reliability.md's table lists them."""
 
 from __future__ import annotations
 
@@ -239,7 +239,7 @@ def test_6_a_killed_rank_fails_the_job_fast_the_checkpoint_survives_and_resume_c
             launcher.wait()
     # The survivor's next collective fails on the dead peer (gloo), DeepSpeed's launcher sees a rank gone (it polls
     # every second) and stops the rest, giving them at most 30 s (terminate_process_tree): 5.5 s measured here.
-    # The README says "within seconds"; 60 s bounds it (twice that grace) without timing a shared machine.
+    # docs/reliability.md says "within seconds"; 60 s bounds it (twice that grace) without timing a shared machine.
     print(f"the job failed {failed_after:.1f} s after rank 1 was killed")
     assert code != 0 and failed_after < 60, failed_after
     tag = latest_checkpoint(out / "checkpoints")
@@ -406,7 +406,7 @@ def test_9_resume_falls_back_past_a_damaged_checkpoint_and_refuses_when_none_is_
             (checkpoints / tag / "mp_rank_00_model_states.pt").unlink()
     resume[4] = str(free_port())
     refused = subprocess.run(resume, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-    assert refused.returncode == 2  # a configuration error, as the README says (the launcher passes the rank's code on)
+    assert refused.returncode == 2  # a configuration error, as docs/training.md says (the launcher passes the rank's code on)
     errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "no intact checkpoint" in errors[0] and "Traceback" not in refused.stderr
 

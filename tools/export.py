@@ -12,7 +12,7 @@ copied beside `model.bin`. Then, in Python:
 
 Quantizations: float32 (the default: the WER evaluate.py gives is transformers' within noise), float16 (GPU),
 int8 (CPU: smaller and faster), int8_float16, int8_float32, bfloat16, int8_bfloat16, int16. whisper.cpp (ggml) is
-not offered: see the README ("Deploy").
+not offered yet: see docs/deployment.md.
 """
 
 from __future__ import annotations

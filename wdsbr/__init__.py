@@ -1,6 +1,6 @@
 """wdsbr: fine-tune Whisper on Breton from streamed WebDataset shards with DeepSpeed ZeRO-2.
 
-One module per concern (the README's layout table lists them). This file imports nothing but the standard
+One module per concern (docs/design.md's module table lists them). This file imports nothing but the standard
 library, so `check_dependencies` can tell a user who runs a tool with the wrong Python what to do.
 """
 

@@ -1,4 +1,4 @@
-"""Whisper's timestamped training format (issue 18): labels `<|0.00|> text <|2.40|><|2.60|> text <|5.00|>` and the
+"""Whisper's timestamped training format: labels `<|0.00|> text <|2.40|><|2.60|> text <|5.00|>` and the
 previous-text prompt `<|startofprev|> … <|startoftranscript|>`, as OpenAI trained Whisper (and distil-whisper
 fine-tunes it) so that a fine-tuned model keeps its long-form decoding.
 

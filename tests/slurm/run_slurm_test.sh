@@ -114,7 +114,7 @@ exec_on_node() {  # exec_on_node NODE COMMAND... &: replaces this (sub)shell by 
         on_node "$STATE/hosts" "/run/netns/$NS_PREFIX-$node" "$@"
 }
 # Both "hosts" have this machine's hostname, which resolves to neither: gloo must be told its interface, as
-# on a cluster whose hostname does not resolve to the fast network (launch/slurm/README.md). sbatch passes
+# on a cluster whose hostname does not resolve to the fast network (docs/slurm.md). sbatch passes
 # the exported environment to the job.
 export GLOO_SOCKET_IFNAME=eth0
 
