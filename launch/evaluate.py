@@ -308,7 +308,7 @@ def transcribe_recordings(cfg, model, processor, gen_kwargs, dtype, device, prep
     results, transcripts, unreadable = run_long_form(model, processor, mine, gen_kwargs, dtype, device, on_done=done)
     results, _, _ = gather(results, 0.0, 0)  # collective: all ranks
     totals = sum_across_ranks({"audio_seconds": sum(t.audio_seconds for t in transcripts)})  # collective: all ranks
-    prepared["rejected"] = prepared["rejected"] + [row for part in every_rank(unreadable) for row in part]  # collective
+    prepared["rejected"] = prepared["rejected"] + [row for part in dist.every_rank(unreadable) for row in part]  # collective
     bar.close()
     return results, totals, time.perf_counter() - start
 
@@ -361,18 +361,9 @@ def by_reason(counts: dict[str, int] | list[dict]) -> str:
     return ", ".join(f"{reason} {int(count)}" for reason, count in sorted(counts.items()))
 
 
-def every_rank(value) -> list:
-    """Collective: all ranks. Every rank's `value`, in rank order ([value] without a process group)."""
-    if not torch.distributed.is_initialized():
-        return [value]
-    parts: list = [None] * dist.world_size()
-    torch.distributed.all_gather_object(parts, value)
-    return parts
-
-
 def from_node_leader(prepared: dict) -> dict:
     """Collective: all ranks. What this node's first rank prepared (ranks are numbered node by node)."""
-    return every_rank(prepared)[dist.rank() - dist.local_rank()]
+    return dist.every_rank(prepared)[dist.rank() - dist.local_rank()]
 
 
 def metered(loader, bar: tqdm, totals: dict):

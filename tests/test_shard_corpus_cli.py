@@ -36,7 +36,7 @@ def write_corpus(root: Path, count: int = 6) -> Path:
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr  # as every CLI of the project: a user's mistake is exit 2
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

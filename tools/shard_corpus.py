@@ -40,13 +40,6 @@ SECTIONS = {
 }
 
 
-class Failure(click.ClickException):
-    """A user error: one line `error: …` on stderr and exit code 1, no traceback."""
-
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
 def parse_bytes(ctx: click.Context | None, param: click.Parameter | None, value: str | int) -> int:
     """'500MB', '1.5GB', '200k' or a plain number of bytes (decimal units: 1 MB = 10**6 bytes)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)b?\s*", str(value), re.IGNORECASE)
@@ -115,18 +108,16 @@ def main(paths, cv_train, ali, ali_windows, hf, hf_config, hf_splits, token, tex
     )
     problems = shards.check_options(options)
     if problems:
-        raise Failure("; ".join(problems))
-    try:
-        shards.check_output_dir(output, overwrite=overwrite, source=None if hf else paths[0])
-        if hf:
-            corpus = corpus_lib.open_hf_corpus(hf, config=hf_config, splits=hf_splits, token=token, text_column=text_column,
-                                               audio_column=audio_column, speaker_column=speaker_column)
-        else:
-            corpus = corpus_lib.open_corpus(paths[0], exclude=output, speaker_from_folder=speaker_from_folder,
-                                            cv_train=cv_train, ali=ali, ali_windows=max_seconds if ali_windows else None)
-        manifest = shards.shard_corpus(corpus, output, options, overwrite=overwrite, progress=progress)
-    except (corpus_lib.CorpusError, shards.ShardError) as error:
-        raise Failure(str(error)) from None
+        raise shards.ShardError("; ".join(problems))
+    # a CorpusError or ShardError (ValueErrors): one line `error: …`, exit 2 (wdsbr.cli.run, as every CLI here)
+    shards.check_output_dir(output, overwrite=overwrite, source=None if hf else paths[0])
+    if hf:
+        corpus = corpus_lib.open_hf_corpus(hf, config=hf_config, splits=hf_splits, token=token, text_column=text_column,
+                                           audio_column=audio_column, speaker_column=speaker_column)
+    else:
+        corpus = corpus_lib.open_corpus(paths[0], exclude=output, speaker_from_folder=speaker_from_folder,
+                                        cv_train=cv_train, ali=ali, ali_windows=max_seconds if ali_windows else None)
+    manifest = shards.shard_corpus(corpus, output, options, overwrite=overwrite, progress=progress)
     click.echo(shards.format_summary(manifest, output))
     for line in shards.empty_split_warnings(manifest):  # the trainer needs train and validation: say it now
         click.echo(line, err=True)

@@ -60,3 +60,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def every_rank(value) -> list:
+    """Collective: all ranks. Every rank's `value` (picklable), in rank order; [value] without a process group."""
+    group = _process_group()
+    if group is None:
+        return [value]
+    parts: list = [None] * group.get_world_size()
+    group.all_gather_object(parts, value)
+    return parts

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from wdsbr import dist
 from wdsbr.scoring import Prediction
 
 METRICS = ("wer", "cer", "loss", "long_wer")  # all lower-is-better; long_wer: --val-long-form recordings
@@ -84,12 +85,7 @@ def run_validation(model, loader, tokenizer, gen_kwargs: dict, dtype: torch.dtyp
 def gather(results: list[Prediction], loss_sum: float, token_count: int) -> tuple[list[Prediction], float, int]:
     """Collective: all ranks. Every rank's predictions (sorted by key; a key seen twice is an error) and the
     summed loss and token count. Works unchanged without a process group (one process)."""
-    local = ([asdict(r) for r in results], loss_sum, token_count)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        parts: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, local)
-    else:
-        parts = [local]
+    parts = dist.every_rank(([asdict(r) for r in results], loss_sum, token_count))
     merged = sorted((Prediction(**r) for part in parts for r in part[0]), key=lambda r: r.key)
     keys = [r.key for r in merged]
     assert len(keys) == len(set(keys)), "a validation sample was scored twice: the exact split is broken"
@@ -136,13 +132,8 @@ class EarlyStopping:
 def sum_across_ranks(counts: dict[str, float]) -> dict[str, float]:
     """Collective: all ranks. Every rank's counts (audio seconds, skipped samples by reason) summed by name.
     Works unchanged without a process group (one process)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        parts: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, counts)
-    else:
-        parts = [counts]
     total: dict[str, float] = {}
-    for part in parts:
+    for part in dist.every_rank(counts):
         for name, value in part.items():
             total[name] = total.get(name, 0) + value
     return total
