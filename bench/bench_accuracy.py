@@ -122,13 +122,19 @@ def make_corpus(folder: Path, train_clips: int, test_clips: int, val_clips: int 
             path = folder / "corpus" / split / voice.replace("+", "_") / f"{split}{index:05d}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             jobs.append((path, voice, text, rng.randint(130, 185), rng.randint(30, 70)))
+    speak_and_shard(speak, jobs, folder, splits)
+    made.write_text(json.dumps(sizes))
+    return splits
+
+
+def speak_and_shard(speak, jobs: list[tuple], folder: Path, splits: dict[str, Path]) -> None:
+    """`speak` every job on all cores, then shard each split's clips (folder/corpus/SPLIT) on their own, every
+    clip kept in its split, into `splits[SPLIT]`'s parent."""
     with ThreadPoolExecutor(max_workers=CORES) as pool:
         list(pool.map(speak, jobs))
     for split, path in splits.items():
         shard_corpus(open_corpus(folder / "corpus" / split), path.parent, ShardOptions(
             val_fraction=0.0, test_fraction=0.0, samples_per_shard=200, workers=CORES), progress=False)
-    made.write_text(json.dumps(sizes))
-    return splits
 
 
 def manifest_samples(shards: Path) -> int:

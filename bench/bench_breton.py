@@ -33,17 +33,14 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from bench_accuracy import BIN, CORES, run  # noqa: E402
+from bench_accuracy import BIN, CORES, run, speak_and_shard  # noqa: E402
 from common import RESULTS, ROOT, evaluate_json, print_table, save_results  # noqa: E402
 from make_sample_corpus import respell  # noqa: E402
 
-from wdsbr.corpus import open_corpus  # noqa: E402
-from wdsbr.shards import ShardOptions, shard_corpus  # noqa: E402
 
 SENTENCES = ROOT / "bench" / "data" / "br_sentences.txt"
 TRAIN_VOICES = ["cy+m1", "cy+f1", "cy+m3", "cy+f2", "cy+m5"]
@@ -105,11 +102,7 @@ def make_corpus(folder: Path, args: argparse.Namespace) -> dict[str, Path]:
     for voice in TEST_VOICES:
         for index, text in enumerate(sentences["test"]):
             add("test", voice, index, text)
-    with ThreadPoolExecutor(max_workers=CORES) as pool:
-        list(pool.map(speak, jobs))
-    for split, path in splits.items():
-        shard_corpus(open_corpus(folder / "corpus" / split), path.parent, ShardOptions(
-            val_fraction=0.0, test_fraction=0.0, samples_per_shard=200, workers=CORES), progress=False)
+    speak_and_shard(speak, jobs, folder, splits)
     made.write_text(json.dumps(sizes))
     return splits
 
