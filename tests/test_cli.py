@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SCRIPTS = ["tools/shard_corpus.py", "tools/peek_batch.py", "tools/make_tiny_whisper.py", "launch/train.py", "launch/evaluate.py"]
+SCRIPTS = ["tools/shard_corpus.py", "tools/peek_batch.py", "tools/make_tiny_whisper.py", "launch/train.py", "launch/evaluate.py",
+           "tools/fetch_pretrained.py", "tools/compare_evaluations.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -149,5 +149,5 @@ def test_shard_tool_cv_train_validated(tmp_path):
     (plain / "a").mkdir(parents=True)
     result = subprocess.run([sys.executable, "tools/shard_corpus.py", str(plain), str(tmp_path / "out2"), "--cv-train",
                              "validated"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1 and result.stdout == ""
+    assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: --cv-train validated: ") and result.stderr.count("\n") == 1

@@ -1,5 +1,5 @@
 """tools/compare_evaluations.py (how `make demo` ends): the first clips in key order side by side, then one
-`NAME: WER x CER y` line per evaluation from its JSON, in the order given; a missing file is one line, exit 1."""
+`NAME: WER x CER y` line per evaluation from its JSON, in the order given; a missing file is one line, exit 2."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_examples_then_one_line_per_evaluation(tmp_path):
 
 def test_a_missing_evaluation_is_one_line(tmp_path):
     result = compare(f"zero-shot={tmp_path / 'nothing'}")
-    assert result.returncode == 1 and result.stdout == ""
+    assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == f"error: {tmp_path / 'nothing' / 'scores.json'}: missing (launch/evaluate.py --output " \
                             f"{tmp_path / 'nothing' / 'preds.tsv'} > {tmp_path / 'nothing' / 'scores.json'} writes it)\n"
     assert compare("no-equals-sign").returncode == 2

@@ -7,7 +7,8 @@
 Each FOLDER holds what launch/evaluate.py wrote: its JSON line (scores.json) and its per-sample TSV (preds.tsv).
 The examples are the first clips in key order, the same for every evaluation; their text is the raw transcript
 as decoded, and the reference as written. The closing lines read `NAME: WER x CER y`, from each JSON's `wer` and
-`cer` (the evaluation's own normaliser), in the order given. `make demo` ends with this.
+`cer` (the evaluation's own normaliser), in the order given. `make demo` ends with this. A missing or broken file
+is one line `error: …` and exit 2.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .` too
+import wdsbr  # noqa: E402
+
+wdsbr.check_dependencies()  # a plain `python` without the set-up: one line naming the fix, no traceback
+
 import csv  # noqa: E402
 import json  # noqa: E402
 
@@ -29,11 +34,11 @@ def load(folder: Path) -> tuple[dict, dict[str, dict]]:
     scores, preds = folder / "scores.json", folder / "preds.tsv"
     for path in (scores, preds):
         if not path.is_file():
-            raise click.ClickException(f"{path}: missing (launch/evaluate.py --output {preds} > {scores} writes it)")
+            raise FileNotFoundError(f"{path}: missing (launch/evaluate.py --output {preds} > {scores} writes it)")
     try:
         row = json.loads(scores.read_text().strip().splitlines()[-1])
     except (ValueError, IndexError) as error:
-        raise click.ClickException(f"{scores}: not evaluate.py's JSON line ({error})") from None
+        raise ValueError(f"{scores}: not evaluate.py's JSON line ({error})") from None
     with open(preds, encoding="utf-8", newline="") as stream:
         samples = {sample["key"]: sample for sample in csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE)}
     return row, samples
