@@ -122,7 +122,8 @@ def hub_origin(folder: str | None) -> str | None:
         info = json.loads((Path(folder or "").expanduser() / "pretrained.json").read_text())
     except (OSError, ValueError):
         return None
-    origin = info.get("same_weights_as") or str(info.get("source", "")).removeprefix("hub:")
+    source = str(info.get("source", ""))
+    origin = info.get("same_weights_as") or (source.removeprefix("hub:") if source.startswith("hub:") else None)
     return origin if is_hub_id(origin) else None
 
 
