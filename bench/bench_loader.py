@@ -59,7 +59,7 @@ from common import (AnonymousPeak, DataCollatorSpeechSeq2SeqWithPadding, child_r
                     plural, print_table, run_measured, save_results, shard_folder, summarize, write_corpus)
 
 from wdsbr import streams  # noqa: E402
-from wdsbr.data import make_train_loader  # noqa: E402
+from wdsbr.data import LoaderOptions, make_train_loader  # noqa: E402
 from wdsbr.model import build_tiny_whisper, load_processor  # noqa: E402
 
 
@@ -80,8 +80,7 @@ def quiet_datasets() -> None:
 
 def wdsbr_epoch(shards: Path, processor, num_workers: int, batch_size: int) -> dict:
     tokenizer = processor.tokenizer
-    loader = make_train_loader(shards, tokenizer, list(tokenizer.prefix_tokens), n_mels=80,
-                               micro_batch_size=batch_size, num_workers=num_workers, shuffle_buffer=256)
+    loader = make_train_loader(shards, LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=batch_size, num_workers=num_workers, shuffle_buffer=256))
     start = time.perf_counter()
     samples = sum(batch["input_features"].shape[0] for batch in loader)
     return {"samples": samples, "seconds": time.perf_counter() - start}
@@ -171,9 +170,7 @@ def coverage(module, shards: list[str], processor, micro_batch_size: int, world_
     tokenizer = processor.tokenizer
     seen, batches = collections.Counter(), []
     for rank in range(world_size):
-        loader = module.make_train_loader(shards, tokenizer, list(tokenizer.prefix_tokens), n_mels=80,
-                                          micro_batch_size=micro_batch_size, num_workers=workers, rank=rank,
-                                          world_size=world_size, shuffle_buffer=64)
+        loader = module.make_train_loader(shards, LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=micro_batch_size, num_workers=workers, rank=rank, world_size=world_size, shuffle_buffer=64))
         keys = [batch["keys"] for batch in loader]
         batches.append(len(keys))
         seen.update(key for batch in keys for key in batch)
@@ -206,9 +203,7 @@ def loader_epoch(module, shards: list[str], processor, readers: int, micro_batch
     start = time.perf_counter()
     samples = 0
     for rank in range(readers):
-        loader = module.make_train_loader(shards, tokenizer, list(tokenizer.prefix_tokens), n_mels=80,
-                                          micro_batch_size=micro_batch_size, num_workers=0, rank=rank,
-                                          world_size=readers, shuffle_buffer=1000)
+        loader = module.make_train_loader(shards, LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=micro_batch_size, num_workers=0, rank=rank, world_size=readers, shuffle_buffer=1000))
         samples += sum(batch["input_features"].shape[0] for batch in loader)
         if hasattr(module, "shard_counts"):
             streams.tar_count.cache_clear()

@@ -110,12 +110,11 @@ def optimizer_seconds(parameters: int, share: float, repeats: int) -> float:
 
 
 def worker_start_seconds(shards: str, path: str) -> float:
-    from wdsbr.data import make_train_loader
+    from wdsbr.data import LoaderOptions, make_train_loader
     from wdsbr.model import load_processor
 
     processor = load_processor(path, "en")
-    loader = make_train_loader(shards, tokenizer=processor.tokenizer, prompt_ids=list(processor.tokenizer.prefix_tokens),
-                               n_mels=80, micro_batch_size=8, num_workers=1, seed=0, epoch=0)
+    loader = make_train_loader(shards, LoaderOptions(tokenizer=processor.tokenizer, prompt_ids=list(processor.tokenizer.prefix_tokens), n_mels=80, micro_batch_size=8, num_workers=1, seed=0), epoch=0)
     start = time.perf_counter()
     next(iter(loader))
     return time.perf_counter() - start

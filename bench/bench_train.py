@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (ROOT, fmt, hf_map, hf_raw_dataset, print_table, run_measured, save_results,  # noqa: E402
                     shard_folder, summarize, write_corpus)
 
-from wdsbr.data import make_train_loader  # noqa: E402
+from wdsbr.data import LoaderOptions, make_train_loader  # noqa: E402
 from wdsbr.model import build_tiny_whisper, load_processor  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -100,8 +100,7 @@ def hf_rates(timings: Path, warmup_rows: int, mean_clip_seconds: float, launched
 
 def loader_alone(shards: Path, processor, batch_size: int, batches: int) -> float:
     tokenizer = processor.tokenizer
-    loader = make_train_loader(shards, tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=batch_size,
-                               num_workers=1, shuffle_buffer=64)
+    loader = make_train_loader(shards, LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=batch_size, num_workers=1, shuffle_buffer=64))
     start, samples = time.perf_counter(), 0
     iterator = iter(loader)
     next(iterator)  # worker start-up and the first shuffle-buffer fill, as the trainers' warm-up rows

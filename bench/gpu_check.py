@@ -296,12 +296,11 @@ def rows_for(check: Check, n_mels: int) -> list[dict]:
     """Every clip of the shards once, through `make_eval_loader` (the validation stream): its log-mel features
     (CPU, float32), labels with the prompt, key and transcript. Made once per mel size, sorted by key."""
     if n_mels not in check.cached_rows:
-        from wdsbr.data import make_eval_loader
+        from wdsbr.data import LoaderOptions, make_eval_loader
 
         tokenizer, prompt = tokenizer_and_prompt(check, n_mels)
         rows = []
-        loader = make_eval_loader(check.shards, tokenizer, prompt, n_mels=n_mels, micro_batch_size=8,
-                                  num_workers=check.workers, decoder_start_token_id=prompt[0])
+        loader = make_eval_loader(check.shards, LoaderOptions(tokenizer, prompt, n_mels=n_mels, micro_batch_size=8, num_workers=check.workers, decoder_start_token_id=prompt[0]))
         for batch in loader:
             for index, key in enumerate(batch["keys"]):
                 labels = batch["labels"][index]
@@ -464,16 +463,14 @@ def size_micro_batch(engine, rows: list[dict], cap: int, start_token: int) -> tu
 
 def train_from_loader(check: Check, engine, name: str, micro: int) -> dict:
     """Steps fed by `make_train_loader`; the warm-up steps are left out; the window is synchronised at both ends."""
-    from wdsbr.data import make_train_loader
+    from wdsbr.data import LoaderOptions, make_train_loader
     from wdsbr.engine import training_step
 
     sizes = check.sizes
     n_mels = sizes.models[name]["n_mels"]
     tokenizer, prompt = tokenizer_and_prompt(check, n_mels)
     warmup, (min_steps, max_steps) = sizes.warmup_steps, sizes.measured_steps
-    loader = make_train_loader(check.shards, tokenizer, prompt, n_mels=n_mels, micro_batch_size=micro, num_workers=check.workers,
-                               shuffle_buffer=sizes.shuffle_buffer, epoch_samples=micro * (warmup + max_steps),
-                               decoder_start_token_id=engine.module.config.decoder_start_token_id)
+    loader = make_train_loader(check.shards, LoaderOptions(tokenizer, prompt, n_mels=n_mels, micro_batch_size=micro, num_workers=check.workers, shuffle_buffer=sizes.shuffle_buffer, epoch_samples=micro * (warmup + max_steps), decoder_start_token_id=engine.module.config.decoder_start_token_id))
     reset_peak_memory()
     steps, window_start, batches = [], None, iter(loader)
     while len(steps) < warmup + max_steps:
@@ -543,13 +540,12 @@ def loader_alone(check: Check) -> dict:
     fill) is left out: the rate is the samples of the later batches over the time from the first round's last
     batch to the end. It is compared with what the small model's training consumes when nothing starves it (its
     model-only rate through training_step: a loader-fed rate cannot exceed the loader's own)."""
-    from wdsbr.data import make_train_loader
+    from wdsbr.data import LoaderOptions, make_train_loader
 
     micro = check.micro_batch.get("small") or check.sizes.micro_batch or 64
     tokenizer, prompt = tokenizer_and_prompt(check, 80)
     n_batches = check.workers * check.sizes.loader_rounds
-    loader = make_train_loader(check.shards, tokenizer, prompt, n_mels=80, micro_batch_size=micro, num_workers=check.workers,
-                               shuffle_buffer=check.sizes.shuffle_buffer, epoch_samples=micro * n_batches)
+    loader = make_train_loader(check.shards, LoaderOptions(tokenizer, prompt, n_mels=80, micro_batch_size=micro, num_workers=check.workers, shuffle_buffer=check.sizes.shuffle_buffer, epoch_samples=micro * n_batches))
     started, arrivals, samples = time.perf_counter(), [], []
     for batch in loader:
         arrivals.append(time.perf_counter())

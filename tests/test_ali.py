@@ -278,7 +278,7 @@ def test_ali_windows_group_a_recordings_sentences_with_their_times_and_the_text_
 
 
 def test_ali_windows_train_with_timestamps_where_the_sentences_lie(tmp_path, tiny_processor):
-    from wdsbr.data import make_train_loader
+    from wdsbr.data import LoaderOptions, make_train_loader
     from wdsbr.timestamps import TIME_PRECISION, timestamp_begin
 
     root = tmp_path / "corpus"
@@ -287,8 +287,7 @@ def test_ali_windows_train_with_timestamps_where_the_sentences_lie(tmp_path, tin
     shard_corpus(open_corpus(root, ali_windows=10.0), tmp_path / "shards", ShardOptions(val_fraction=0, test_fraction=0,
                  max_seconds=10.0, workers=1), progress=False)
     tokenizer = tiny_processor.tokenizer
-    loader = make_train_loader(str(tmp_path / "shards" / "train"), tokenizer, list(tokenizer.prefix_tokens), n_mels=80,
-                               micro_batch_size=1, num_workers=0, timestamps=1.0, speed_perturb="0.5")  # twice as long
+    loader = make_train_loader(str(tmp_path / "shards" / "train"), LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=1, num_workers=0, timestamps=1.0, speed_perturb="0.5"))  # twice as long
     begin = timestamp_begin(tokenizer)
     stamps = {batch["keys"][0]: [round((t - begin) * TIME_PRECISION, 2) for t in batch["labels"][0].tolist() if t >= begin]
               for batch in loader}

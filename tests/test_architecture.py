@@ -12,11 +12,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # The layers of docs/design.md, lowest first; a module may import its own layer or lower ones only.
 LAYERS = {
-    "basics": {"wdsbr", "wdsbr.text", "wdsbr.breton", "wdsbr.dist", "wdsbr.cli"},
+    "basics": {"wdsbr", "wdsbr.text", "wdsbr.breton", "wdsbr.dist", "wdsbr.cli", "wdsbr.options"},
     "data": {"wdsbr.audio", "wdsbr.augment", "wdsbr.ali", "wdsbr.features", "wdsbr.collate", "wdsbr.corpus", "wdsbr.shards", "wdsbr.streams", "wdsbr.data",
              "wdsbr.eval_data", "wdsbr.model", "wdsbr.pretrained", "wdsbr.timestamps"},
     "orchestration": {"wdsbr.scoring", "wdsbr.evaluation", "wdsbr.engine", "wdsbr.training", "wdsbr.metrics", "wdsbr.longform",
-                      "wdsbr.report", "wdsbr.modelcard", "wdsbr.export"},
+                      "wdsbr.report", "wdsbr.modelcard", "wdsbr.export", "wdsbr.transcribe"},
 }
 ORDER = ["basics", "data", "orchestration", "scripts"]
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import speech_like, write_plain_shards
 from wdsbr.augment import SpecAugment, _spans, parse_speeds, rng_for, speed_perturb
-from wdsbr.data import make_eval_loader, make_train_loader
+from wdsbr.data import LoaderOptions, make_eval_loader, make_train_loader
 from wdsbr.features import log_mel_spectrogram
 
 
@@ -87,9 +87,10 @@ def prompt(tiny_processor):
     return list(tiny_processor.tokenizer.prefix_tokens)
 
 
-def _batches(shards, tiny_processor, prompt, **kwargs):
-    loader = make_train_loader(shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=1, num_workers=0,
-                               shuffle_buffer=4, seed=1, **kwargs)  # one clip a batch: its own duration
+def _batches(shards, tiny_processor, prompt, start_batch=0, **kwargs):
+    options = LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=1,  # one clip a batch:
+                            num_workers=0, shuffle_buffer=4, seed=1, **kwargs)  # its own duration
+    loader = make_train_loader(shards, options, start_batch=start_batch)
     return [(batch["keys"], batch["input_features"], batch["audio_seconds"]) for batch in loader]
 
 
@@ -104,7 +105,7 @@ def test_the_training_stream_augments_validation_does_not_and_a_resume_sees_the_
     for (keys, features, _), (want_keys, want, _) in zip(resumed, augmented[2:], strict=True):
         assert keys == want_keys and torch.equal(features, want)
     evaluated = {}
-    for batch in make_eval_loader(shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2, num_workers=0):
+    for batch in make_eval_loader(shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2, num_workers=0)):
         evaluated.update(zip(batch["keys"], batch["input_features"]))
     for keys, features, _ in plain:  # validation's features are the plain log-mel of the clip
         for key, row in zip(keys, features):

@@ -93,7 +93,7 @@ def test_breton_normaliser_builds_labels_behind_the_br_transcribe_prompt(anaoude
     """Through the real loader (1 DataLoader worker, so the normaliser is pickled): the labels are
     <|br|><|transcribe|><|notimestamps|> + the spelled-out text + <|endoftext|> (the start token is the model's)."""
     from wdsbr.corpus import open_corpus
-    from wdsbr.data import make_eval_loader
+    from wdsbr.data import LoaderOptions, make_eval_loader
     from wdsbr.shards import ShardOptions, shard_corpus
 
     corpus = write_speech_corpus(tmp_path / "corpus", 2)
@@ -102,8 +102,7 @@ def test_breton_normaliser_builds_labels_behind_the_br_transcribe_prompt(anaoude
     shard_corpus(open_corpus(corpus), tmp_path / "shards", ShardOptions(val_fraction=0, test_fraction=0, workers=1),
                  progress=False)
     tokenizer = tiny_processor.tokenizer
-    loader = make_eval_loader(tmp_path / "shards" / "train", tokenizer, list(tokenizer.prefix_tokens), n_mels=80,
-                              micro_batch_size=2, num_workers=1, normalize=load_normalizer("breton"))
+    loader = make_eval_loader(tmp_path / "shards" / "train", LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=2, num_workers=1, normalize=load_normalizer("breton")))
     (batch,) = list(loader)
     labels = {key: [token for token in row.tolist() if token != -100] for key, row in zip(batch["keys"], batch["labels"])}
     for key, expected in (("spk0__utt000", BRETON[1][1]), ("spk1__utt001", "ar kentañ a viz du")):

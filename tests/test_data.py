@@ -20,7 +20,7 @@ import pytest
 
 from conftest import WORDS, serve_folder, write_plain_shards, write_speech_corpus
 from wdsbr.corpus import open_corpus
-from wdsbr.data import PACK_GAP_SECONDS, SkipCounter, _pack, batches_per_epoch, make_eval_loader, make_train_loader
+from wdsbr.data import LoaderOptions, PACK_GAP_SECONDS, SkipCounter, _pack, batches_per_epoch, make_eval_loader, make_train_loader
 from wdsbr.shards import ShardOptions, shard_corpus
 from wdsbr.streams import count_seconds, list_shards
 
@@ -43,16 +43,16 @@ def prompt(tiny_processor) -> list[int]:
     return list(tiny_processor.tokenizer.prefix_tokens)
 
 
-def _train_keys(shards, tiny_processor, prompt, *, rank=0, world_size=1, num_workers=0, micro_batch_size=2,
-                **kwargs) -> list[list[str]]:
-    loader = make_train_loader(shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=micro_batch_size,
-                               num_workers=num_workers, rank=rank, world_size=world_size, shuffle_buffer=8, **kwargs)
+def _train_keys(shards, tiny_processor, prompt, *, rank=0, world_size=1, num_workers=0, micro_batch_size=2, epoch=0,
+                start_batch=0, **kwargs) -> list[list[str]]:
+    options = LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=micro_batch_size,
+                            num_workers=num_workers, rank=rank, world_size=world_size, shuffle_buffer=8, **kwargs)
+    loader = make_train_loader(shards, options, epoch=epoch, start_batch=start_batch)
     return [batch["keys"] for batch in loader]
 
 
 def _eval_keys(shards, tiny_processor, prompt, *, rank, world_size, num_workers) -> list[str]:
-    loader = make_eval_loader(shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=3,
-                              num_workers=num_workers, rank=rank, world_size=world_size)
+    loader = make_eval_loader(shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=3, num_workers=num_workers, rank=rank, world_size=world_size))
     return [key for batch in loader for key in batch["keys"]]
 
 
@@ -76,8 +76,7 @@ def test_every_rank_gets_the_same_number_of_batches_with_uneven_shards(uneven_sh
 
 
 def test_a_batch_is_log_mel_features_and_prompted_labels(uneven_shards, tiny_processor, prompt):
-    loader = make_train_loader(uneven_shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=3,
-                               num_workers=0)
+    loader = make_train_loader(uneven_shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=3, num_workers=0))
     batch = next(iter(loader))
     assert batch["input_features"].shape == (3, 80, 3000)
     tokenizer = tiny_processor.tokenizer
@@ -110,15 +109,17 @@ def issue_shards(tmp_path_factory) -> list[str]:
     return write_plain_shards(tmp_path_factory.mktemp("issue-16"), [14, 6, 1, 9, 3, 11], seconds=0.3)
 
 
-def _epoch(shards, tiny_processor, prompt, *, world_size=2, num_workers=2, micro_batch_size=2, **kwargs):
+def _epoch(shards, tiny_processor, prompt, *, world_size=2, num_workers=2, micro_batch_size=2, epoch=0, start_batch=0,
+           **kwargs):
     """Every rank's batches of one epoch: [rank][batch] -> (keys, repeated keys)."""
-    epoch = []
+    batches = []
     for rank in range(world_size):
-        loader = make_train_loader(shards, tiny_processor.tokenizer, prompt, n_mels=80, num_workers=num_workers,
-                                   micro_batch_size=micro_batch_size, rank=rank, world_size=world_size,
-                                   shuffle_buffer=8, **kwargs)
-        epoch.append([(batch["keys"], batch["repeated"]) for batch in loader])
-    return epoch
+        options = LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, num_workers=num_workers,
+                                micro_batch_size=micro_batch_size, rank=rank, world_size=world_size, shuffle_buffer=8,
+                                **kwargs)
+        loader = make_train_loader(shards, options, epoch=epoch, start_batch=start_batch)
+        batches.append([(batch["keys"], batch["repeated"]) for batch in loader])
+    return batches
 
 
 def _check_contract(epoch, all_keys: set[str], world_size: int, micro_batch_size: int) -> int:
@@ -257,8 +258,7 @@ def test_corrupt_members_are_skipped_and_counted_and_training_goes_on(uneven_sha
 def test_corrupt_members_in_validation_are_counted_not_fatal(uneven_shards, tmp_path, tiny_processor, prompt):
     bad = _corrupt_copy(uneven_shards, tmp_path)
     counter = SkipCounter()
-    loader = make_eval_loader(bad, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=4, num_workers=0,
-                              skip_counter=counter)
+    loader = make_eval_loader(bad, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=4, num_workers=0, skip_counter=counter))
     keys = [k for batch in loader for k in batch["keys"]]
     assert 7 < len(keys) < 17
     assert counter.total() >= 2
@@ -270,8 +270,7 @@ def test_labels_longer_than_the_decoder_are_skipped_and_counted(tmp_path, tiny_p
     shard_corpus(open_corpus(corpus), tmp_path / "out", ShardOptions(val_fraction=0, test_fraction=0, workers=1),
                  progress=False)
     counter = SkipCounter()
-    loader = make_eval_loader(tmp_path / "out" / "train", tiny_processor.tokenizer, prompt, n_mels=80,
-                              micro_batch_size=4, num_workers=0, skip_counter=counter, max_label_tokens=448)
+    loader = make_eval_loader(tmp_path / "out" / "train", LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=4, num_workers=0, skip_counter=counter, max_label_tokens=448))
     keys = [k for batch in loader for k in batch["keys"]]
     assert len(keys) == 3
     assert counter.as_dict() == {"too_long_text": 1}
@@ -327,8 +326,7 @@ def test_packing_respects_the_decoder_limit(tiny_processor, prompt):
 
 def test_packed_training_stream_is_deterministic_and_counts_utterances(uneven_shards, tiny_processor, prompt):
     def run():
-        loader = make_train_loader(uneven_shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2,
-                                   num_workers=2, shuffle_buffer=8, seed=7, pack=1.0)
+        loader = make_train_loader(uneven_shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2, num_workers=2, shuffle_buffer=8, seed=7, pack=1.0))
         return [(b["keys"], b["utterances"], round(b["speech_seconds"], 4)) for b in loader]
 
     first = run()
@@ -398,8 +396,7 @@ def test_timestamps_that_do_not_fit_the_decoder_keep_the_plain_labels(tiny_proce
 
 
 def test_training_stream_with_timestamps_trains_on_them(uneven_shards, tiny_processor, prompt):
-    loader = make_train_loader(uneven_shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2,
-                               num_workers=0, shuffle_buffer=8, seed=7, pack=1.0, timestamps=1.0)
+    loader = make_train_loader(uneven_shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2, num_workers=0, shuffle_buffer=8, seed=7, pack=1.0, timestamps=1.0))
     from wdsbr.timestamps import timestamp_begin
 
     begin = timestamp_begin(tiny_processor.tokenizer)
@@ -477,17 +474,17 @@ def test_a_batch_with_prompts_gives_every_other_sample_the_inputs_the_model_woul
 
 
 def test_training_stream_with_previous_text_brings_decoder_inputs(uneven_shards, tiny_processor, prompt):
-    loader = make_train_loader(uneven_shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2,
-                               num_workers=0, shuffle_buffer=8, seed=7, timestamps=0.5, prev_text=1.0)
+    loader = make_train_loader(uneven_shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2, num_workers=0, shuffle_buffer=8, seed=7, timestamps=0.5, prev_text=1.0))
     start_of_prev = tiny_processor.tokenizer.convert_tokens_to_ids("<|startofprev|>")
     rows = [row for batch in loader for row in batch["decoder_input_ids"].tolist()]
     assert sum(row[0] == start_of_prev for row in rows) >= len(rows) - 1  # all but the reader's first window
 
 
 def test_a_resumed_epoch_prompts_and_times_its_windows_as_the_uninterrupted_one(uneven_shards, tiny_processor, prompt):
-    def batches(**kwargs):
-        loader = make_train_loader(uneven_shards, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2,
-                                   num_workers=2, shuffle_buffer=8, seed=5, timestamps=0.5, prev_text=0.5, **kwargs)
+    def batches(start_batch=0):
+        options = LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2, num_workers=2,
+                                shuffle_buffer=8, seed=5, timestamps=0.5, prev_text=0.5)
+        loader = make_train_loader(uneven_shards, options, start_batch=start_batch)
         return [(batch["keys"], batch["labels"].tolist(), batch["decoder_input_ids"].tolist()
                  if "decoder_input_ids" in batch else None) for batch in loader]
 
@@ -500,11 +497,11 @@ _KILLED_TRAINER = """
 import sys
 import psutil
 from transformers import WhisperProcessor
-from wdsbr.data import make_train_loader
+from wdsbr.data import LoaderOptions, make_train_loader
 
 tokenizer = WhisperProcessor.from_pretrained(sys.argv[2]).tokenizer
-loader = make_train_loader(sys.argv[1], tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=2,
-                           num_workers=1)
+loader = make_train_loader(sys.argv[1], LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=80,
+                                                      micro_batch_size=2, num_workers=1))
 batches = iter(loader)  # held: its worker lives as long as it does
 next(batches)
 print(" ".join(str(child.pid) for child in psutil.Process().children(recursive=True)), flush=True)

@@ -25,7 +25,7 @@ import torch
 
 from conftest import free_port, read_metrics, speech_like, write_speech_corpus
 from wdsbr.corpus import open_corpus
-from wdsbr.data import SkipCounter, batches_per_epoch, make_eval_loader, make_train_loader
+from wdsbr.data import LoaderOptions, SkipCounter, batches_per_epoch, make_eval_loader, make_train_loader
 from wdsbr.engine import checkpoint_problem, latest_checkpoint
 from wdsbr.shards import ShardOptions, shard_corpus
 from wdsbr.streams import list_shards
@@ -161,8 +161,7 @@ def test_3_member_names_that_try_to_escape_are_only_keys_and_nothing_is_written(
 
     before = snapshot()
     counter = SkipCounter()
-    loader = make_eval_loader(str(shard), tiny_processor.tokenizer, list(tiny_processor.tokenizer.prefix_tokens),
-                              n_mels=80, micro_batch_size=4, num_workers=0, skip_counter=counter)
+    loader = make_eval_loader(str(shard), LoaderOptions(tiny_processor.tokenizer, list(tiny_processor.tokenizer.prefix_tokens), n_mels=80, micro_batch_size=4, num_workers=0, skip_counter=counter))
     batches = list(loader)
     assert snapshot() == before  # nothing appeared anywhere
     # both samples were read as data, from memory: decoded audio, their texts, nothing skipped
@@ -189,8 +188,7 @@ def test_4_uneven_shards_fewer_than_readers_same_batches_on_every_rank_and_each_
     prompt = list(tiny_processor.tokenizer.prefix_tokens)
     batches = []
     for rank in range(2):
-        loader = make_train_loader(urls, tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2,
-                                   num_workers=2, rank=rank, world_size=2, shuffle_buffer=4)
+        loader = make_train_loader(urls, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2, num_workers=2, rank=rank, world_size=2, shuffle_buffer=4))
         batches.append([batch["keys"] for batch in loader])
     assert [len(rank) for rank in batches] == [batches_per_epoch(21, 2, 2)] * 2 == [6, 6]
     seen = [key for rank in batches for keys in rank for key in keys]

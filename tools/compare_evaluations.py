@@ -26,7 +26,7 @@ import json  # noqa: E402
 
 import click  # noqa: E402
 
-from wdsbr.cli import run  # noqa: E402
+from wdsbr.cli import command, run  # noqa: E402
 
 
 def load(folder: Path) -> tuple[dict, dict[str, dict]]:
@@ -44,7 +44,7 @@ def load(folder: Path) -> tuple[dict, dict[str, dict]]:
     return row, samples
 
 
-@click.command()
+@command()
 @click.argument("evaluations", nargs=-1, required=True)
 @click.option("--examples", type=int, default=3, show_default=True, help="Clips shown side by side.")
 def main(evaluations: tuple[str, ...], examples: int) -> None:

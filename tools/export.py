@@ -29,11 +29,12 @@ import json
 
 import click
 
-from wdsbr.cli import run
-from wdsbr.export import QUANTIZATIONS, export_ct2
+from wdsbr.cli import command, run
+from wdsbr.export import export_ct2
+from wdsbr.options import QUANTIZATIONS
 
 
-@click.command()
+@command()
 @click.option("--model", required=True, help="A Whisper save_pretrained folder (runs/NAME/best).")
 @click.option("--to", "target", type=click.Choice(["ct2"]), default="ct2", show_default=True,
               help="Target format: ct2 = CTranslate2 (faster-whisper, WhisperX).")

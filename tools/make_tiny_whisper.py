@@ -21,11 +21,11 @@ wdsbr.check_dependencies()  # a plain `python` without the set-up: one line nami
 
 import click
 
-from wdsbr.cli import run
+from wdsbr.cli import command, run
 from wdsbr.model import build_tiny_whisper
 
 
-@click.command()
+@command()
 @click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--texts", type=click.Path(exists=True, path_type=Path), default=None,
               help="Folder whose *.txt transcripts (any depth) train the tiny BPE; default: a few built-in sentences.")

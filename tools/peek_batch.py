@@ -19,13 +19,13 @@ wdsbr.check_dependencies()  # a plain `python` without the set-up: one line nami
 
 import click
 
-from wdsbr.cli import run
-from wdsbr.data import make_train_loader
+from wdsbr.cli import command, run
+from wdsbr.data import LoaderOptions, make_train_loader
 from wdsbr.model import load_processor
 from wdsbr.scoring import load_normalizer
 
 
-@click.command()
+@command()
 @click.option("--model", required=True, help="Hub id (openai/whisper-small) or local folder of a Whisper model.")
 @click.option("--shards", required=True, help="Shard folder, brace pattern or URL (pipe:…, https://…).")
 @click.option("--language", default="br", show_default=True, help="Whisper language code or name.")
@@ -38,9 +38,7 @@ def main(model, shards, language, batch_size, num_workers, text_normalizer):
         processor = load_processor(model, language=language)
         normalize = load_normalizer(text_normalizer)
         tokenizer = processor.tokenizer
-        loader = make_train_loader(
-            shards, tokenizer, list(tokenizer.prefix_tokens), n_mels=processor.feature_extractor.feature_size,
-            micro_batch_size=batch_size, num_workers=num_workers, normalize=normalize)
+        loader = make_train_loader(shards, LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=processor.feature_extractor.feature_size, micro_batch_size=batch_size, num_workers=num_workers, normalize=normalize))
         batch = next(iter(loader))
     except (OSError, ValueError) as error:
         raise click.ClickException(str(error)) from None

@@ -29,7 +29,7 @@ import click
 
 from wdsbr import corpus as corpus_lib
 from wdsbr import shards
-from wdsbr.cli import grouped_command, run
+from wdsbr.cli import command, run
 
 SECTIONS = {
     "Source": ["cv_train", "ali", "ali_windows", "hf", "hf_config", "hf_splits", "token", "text_column", "audio_column", "speaker_column"],
@@ -50,7 +50,7 @@ def parse_bytes(ctx: click.Context | None, param: click.Parameter | None, value:
     return int(float(number) * scale)
 
 
-@click.command(cls=grouped_command(SECTIONS), context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@command(SECTIONS, help_option_names=["-h", "--help"])
 @click.argument("paths", nargs=-1, metavar="[SOURCE] OUTPUT")
 @click.option("--cv-train", type=click.Choice(["train", "validated"]), default="train", show_default=True,
               help="Common Voice train split: train.tsv as released, or validated.tsv minus every clip whose speaker or "

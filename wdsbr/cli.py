@@ -15,52 +15,60 @@ from wdsbr import dist
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
 
 
+class Command(click.Command):
+    """A click command whose user errors (USER_ERRORS raised by the tool: a shard folder without shards, a model
+    folder without a tokenizer) are one `error: …` line and exit code 2 (the traceback only with `--debug`), also
+    under click's test runner; with `sections` ({title: [option names]}), `--help` lists the options under
+    those headings (an option in none under "Other", so a missing entry never hides one)."""
+
+    sections: dict[str, list[str]] = {}
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as error:
+            if ctx.params.get("debug") or "--debug" in sys.argv:
+                raise
+            dist.say(f"error: {error}", err=True)  # every rank has the same error: rank 0 says it
+            raise click.exceptions.Exit(2) from None
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if not self.sections:
+            return super().format_options(ctx, formatter)
+        records = {"help" if "--help" in param.opts else param.name: param.get_help_record(ctx)  # click names it oddly
+                   for param in self.get_params(ctx) if isinstance(param, click.Option)}
+        placed = {name for names in self.sections.values() for name in names}
+        for title, names in {**self.sections, "Other": [name for name in records if name not in placed]}.items():
+            rows = [records[name] for name in names if records.get(name)]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def command(sections: dict[str, list[str]] | None = None, **context_settings):
+    """`@click.command()` for the project's tools: a `Command` (one-line errors; `--help` in `sections`)."""
+    cls = type("GroupedCommand", (Command,), {"sections": sections or {}})
+    return click.command(cls=cls, context_settings={"max_content_width": 110, **context_settings})
+
+
 def run(command: click.Command) -> None:
     """Call `command` like click's standalone mode, but with one-line errors. Exit codes: click's own (2 for
-    usage errors, 1 for others), 2 for errors of the USER_ERRORS kinds raised by the tool."""
-    debug = "--debug" in sys.argv
-
-    def say(message: str) -> None:  # under a launcher every rank gets the same error: rank 0 says it
-        if dist.is_main():
-            click.echo(message, err=True)
-
+    usage errors, 1 for others), 2 for the tool's user errors (`Command`)."""
     try:
-        command.main(standalone_mode=False)
-    except click.exceptions.Exit as done:  # --help, or a command that exits on purpose
+        code = command.main(standalone_mode=False)  # click returns Exit's code (--help, a user error) in this mode
+    except click.exceptions.Exit as done:  # what older click versions raise instead
         sys.exit(done.exit_code)
     except click.ClickException as error:
-        if debug:
+        if "--debug" in sys.argv:
             raise
         hint = f" (see {Path(sys.argv[0]).name} --help)" if isinstance(error, click.UsageError) else ""
-        say(f"error: {error.format_message()}{hint}")
+        dist.say(f"error: {error.format_message()}{hint}", err=True)
         sys.exit(error.exit_code)
     except click.Abort:
-        say("error: aborted")
+        dist.say("error: aborted", err=True)
         sys.exit(1)
-    except USER_ERRORS as error:
-        if debug:
-            raise
-        say(f"error: {error}")
-        sys.exit(2)
-
-
-def grouped_command(sections: dict[str, list[str]]) -> type[click.Command]:
-    """A click command class whose `--help` lists the options under topic headings: {title: [option names]}.
-    An option in no section is listed under "Other", so none is ever hidden by a missing entry."""
-
-    class GroupedCommand(click.Command):
-        def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-            records = {"help" if "--help" in param.opts else param.name: param.get_help_record(ctx)  # click names it oddly
-                       for param in self.get_params(ctx) if isinstance(param, click.Option)}
-            placed = {name for names in sections.values() for name in names}
-            groups = {**sections, "Other": [name for name in records if name not in placed]}
-            for title, names in groups.items():
-                rows = [records[name] for name in names if records.get(name)]
-                if rows:
-                    with formatter.section(title):
-                        formatter.write_dl(rows)
-
-    return GroupedCommand
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 # ------------------------------------------------------------------------------ console scripts (pyproject.toml)

@@ -37,7 +37,8 @@ import select
 import signal
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -50,8 +51,6 @@ from wdsbr.streams import count_samples, count_seconds, list_shards, read_shard_
 from wdsbr.text import clean_text
 from wdsbr.timestamps import check_segments, timed_labels, with_previous_text
 
-# DataLoader workers per rank when not given: 4, or fewer on a machine with fewer cores (torch warns beyond them)
-DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 log = logging.getLogger(__name__)
 
@@ -434,14 +433,37 @@ def _loader(pipeline: wds.DataPipeline, num_workers: int) -> torch.utils.data.Da
         multiprocessing_context=_worker_context() if num_workers else None)
 
 
-def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, micro_batch_size: int,
-                      seed: int = 0, epoch: int = 0, start_batch: int = 0, num_workers: int = 2,
-                      shuffle_buffer: int = 1000, epoch_samples: int | None = None, rank: int = 0,
-                      world_size: int = 1, skip_counter: SkipCounter | None = None,
-                      normalize: Callable[[str], str] = clean_text, max_label_tokens: int = 448,
-                      decoder_start_token_id: int | None = None, pack: float = 0.0, spec_augment: bool | SpecAugment = False,
-                      speed_perturb: str | tuple[float, ...] | None = None, timestamps: float = 0.0,
-                      prev_text: float = 0.0) -> torch.utils.data.DataLoader:
+@dataclass
+class LoaderOptions:
+    """How a loader turns shards into batches for one model on one rank: what both streams need, then what only
+    training uses (its data order, packing, timestamps, augmentation) and what only evaluation uses."""
+
+    tokenizer: Any
+    prompt_ids: list[int]  # the Whisper prompt every label starts with (<|startoftranscript|><|br|><|transcribe|>…)
+    n_mels: int
+    micro_batch_size: int
+    num_workers: int = 2
+    rank: int = 0
+    world_size: int = 1
+    skip_counter: SkipCounter | None = None  # shared by the workers; None: the loader counts in its own
+    normalize: Callable[[str], str] = clean_text
+    max_label_tokens: int = 448
+    decoder_start_token_id: int | None = None  # None: the prompt's first token
+    # training only
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    epoch_samples: int | None = None
+    pack: float = 0.0
+    spec_augment: bool | SpecAugment = False
+    speed_perturb: str | tuple[float, ...] | None = None
+    timestamps: float = 0.0
+    prev_text: float = 0.0
+    # evaluation only: batches carry the waveforms instead of log-mel features (for faster-whisper)
+    keep_audio: bool = False
+
+
+def make_train_loader(shards, options: LoaderOptions, *, epoch: int = 0,
+                      start_batch: int = 0) -> torch.utils.data.DataLoader:
     """The training stream of one epoch on this rank: exactly `batches_per_epoch(...)` batches, of which the
     first `start_batch` are skipped (already consumed by the run being resumed). Every sample of the shards is
     in exactly one batch of the epoch, but for the last `world_size × micro_batch − 1` at most, which repeat the
@@ -461,6 +483,8 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
     `timestamps` (0 to 1): that share of windows, drawn for (seed, epoch, key), is labelled with timestamps
     (`_timestamp`); the rest keep `<|notimestamps|>`. `prev_text` (0 to 1): that share of windows is conditioned
     on the text before it, out of the loss (`_previous_text`)."""
+    o = options
+    epoch_samples = o.epoch_samples
     shards = list_shards(shards)
     counts, exact = shard_counts(shards), True
     if counts is None:
@@ -471,75 +495,72 @@ def make_train_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, 
     if not sum(counts):
         raise ValueError(f"{shards[0]}: the training shards hold no samples")
     epoch_samples = epoch_samples or sum(counts)
-    if pack:
+    if o.pack:
         seconds = count_seconds(shards)
         if seconds is not None:
             windows = math.ceil((seconds + PACK_GAP_SECONDS * epoch_samples) / (MAX_SECONDS * PACK_FILL))
-            epoch_samples = min(epoch_samples, math.ceil((1 - pack) * epoch_samples + pack * windows))
-    batches_per_rank = batches_per_epoch(epoch_samples, micro_batch_size, world_size)
+            epoch_samples = min(epoch_samples, math.ceil((1 - o.pack) * epoch_samples + o.pack * windows))
+    batches_per_rank = batches_per_epoch(epoch_samples, o.micro_batch_size, o.world_size)
     if not 0 <= start_batch < batches_per_rank:
         raise ValueError(f"start_batch {start_batch} is outside the epoch's {batches_per_rank} batches")
-    lengths = reader_lengths(batches_per_rank, world_size, num_workers, micro_batch_size, sum(counts) if pack else None)
-    speeds = parse_speeds(speed_perturb) if isinstance(speed_perturb, str) else speed_perturb
-    spec_augment = SpecAugment() if spec_augment is True else spec_augment or None
-    counter = skip_counter or SkipCounter()
+    lengths = reader_lengths(batches_per_rank, o.world_size, o.num_workers, o.micro_batch_size, sum(counts) if o.pack else None)
+    speeds = parse_speeds(o.speed_perturb) if isinstance(o.speed_perturb, str) else o.speed_perturb
+    spec_augment = SpecAugment() if o.spec_augment is True else o.spec_augment or None
+    counter = o.skip_counter or SkipCounter()
     pipeline = wds.DataPipeline(
         # this reader's contiguous range of the epoch's shard sequence (entering a shard mid-way by seeking over
         # tar headers), shuffled as raw bytes (before the costly decode); unreadable samples counted and named
-        functools.partial(_planned_train_samples, shards, counts, lengths, seed, epoch, rank, world_size, start_batch,
-                          shuffle_buffer, functools.partial(_count_problem, counter, exact)),
+        functools.partial(_planned_train_samples, shards, counts, lengths, o.seed, epoch, o.rank, o.world_size, start_batch,
+                          o.shuffle_buffer, functools.partial(_count_problem, counter, exact)),
         # decode audio to 16 kHz, drop and count bad samples; --speed-perturb: resample each clip to its speed
-        functools.partial(_decode, counter=counter, speeds=speeds, seed=seed, epoch=epoch),
+        functools.partial(_decode, counter=counter, speeds=speeds, seed=o.seed, epoch=epoch),
         # clean text, add the Whisper prompt, drop and count labels that are too long
-        functools.partial(_tokenize, counter=counter, tokenizer=tokenizer, prompt_ids=prompt_ids,
-                          normalize=normalize, max_label_tokens=max_label_tokens),
+        functools.partial(_tokenize, counter=counter, tokenizer=o.tokenizer, prompt_ids=o.prompt_ids,
+                          normalize=o.normalize, max_label_tokens=o.max_label_tokens),
         # --pack: consecutive utterances share one 30 s window and one label sequence
-        *([functools.partial(_pack, tokenizer=tokenizer, prompt_ids=prompt_ids, max_label_tokens=max_label_tokens,
-                             fraction=pack)] if pack else []),
+        *([functools.partial(_pack, tokenizer=o.tokenizer, prompt_ids=o.prompt_ids, max_label_tokens=o.max_label_tokens,
+                             fraction=o.pack)] if o.pack else []),
         # --timestamps: a share of windows labelled <|0.00|> text <|2.40|> … from where their utterances lie
-        *([functools.partial(_timestamp, tokenizer=tokenizer, prompt_ids=prompt_ids, max_label_tokens=max_label_tokens,
-                             fraction=timestamps, seed=seed, epoch=epoch)] if timestamps else []),
+        *([functools.partial(_timestamp, tokenizer=o.tokenizer, prompt_ids=o.prompt_ids, max_label_tokens=o.max_label_tokens,
+                             fraction=o.timestamps, seed=o.seed, epoch=epoch)] if o.timestamps else []),
         # --prev-text: a share of windows prompted with <|startofprev|> and the text before them, out of the loss
-        *([functools.partial(_previous_text, tokenizer=tokenizer, max_label_tokens=max_label_tokens,
-                             fraction=prev_text, seed=seed, epoch=epoch)] if prev_text else []),
+        *([functools.partial(_previous_text, tokenizer=o.tokenizer, max_label_tokens=o.max_label_tokens,
+                             fraction=o.prev_text, seed=o.seed, epoch=epoch)] if o.prev_text else []),
         # group into micro-batches of decoded samples (features are computed after the resume skip)
-        wds.batched(micro_batch_size, collation_fn=None, partial=False),
+        wds.batched(o.micro_batch_size, collation_fn=None, partial=False),
         # exactly this worker's share of the epoch
-        functools.partial(_take_batches, rank=rank, world_size=world_size, rotation=start_batch,
+        functools.partial(_take_batches, rank=o.rank, world_size=o.world_size, rotation=start_batch,
                           batches_per_rank=batches_per_rank),
         # log-mel features + padded labels; --spec-augment: time and frequency masks inside each clip's frames
-        wds.map(Collator(n_mels, decoder_start_token_id if decoder_start_token_id is not None else prompt_ids[0],
-                         spec_augment=spec_augment, seed=seed, epoch=epoch)),
+        wds.map(Collator(o.n_mels, o.decoder_start_token_id if o.decoder_start_token_id is not None else o.prompt_ids[0],
+                         spec_augment=spec_augment, seed=o.seed, epoch=epoch)),
     )
-    loader = _loader(pipeline, num_workers)
+    loader = _loader(pipeline, o.num_workers)
     loader.batches_per_rank = batches_per_rank  # for progress bars and epoch bookkeeping
     loader.skip_counter = counter
     return loader
 
 
-def make_eval_loader(shards, tokenizer, prompt_ids: list[int], *, n_mels: int, micro_batch_size: int,
-                     num_workers: int = 2, rank: int = 0, world_size: int = 1,
-                     skip_counter: SkipCounter | None = None, normalize: Callable[[str], str] = clean_text,
-                     max_label_tokens: int = 448, decoder_start_token_id: int | None = None,
-                     keep_audio: bool = False) -> torch.utils.data.DataLoader:
+def make_eval_loader(shards, options: LoaderOptions) -> torch.utils.data.DataLoader:
     """One exact pass over the shards: every sample scored by exactly one (rank, worker); last batch partial.
-    `keep_audio`: batches carry the waveforms instead of log-mel features (for faster-whisper)."""
+    `options.keep_audio`: batches carry the waveforms instead of log-mel features (for faster-whisper)."""
+    o = options
     shards = list_shards(shards)
-    counter = skip_counter or SkipCounter()
+    counter = o.skip_counter or SkipCounter()
     pipeline = wds.DataPipeline(
         # this reader's exact share of the samples, in shard order; unreadable samples counted and named
-        functools.partial(_exact_eval_samples, shards, shard_counts(shards), rank, world_size,
+        functools.partial(_exact_eval_samples, shards, shard_counts(shards), o.rank, o.world_size,
                           functools.partial(_count_problem, counter, True)),
         # decode audio to 16 kHz, drop and count bad samples
         functools.partial(_decode, counter=counter),
         # clean text, add the Whisper prompt (for the validation loss)
-        functools.partial(_tokenize, counter=counter, tokenizer=tokenizer, prompt_ids=prompt_ids,
-                          normalize=normalize, max_label_tokens=max_label_tokens),
+        functools.partial(_tokenize, counter=counter, tokenizer=o.tokenizer, prompt_ids=o.prompt_ids,
+                          normalize=o.normalize, max_label_tokens=o.max_label_tokens),
         # micro-batches, the last one partial
-        wds.batched(micro_batch_size, collation_fn=Collator(
-            n_mels, decoder_start_token_id if decoder_start_token_id is not None else prompt_ids[0],
-            keep_audio=keep_audio), partial=True),
+        wds.batched(o.micro_batch_size, collation_fn=Collator(
+            o.n_mels, o.decoder_start_token_id if o.decoder_start_token_id is not None else o.prompt_ids[0],
+            keep_audio=o.keep_audio), partial=True),
     )
-    loader = _loader(pipeline, num_workers)
+    loader = _loader(pipeline, o.num_workers)
     loader.skip_counter = counter
     return loader

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from wdsbr import dist
+from wdsbr.options import TrainOptions
 
 AUTO = "auto"
 SCHEDULERS = {"linear": "WarmupDecayLR", "cosine": "WarmupCosineLR"}
@@ -96,26 +97,9 @@ def _set(config: dict, path: str, value: Any) -> None:
     node[last] = value
 
 
-# JSON path -> the CLI setting (and option name) that fills it when "auto".
-_FILLED = {
-    "train_micro_batch_size_per_gpu": ("micro_batch_size", "--batch-size"),
-    "gradient_accumulation_steps": ("grad_accum_steps", "--grad-accum"),
-    "gradient_clipping": ("max_grad_norm", "--max-grad-norm"),
-    "optimizer.params.lr": ("lr", "--lr"),
-    "optimizer.params.weight_decay": ("weight_decay", "--weight-decay"),
-}
-
-
-# The trainer's options that fill the JSON's "auto" values: option name -> setting name.
-OPTION_SETTINGS = {"batch_size": "micro_batch_size", "grad_accum": "grad_accum_steps", "lr": "lr",
-                   "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm", "warmup_steps": "warmup_steps",
-                   "max_steps": "max_steps", "lr_schedule": "lr_schedule", "precision": "precision"}
-
-
-def settings_from_options(options: dict, explicit: set[str]) -> tuple[dict, set[str]]:
-    """`resolve_ds_config`'s settings from the trainer's options, and which of them the command line gave."""
-    return ({setting: options[name] for name, setting in OPTION_SETTINGS.items()},
-            {OPTION_SETTINGS.get(name, name) for name in explicit})
+# JSON path -> (setting, --option) that fills it when "auto", and each setting's option: declared with the options.
+_FILLED = TrainOptions.deepspeed_fills()
+_FLAG = TrainOptions.deepspeed_flags()
 
 
 def resolve_ds_config(config: dict[str, Any], settings: dict[str, Any], explicit: set[str], *, world_size: int,
@@ -146,14 +130,14 @@ def resolve_ds_config(config: dict[str, Any], settings: dict[str, Any], explicit
 
     # The global batch: micro × accumulation × ranks. A fixed train_batch_size must agree with it.
     micro, accum = effective["micro_batch_size"], effective["grad_accum_steps"]
-    for name, option in (("micro_batch_size", "--batch-size"), ("grad_accum_steps", "--grad-accum")):
+    for name in ("micro_batch_size", "grad_accum_steps"):
         if not isinstance(effective[name], int) or effective[name] < 1:
-            problems.append(f"{option} {effective[name]}: must be a positive whole number")
+            problems.append(f"{_FLAG[name]} {effective[name]}: must be a positive whole number")
     if not problems:
         fixed_global = _get(config, "train_batch_size", AUTO)
         if fixed_global != AUTO and fixed_global != micro * accum * world_size:
             problems.append(f"the DeepSpeed config fixes train_batch_size={fixed_global}, which is not "
-                            f"--batch-size {micro} × --grad-accum {accum} × {world_size} ranks = {micro * accum * world_size}: "
+                            f"{_FLAG['micro_batch_size']} {micro} × {_FLAG['grad_accum_steps']} {accum} × {world_size} ranks = {micro * accum * world_size}: "
                             f"set it to \"auto\" or choose a batch size that divides it")
         config["train_batch_size"] = micro * accum * world_size
     effective["global_batch_size"] = micro * accum * world_size
@@ -166,8 +150,8 @@ def resolve_ds_config(config: dict[str, Any], settings: dict[str, Any], explicit
     precision = settings["precision"]
     if json_precision is not None:
         if "precision" in explicit and precision != json_precision:
-            problems.append(f"the DeepSpeed config enables {json_precision} but --precision {precision} contradicts it: "
-                            f"drop --precision or set fp16.enabled and bf16.enabled to \"auto\"")
+            problems.append(f"the DeepSpeed config enables {json_precision} but {_FLAG['precision']} {precision} contradicts it: "
+                            f"drop {_FLAG['precision']} or set fp16.enabled and bf16.enabled to \"auto\"")
         precision = json_precision
     if precision == "fp16" and device_type == "cpu":
         precision = cpu_precision_for_fp16(native_bf16)

@@ -18,7 +18,6 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from wdsbr import dist
 from wdsbr.scoring import Prediction
 
-METRICS = ("wer", "cer", "loss", "long_wer")  # all lower-is-better; long_wer: --val-long-form recordings
 
 
 def generate_kwargs(language: str | None, num_beams: int, max_new_tokens: int) -> dict[str, Any]:

@@ -24,12 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from wdsbr.data import make_eval_loader
+from wdsbr.data import LoaderOptions, make_eval_loader
 from wdsbr.model import load_processor, set_prompt
+from wdsbr.options import QUANTIZATIONS
 from wdsbr.scoring import Prediction, load_normalizer, score_all
 
-QUANTIZATIONS = ("float32", "float16", "bfloat16", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "int16")
-COMPUTE_TYPES = ("default", "auto", *QUANTIZATIONS)
 # what faster-whisper reads from the folder: CTranslate2's model and vocabulary, and the two files copied beside them
 CT2_FILES = ("model.bin", "config.json", "vocabulary.json", "tokenizer.json", "preprocessor_config.json")
 # copied from the source when present: the two above, and what transformers needs to load the processor from the
@@ -37,7 +36,6 @@ CT2_FILES = ("model.bin", "config.json", "vocabulary.json", "tokenizer.json", "p
 COPIED = ("tokenizer.json", "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json",
           "added_tokens.json", "vocab.json", "merges.txt", "normalizer.json", "processor_config.json",
           "generation_config.json")
-ENGINES = ("transformers", "faster-whisper")
 
 
 def require_export_extra() -> None:
@@ -251,9 +249,7 @@ def export_and_score(best: str | Path, output: str | Path, shards: str, *, langu
     report = export_ct2(best, output, quantization, overwrite=True)
     engine = open_for_scoring(output, language, num_beams, max_new_tokens)
     tokenizer = engine["tokenizer"]
-    loader = make_eval_loader(shards, tokenizer, list(tokenizer.prefix_tokens), n_mels=engine["n_mels"],
-                              micro_batch_size=batch_size, num_workers=num_workers, normalize=load_normalizer(normalizer),
-                              keep_audio=True)
+    loader = make_eval_loader(shards, LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=engine["n_mels"], micro_batch_size=batch_size, num_workers=num_workers, normalize=load_normalizer(normalizer), keep_audio=True))
     results, seconds = run_faster_whisper(engine["model"], loader, engine["kwargs"])
     scores = score_all(results, normalizer)
     return {"format": "ct2", "path": str(output), "quantization": quantization, "engine": "faster-whisper",

@@ -28,6 +28,7 @@ from wdsbr.longform import Recording, run_long_form
 from wdsbr.metrics import MetricsLog
 from wdsbr.model import save_model_atomic
 from wdsbr.modelcard import describe_shards, training_command, write_model_card
+from wdsbr.options import TrainOptions
 from wdsbr.scoring import SCORE_KEYS, score_all
 
 
@@ -217,34 +218,35 @@ def evaluate(engine, val_loader, processor, gen_kwargs: dict, dtype: torch.dtype
     return decision[0]
 
 
-def finish(state: RunState, cfg: dict, out: Path, language: str | None, metrics: MetricsLog, total_seconds: float,
-           interrupted: str | None) -> dict:
+def finish(state: RunState, opts: TrainOptions, out: Path, language: str | None, metrics: MetricsLog,
+           total_seconds: float, interrupted: str | None) -> dict:
     """The summary row and `summary.json` (what a job scheduler reads to decide whether to requeue: a finished
     run is not restarted), and best/'s model card; rank 0 writes, every rank returns the summary."""
-    stopper, best = state.stopper, state.stopper.best_scores or {}
+    stopper, best, decoding = state.stopper, state.stopper.best_scores or {}, opts.decoding
     export = None
-    if cfg.get("export") and dist.is_main() and stopper.best is not None and (out / "best").is_dir():  # --export ct2
+    if opts.checkpoints.export and dist.is_main() and stopper.best is not None and (out / "best").is_dir():  # --export ct2
         say(f"exporting {out / 'best'} to CTranslate2 and scoring it with faster-whisper on the validation shards")
-        export = export_and_score(out / "best", out / "best-ct2", cfg["val_shards"], language=language,
-                                  normalizer=cfg["text_normalizer"], num_beams=cfg["num_beams"],
-                                  max_new_tokens=cfg["generation_max_length"], num_workers=cfg["num_workers"],
-                                  batch_size=cfg["eval_batch_size"] or cfg["batch_size"])
-    summary = dict(step=state.step, finished=state.stopped_early or state.step >= cfg["max_steps"], interrupted=interrupted,
-                   best_step=stopper.best_step, best_metric=cfg["metric"], best_value=stopper.best, best_wer=best.get("wer"),
-                   best_cer=best.get("cer"), stopped_early=state.stopped_early, train_seconds=round(state.train_seconds, 3),
+        export = export_and_score(out / "best", out / "best-ct2", opts.data.val_shards, language=language,
+                                  normalizer=decoding.text_normalizer, num_beams=decoding.num_beams,
+                                  max_new_tokens=decoding.generation_max_length, num_workers=opts.runtime.num_workers,
+                                  batch_size=opts.validation.eval_batch_size or opts.optim.batch_size)
+    summary = dict(step=state.step, finished=state.stopped_early or state.step >= opts.optim.max_steps,
+                   interrupted=interrupted, best_step=stopper.best_step, best_metric=opts.validation.metric,
+                   best_value=stopper.best, best_wer=best.get("wer"), best_cer=best.get("cer"),
+                   stopped_early=state.stopped_early, train_seconds=round(state.train_seconds, 3),
                    total_seconds=round(total_seconds, 3), **({"export": export} if export else {}))
     metrics.log("summary", **summary)
     metrics.close()
     if dist.is_main():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         if stopper.best is not None and (out / "best").is_dir():  # best/ uploads to the Hub as it is
-            trained_on = describe_shards(cfg["train_shards"])
-            write_model_card(out / "best", language=language or "en", base_model=cfg["model"],
+            trained_on = describe_shards(opts.data.train_shards)
+            write_model_card(out / "best", language=language or "en", base_model=opts.whisper.model,
                              datasets=trained_on["datasets"], hours=trained_on["hours"], scores=stopper.best_scores,
-                             normalizer=cfg["text_normalizer"], command=training_command(sys.argv), export=export)
+                             normalizer=decoding.text_normalizer, command=training_command(sys.argv), export=export)
     if state.stopped_early:
         best_so_far = f"best {stopper.best:.4f} at step {stopper.best_step}" if stopper.best is not None else "no finite value"
         say(f"stopped early at step {state.step}: {stopper.metric} did not improve for {stopper.patience} evaluations ({best_so_far})")
     if stopper.best is not None:
-        say(f"best {cfg['metric']} {stopper.best:.4f} at step {stopper.best_step}: {out / 'best'}")
+        say(f"best {opts.validation.metric} {stopper.best:.4f} at step {stopper.best_step}: {out / 'best'}")
     return summary
