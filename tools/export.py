@@ -30,7 +30,6 @@ import json
 import click
 
 from wdsbr.cli import command, run
-from wdsbr.export import export_ct2
 from wdsbr.options import QUANTIZATIONS
 
 
@@ -45,6 +44,8 @@ from wdsbr.options import QUANTIZATIONS
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(model, target, output, quantization, overwrite, debug):
     """Convert --model to --to format in --output; prints one JSON line (the files written, any warning)."""
+    from wdsbr.export import export_ct2  # torch and transformers: only once the options are read
+
     report = export_ct2(model, output, quantization, overwrite=overwrite)  # every problem first, in one line
     for warning in report["warnings"]:
         click.echo(f"warning: {warning}", err=True)

@@ -22,7 +22,6 @@ wdsbr.check_dependencies()  # a plain `python` without the set-up: one line nami
 import click
 
 from wdsbr.cli import command, run
-from wdsbr.model import build_tiny_whisper
 
 
 @command()
@@ -42,6 +41,8 @@ def main(output_dir, texts, n_mels, d_model, layers, english_only, seed):
         lines = [line for line in lines if line]
         if not lines:
             raise click.ClickException(f"{texts}: no non-empty .txt transcripts found")
+    from wdsbr.model import build_tiny_whisper  # torch and transformers: only once the options are read
+
     folder = build_tiny_whisper(output_dir, lines, n_mels=int(n_mels), d_model=d_model, layers=layers,
                                 multilingual=not english_only, seed=seed)
     click.echo(f"tiny Whisper written to {folder}")

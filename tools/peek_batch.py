@@ -20,9 +20,6 @@ wdsbr.check_dependencies()  # a plain `python` without the set-up: one line nami
 import click
 
 from wdsbr.cli import command, run
-from wdsbr.data import LoaderOptions, make_train_loader
-from wdsbr.model import load_processor
-from wdsbr.scoring import load_normalizer
 
 
 @command()
@@ -34,14 +31,17 @@ from wdsbr.scoring import load_normalizer
 @click.option("--text-normalizer", default="default", show_default=True,
               help="'default' (wdsbr.text.clean_text) or module:function.")
 def main(model, shards, language, batch_size, num_workers, text_normalizer):
-    try:
-        processor = load_processor(model, language=language)
-        normalize = load_normalizer(text_normalizer)
-        tokenizer = processor.tokenizer
-        loader = make_train_loader(shards, LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=processor.feature_extractor.feature_size, micro_batch_size=batch_size, num_workers=num_workers, normalize=normalize))
-        batch = next(iter(loader))
-    except (OSError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    from wdsbr.data import LoaderOptions, make_train_loader  # torch and transformers: only once the options are read
+    from wdsbr.model import load_processor
+    from wdsbr.scoring import load_normalizer
+
+    processor = load_processor(model, language=language)  # a bad model, shard or language: one line (cli.Command)
+    tokenizer = processor.tokenizer
+    loader = make_train_loader(shards, LoaderOptions(tokenizer, list(tokenizer.prefix_tokens),
+                                                     n_mels=processor.feature_extractor.feature_size,
+                                                     micro_batch_size=batch_size, num_workers=num_workers,
+                                                     normalize=load_normalizer(text_normalizer)))
+    batch = next(iter(loader))
     features, labels = batch["input_features"], batch["labels"]
     first = labels[0][labels[0] != -100].tolist()
     click.echo(f"input_features {tuple(features.shape)} {features.dtype}  min {features.min():.3f} max {features.max():.3f}")

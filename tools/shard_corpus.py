@@ -27,8 +27,6 @@ import re
 
 import click
 
-from wdsbr import corpus as corpus_lib
-from wdsbr import shards
 from wdsbr.cli import command, run
 
 SECTIONS = {
@@ -101,6 +99,8 @@ def main(paths, cv_train, ali, ali_windows, hf, hf_config, hf_splits, token, tex
     if hf and (ali or ali_windows or cv_train != "train"):
         raise click.UsageError("--ali, --ali-windows and --cv-train read a SOURCE folder, not --hf")
     output = Path(paths[-1])
+    from wdsbr import corpus as corpus_lib, shards  # torch (through webdataset): only once the options are read
+
     options = shards.ShardOptions(
         val_fraction=val_fraction, test_fraction=test_fraction, samples_per_shard=samples_per_shard,
         max_shard_bytes=max_shard_bytes, audio_format=audio_format, min_seconds=min_seconds,

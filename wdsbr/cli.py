@@ -12,7 +12,7 @@ import click
 
 from wdsbr import dist
 
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
+USER_ERRORS = (OSError, ValueError)  # a missing or unreadable file, a model folder without a tokenizer, a bad value
 
 
 class Command(click.Command):
