@@ -36,75 +36,13 @@ def main(**values):
     """Fine-tune Whisper on Breton (or any language) from WebDataset shards with DeepSpeed ZeRO-2."""
     for signum in (signal.SIGTERM, signal.SIGUSR1):  # from the first moment: a signal during start-up is kept too
         signal.signal(signum, lambda number, _frame: caught.append(signal.Signals(number).name))
-    opts, ds_config, notes = configure(TrainOptions.from_flat(values), explicit_options(click.get_current_context()))
+    from wdsbr.training import resolve_options  # torch, transformers, deepspeed: only once the options are read
+
+    opts, ds_config, notes = resolve_options(TrainOptions.from_flat(values), explicit_options(click.get_current_context()))
     if ds_config:
         train(opts, ds_config, notes)
     else:  # a finished run: say so and leave
         dist.say(notes[0])
-
-
-def configure(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOptions, dict, list[str]]:
-    """Check everything before any heavy work; raise one ConfigError that lists every problem."""
-    import json
-
-    from wdsbr.augment import parse_speeds
-    from wdsbr.engine import ConfigError, device_type, latest_checkpoint, load_ds_config, resolve_ds_config
-    from wdsbr.export import require_export_extra
-    from wdsbr.longform import list_recordings
-    from wdsbr.model import check_model, language_code
-    from wdsbr.scoring import load_normalizer
-    from wdsbr.streams import count_samples, list_shards
-
-    problems = []
-    out = Path(opts.checkpoints.output_dir) if opts.checkpoints.output_dir else None
-    if opts.checkpoints.resume and out and (out / "summary.json").is_file() and json.loads((out / "summary.json").read_text())["finished"]:
-        return opts, {}, [f"{out} finished already (see {out / 'summary.json'}): nothing to resume"]
-    if opts.checkpoints.resume:
-        saved = out / "config.json" if out else None
-        if saved is None or not saved.is_file() or latest_checkpoint(out / "checkpoints") is None:
-            raise ConfigError(f"--resume: no checkpoint to resume in {out or '(give --output-dir)'}")
-        previous = json.loads(saved.read_text())["options"]
-        kept = opts.not_resumed() | explicit  # the command line wins; the job's own options are never restored
-        opts = opts.replace({name: value for name, value in previous.items() if name not in kept})
-    elif out and latest_checkpoint(out / "checkpoints") is not None:
-        problems.append(f"{out} already holds a run: pass --resume to continue it or choose another --output-dir")
-    data, optim, val = opts.data, opts.optim, opts.validation
-    if val.metric == "long_wer" and not val.val_long_form:
-        problems.append("--metric long_wer: needs --val-long-form DATA, the long recordings to score")
-    for name, value in (("batch_size", optim.batch_size), ("grad_accum", optim.grad_accum), ("max_steps", optim.max_steps),
-                        ("eval_every", val.eval_every), ("log_every", opts.logging.log_every),
-                        ("keep_checkpoints", opts.checkpoints.keep_checkpoints)):
-        if value < 1:
-            problems.append(f"--{name.replace('_', '-')} {value}: must be at least 1")
-    for name, check in (("language", lambda: language_code(opts.whisper.language)),
-                        ("text_normalizer", lambda: load_normalizer(opts.decoding.text_normalizer)),
-                        ("train_shards", lambda: data.epoch_samples or count_samples(list_shards(data.train_shards))),  # or says how
-                        ("val_shards", lambda: list_shards(data.val_shards)),
-                        ("speed_perturb", lambda: parse_speeds(opts.augment.speed_perturb or "1")),
-                        ("export", lambda: opts.checkpoints.export and require_export_extra()),
-                        ("val_long_form", lambda: val.val_long_form and list_recordings(val.val_long_form))):
-        try:
-            check()
-        except (OSError, ValueError) as error:
-            problems.append(f"--{name.replace('_', '-')}: {error}".replace(f"--{name.replace('_', '-')}: --", "--"))
-    settings, explicit_settings = opts.deepspeed_settings(explicit)
-    try:
-        ds_config, effective, notes = resolve_ds_config(load_ds_config(optim.ds_config_path), settings, explicit_settings,
-                                                        world_size=dist.world_size(), device_type=device_type())
-    except ConfigError as error:  # its problems, less the options reported above already
-        reported = {problem.split(" ")[0] for problem in problems}
-        problems += [problem for problem in str(error).split("; ") if problem.split(" ")[0] not in reported]
-        ds_config, effective, notes = {}, settings, []
-    try:  # last, and without the network when anything else is wrong: a typo is reported at once
-        check_model(opts.whisper.model, opts.whisper.language if not any(p.startswith("--language") for p in problems) else None,
-                    load=not problems)
-    except (OSError, ValueError) as error:
-        problems.append(f"--model: {error}")
-    if problems:
-        raise ConfigError("; ".join(problems))
-    opts = opts.replace(dict(batch_size=effective["micro_batch_size"], grad_accum=effective["grad_accum_steps"],
-                             lr=effective["lr"], precision=effective["precision"]))  # what the JSON fixed, if it did
-    return opts, ds_config, notes
 
 
 def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
@@ -119,8 +57,8 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
     from wdsbr.metrics import MetricsLog, progress_bar
     from wdsbr.model import is_multilingual, language_code, load_model, load_processor, quiet_libraries
     from wdsbr.scoring import load_normalizer
-    from wdsbr.training import (RunState, StepMeter, any_rank_signalled, evaluate, finish, make_run_folder,
-                                save_run_checkpoint, say_left_out)
+    from wdsbr.training import (RunState, StepMeter, any_rank_signalled, finish, make_run_folder, save_run_checkpoint,
+                                say_left_out, validate)
 
     t_start = time.perf_counter()
     quiet_libraries()
@@ -197,7 +135,7 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
             stop_job = signalled or (saving.stop_after_steps is not None and state.step - state.start_step >= saving.stop_after_steps)
             state.done = state.step >= max_steps or stop_job
             if state.step % eval_every == 0 or state.step == max_steps:
-                state.stopped_early = evaluate(engine, val_loader, processor, gen_kwargs, dtype, state, out=out,
+                state.stopped_early = validate(engine, val_loader, processor, gen_kwargs, dtype, state, out=out,
                                                normalizer=opts.decoding.text_normalizer, language=language,
                                                metrics=metrics, long_form=long_form)  # collective: all ranks
                 state.done = state.done or state.stopped_early

@@ -27,13 +27,13 @@ def test_timestamp_ids_are_the_tokenizers_own_on_the_002_grid(tokenizers, kind):
     tokenizer = tokenizers[kind]
     begin = timestamp_begin(tokenizer)
     assert begin == tokenizer.convert_tokens_to_ids("<|notimestamps|>") + 1
-    assert tokenizer.convert_ids_to_tokens(timestamp_id(tokenizer, 2.4)) == "<|2.40|>"
-    assert tokenizer.convert_ids_to_tokens(timestamp_id(tokenizer, 5.013)) == "<|5.02|>"  # rounded to the grid
-    assert tokenizer.convert_ids_to_tokens(timestamp_id(tokenizer, 30.0)) == "<|30.00|>"
-    assert timestamp_id(tokenizer, 0.0) == tokenizer.convert_tokens_to_ids("<|0.00|>") == begin
+    assert tokenizer.convert_ids_to_tokens(timestamp_id(begin, 2.4)) == "<|2.40|>"
+    assert tokenizer.convert_ids_to_tokens(timestamp_id(begin, 5.013)) == "<|5.02|>"  # rounded to the grid
+    assert tokenizer.convert_ids_to_tokens(timestamp_id(begin, 30.0)) == "<|30.00|>"
+    assert timestamp_id(begin, 0.0) == tokenizer.convert_tokens_to_ids("<|0.00|>") == begin
     for outside in (-0.01, 30.02):
         with pytest.raises(ValueError, match="outside the 30 s window"):
-            timestamp_id(tokenizer, outside)
+            timestamp_id(begin, outside)
 
 
 def test_english_and_multilingual_ids_differ(tokenizers):

@@ -26,11 +26,16 @@ from wdsbr.features import HOP_LENGTH
 
 
 
+def stable_seed(*parts: int | str) -> int:
+    """A 64-bit seed that depends on nothing but `parts` (Python's hash() is salted per process): the data order,
+    packing, timestamps, previous text and augmentation of a run are drawn from these."""
+    return int.from_bytes(hashlib.sha1(repr(parts).encode()).digest()[:8], "little")
+
+
 def rng_for(seed: int, epoch: int, key: str, purpose: str) -> np.random.Generator:
     """A generator that depends on nothing but (seed, epoch, key, purpose): the same sample draws the same
     augmentation in every run, whichever rank, worker or batch position it lands in."""
-    digest = hashlib.sha1(repr((seed, epoch, key, purpose)).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return np.random.default_rng(stable_seed(seed, epoch, key, purpose))
 
 
 def _spans(rng: np.random.Generator, length: int, prob: float, span: int, min_masks: int) -> list[tuple[int, int]]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import hashlib
 import itertools
 import json
 import logging
@@ -45,7 +44,7 @@ import torch
 import webdataset as wds
 
 from wdsbr.audio import SAMPLE_RATE, WINDOW_SECONDS, AudioError, load_audio
-from wdsbr.augment import SpecAugment, parse_speeds, rng_for, speed_perturb
+from wdsbr.augment import SpecAugment, parse_speeds, rng_for, speed_perturb, stable_seed
 from wdsbr.collate import Collator
 from wdsbr.streams import count_samples, count_seconds, list_shards, read_shard_range, shard_counts
 from wdsbr.text import clean_text
@@ -83,11 +82,6 @@ class SkipCounter:
 
 # ---------------------------------------------------------------------------------------------- readers
 
-def _seed(*parts: int | str) -> int:
-    """A stable 64-bit seed from parts (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.sha1(repr(parts).encode()).digest()[:8], "little")
-
-
 def _reader_slot(rank: int, world_size: int, rotation: int = 0) -> tuple[int, int, int]:
     """(slot, n_slots, logical worker) of the calling DataLoader worker. `rotation` renumbers workers so that
     after a resume at batch b the first worker asked for a batch is the one that owns batch b."""
@@ -100,7 +94,7 @@ def _reader_slot(rank: int, world_size: int, rotation: int = 0) -> tuple[int, in
 def _shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
     """The epoch's seeded permutation of the shards: successive epochs concatenate them in different orders."""
     order = list(range(n_shards))
-    random.Random(_seed(seed, epoch, "shards")).shuffle(order)
+    random.Random(stable_seed(seed, epoch, "shards")).shuffle(order)
     return order
 
 
@@ -154,7 +148,7 @@ def _planned_train_samples(shards: list[str], counts: list[int], lengths: list[i
             for sample in read_shard_range(shards[shard], first, stop, said if overflow or repeat else on_problem):
                 yield {**sample, "__repeat__": repeat}
 
-    rng = random.Random(_seed(seed, epoch, slot))
+    rng = random.Random(stable_seed(seed, epoch, slot))
     yield from wds.shuffle(bufsize, initial=min(bufsize, 100), rng=rng)(read(start, end, overflow=False))
     for position in itertools.count(end, cycle):  # a top-up; ends when the batches are taken (the stage below)
         got = 0
@@ -286,7 +280,7 @@ def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_t
                 "repeat": any(s.get("repeat") for s in group)}
 
     def packs(sample: dict) -> bool:
-        return fraction >= 1.0 or _seed(sample["key"]) / 2**64 < fraction
+        return fraction >= 1.0 or stable_seed(sample["key"]) / 2**64 < fraction
 
     group: list[dict] = []
     group_labels: list[int] = []

@@ -37,12 +37,8 @@ def timestamp_begin(tokenizer) -> int:
     return no_timestamps + 1
 
 
-def timestamp_id(tokenizer, seconds: float) -> int:
-    """The token of `seconds` (0 to 30) on the 0.02 s grid."""
-    return _timestamp_id(timestamp_begin(tokenizer), seconds)
-
-
-def _timestamp_id(begin: int, seconds: float) -> int:
+def timestamp_id(begin: int, seconds: float) -> int:
+    """The token of `seconds` (0 to 30) on the 0.02 s grid; `begin`: the tokenizer's `<|0.00|>` (`timestamp_begin`)."""
     if not 0.0 <= seconds <= WINDOW_SECONDS + 1e-9:
         raise ValueError(f"timestamp {seconds:.3f} s is outside the {WINDOW_SECONDS:.0f} s window")
     return begin + int(round(seconds / TIME_PRECISION))
@@ -75,8 +71,8 @@ def timed_labels(tokenizer, prompt_ids: Sequence[int], segments: Sequence[tuple[
     begin = timestamp_begin(tokenizer)  # once per window: this runs in the DataLoader workers
     labels = timestamp_prompt(prompt_ids, tokenizer)
     for start, end, text in segments:
-        labels += [_timestamp_id(begin, start), *tokenizer.encode(" " + text.strip(), add_special_tokens=False),
-                   _timestamp_id(begin, end)]
+        labels += [timestamp_id(begin, start), *tokenizer.encode(" " + text.strip(), add_special_tokens=False),
+                   timestamp_id(begin, end)]
     labels.append(tokenizer.eos_token_id)
     return labels if len(labels) - 1 <= max_label_tokens else None
 

@@ -1,4 +1,5 @@
-"""Training helpers for `launch/train.py`: the run's state, the train rows, checkpoints that carry the data
+"""Training helpers for `launch/train.py`: its options resolved and checked (`resolve_options`: --resume,
+DeepSpeed's "auto" values, every problem at once), the run's state, the train rows, checkpoints that carry the data
 stream's position, validation with rank 0's decision, and the end-of-run records.
 
 `RunState` is everything a run is at (step, data epoch and position, timers, counters, early stopping): the
@@ -19,17 +20,20 @@ from typing import Iterator
 import torch
 
 from wdsbr import dist
-from wdsbr.dist import say
+from wdsbr.augment import parse_speeds
 from wdsbr.data import SkipCounter
-from wdsbr.engine import environment_summary, loss_scale, save_checkpoint
+from wdsbr.dist import say
+from wdsbr.engine import (ConfigError, device_type, environment_summary, latest_checkpoint, load_ds_config, loss_scale,
+                          resolve_ds_config, save_checkpoint)
 from wdsbr.evaluation import EarlyStopping, gather, run_validation
-from wdsbr.export import export_and_score
-from wdsbr.longform import Recording, run_long_form
+from wdsbr.export import export_and_score, require_export_extra
+from wdsbr.longform import Recording, list_recordings, run_long_form
 from wdsbr.metrics import MetricsLog
-from wdsbr.model import save_model_atomic
+from wdsbr.model import check_model, language_code, save_model_atomic
 from wdsbr.modelcard import describe_shards, training_command, write_model_card
 from wdsbr.options import TrainOptions
-from wdsbr.scoring import SCORE_KEYS, score_all
+from wdsbr.scoring import SCORE_KEYS, load_normalizer, score_all
+from wdsbr.streams import count_samples, list_shards
 
 
 @dataclass
@@ -183,7 +187,7 @@ def long_form_scores(model, processor, recordings: list[Recording], gen_kwargs: 
             "long_seconds": round(time.perf_counter() - start, 3)}
 
 
-def evaluate(engine, val_loader, processor, gen_kwargs: dict, dtype: torch.dtype, state: RunState, *,
+def validate(engine, val_loader, processor, gen_kwargs: dict, dtype: torch.dtype, state: RunState, *,
              normalizer: str, out: Path, language: str | None, metrics: MetricsLog,
              long_form: list[Recording] | None = None) -> bool:
     """Collective: all ranks. Score the whole validation set (and, with `long_form`, this rank's share of the
@@ -250,3 +254,59 @@ def finish(state: RunState, opts: TrainOptions, out: Path, language: str | None,
     if stopper.best is not None:
         say(f"best {opts.validation.metric} {stopper.best:.4f} at step {stopper.best_step}: {out / 'best'}")
     return summary
+
+
+def resolve_options(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOptions, dict, list[str]]:
+    """The run's options (with --resume, the saved ones but for those the command line gave: `explicit`), the
+    DeepSpeed config with its "auto" values filled, and notes to print; no DeepSpeed config for a run that finished
+    already (the note says so). Everything is checked before any heavy work: one ConfigError lists every problem."""
+    problems = []
+    out = Path(opts.checkpoints.output_dir) if opts.checkpoints.output_dir else None
+    if opts.checkpoints.resume and out and (out / "summary.json").is_file() and json.loads((out / "summary.json").read_text())["finished"]:
+        return opts, {}, [f"{out} finished already (see {out / 'summary.json'}): nothing to resume"]
+    if opts.checkpoints.resume:
+        saved = out / "config.json" if out else None
+        if saved is None or not saved.is_file() or latest_checkpoint(out / "checkpoints") is None:
+            raise ConfigError(f"--resume: no checkpoint to resume in {out or '(give --output-dir)'}")
+        previous = json.loads(saved.read_text())["options"]
+        kept = opts.not_resumed() | explicit  # the command line wins; the job's own options are never restored
+        opts = opts.replace({name: value for name, value in previous.items() if name not in kept})
+    elif out and latest_checkpoint(out / "checkpoints") is not None:
+        problems.append(f"{out} already holds a run: pass --resume to continue it or choose another --output-dir")
+    data, optim, val = opts.data, opts.optim, opts.validation
+    if val.metric == "long_wer" and not val.val_long_form:
+        problems.append("--metric long_wer: needs --val-long-form DATA, the long recordings to score")
+    for name, value in (("batch_size", optim.batch_size), ("grad_accum", optim.grad_accum), ("max_steps", optim.max_steps),
+                        ("eval_every", val.eval_every), ("log_every", opts.logging.log_every),
+                        ("keep_checkpoints", opts.checkpoints.keep_checkpoints)):
+        if value < 1:
+            problems.append(f"--{name.replace('_', '-')} {value}: must be at least 1")
+    for name, check in (("language", lambda: language_code(opts.whisper.language)),
+                        ("text_normalizer", lambda: load_normalizer(opts.decoding.text_normalizer)),
+                        ("train_shards", lambda: data.epoch_samples or count_samples(list_shards(data.train_shards))),  # or says how
+                        ("val_shards", lambda: list_shards(data.val_shards)),
+                        ("speed_perturb", lambda: parse_speeds(opts.augment.speed_perturb or "1")),
+                        ("export", lambda: opts.checkpoints.export and require_export_extra()),
+                        ("val_long_form", lambda: val.val_long_form and list_recordings(val.val_long_form))):
+        try:
+            check()
+        except (OSError, ValueError) as error:
+            problems.append(f"--{name.replace('_', '-')}: {error}".replace(f"--{name.replace('_', '-')}: --", "--"))
+    settings, explicit_settings = opts.deepspeed_settings(explicit)
+    try:
+        ds_config, effective, notes = resolve_ds_config(load_ds_config(optim.ds_config_path), settings, explicit_settings,
+                                                        world_size=dist.world_size(), device_type=device_type())
+    except ConfigError as error:  # its problems, less the options reported above already
+        reported = {problem.split(" ")[0] for problem in problems}
+        problems += [problem for problem in str(error).split("; ") if problem.split(" ")[0] not in reported]
+        ds_config, effective, notes = {}, settings, []
+    try:  # last, and without the network when anything else is wrong: a typo is reported at once
+        check_model(opts.whisper.model, opts.whisper.language if not any(p.startswith("--language") for p in problems) else None,
+                    load=not problems)
+    except (OSError, ValueError) as error:
+        problems.append(f"--model: {error}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    opts = opts.replace(dict(batch_size=effective["micro_batch_size"], grad_accum=effective["grad_accum_steps"],
+                             lr=effective["lr"], precision=effective["precision"]))  # what the JSON fixed, if it did
+    return opts, ds_config, notes
