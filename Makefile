@@ -16,11 +16,12 @@ DEMO_DECODE := --language br --text-normalizer breton --generation-max-length 60
 CORPUS ?= ./corpus
 SHARDS ?= shards
 
-.PHONY: help setup demo shard test docs bench bench-accuracy bench-breton clean
+.PHONY: help setup demo shard test lint docs bench bench-accuracy bench-breton clean
 help:
 	@echo "make demo   set up, shard the bundled Breton sample, fine-tune OpenAI's multilingual base on it with 2 ranks: zero-shot vs fine-tuned WER"
 	@echo "make shard CORPUS=./corpus SHARDS=shards   set up and shard a corpus (tools/shard_corpus.py)"
 	@echo "make test   set up and run the tests (CPU, offline)"
+	@echo "make lint   ruff format --check and ruff check (configured in pyproject.toml)"
 	@echo "make docs   build the guides in docs/ with MkDocs, strict (a broken link fails), into build/site/"
 	@echo "make bench  run the benchmarks in bench/ (JSON in bench/results/)"
 	@echo "make bench-accuracy   wdsbr vs the HF recipe fine-tuning a real tiny.en, 3 seeds (espeak-ng + sox; hours on 2 CPU cores: bench/RESULTS.md)"
@@ -54,6 +55,10 @@ shard: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 docs: setup  # mkdocs.yml: the guides in docs/, offline; strict, so a broken link or anchor or a page left out of the nav fails
 	test -x $(BIN)/mkdocs || $(BIN)/pip install --quiet -e '.[docs]'
