@@ -126,9 +126,11 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"torch threads {torch.get_num_threads()} (os.cpu_count {os.cpu_count()}), "
-          f"CUDA {torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"torch threads {torch.get_num_threads()} (os.cpu_count {os.cpu_count()}), "
+        f"CUDA {torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'}"
+    )
 
     extractor = WhisperFeatureExtractor(feature_size=N_MELS)
     candidates = build_candidates(extractor)
@@ -157,8 +159,10 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|")
     for case, results in report["cases"].items():
         for name, r in results.items():
-            print(f"| {case} | {name} | {r['median']:.1f} | {r['min']:.1f}-{r['max']:.1f} | {r['vs_hf_numpy']:.1f}x "
-                  f"| {r['max_abs_diff_vs_hf_numpy']:.1e} |")
+            print(
+                f"| {case} | {name} | {r['median']:.1f} | {r['min']:.1f}-{r['max']:.1f} | {r['vs_hf_numpy']:.1f}x "
+                f"| {r['max_abs_diff_vs_hf_numpy']:.1e} |"
+            )
     print(f"\nwrote {out} in {report['bench_seconds']:.0f} s")
 
 

@@ -50,13 +50,25 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 import webdataset as wds
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (AnonymousPeak, DataCollatorSpeechSeq2SeqWithPadding, child_rusage, fmt, hf_map, hf_raw_dataset,  # noqa: E402
-                    plural, print_table, run_measured, save_results, shard_folder, summarize, write_corpus)
+from common import (
+    AnonymousPeak,
+    DataCollatorSpeechSeq2SeqWithPadding,
+    child_rusage,
+    fmt,
+    hf_map,
+    hf_raw_dataset,  # noqa: E402
+    plural,
+    print_table,
+    run_measured,
+    save_results,
+    shard_folder,
+    summarize,
+    write_corpus,
+)
 
 from wdsbr import streams  # noqa: E402
 from wdsbr.data import LoaderOptions, make_train_loader  # noqa: E402
@@ -80,7 +92,17 @@ def quiet_datasets() -> None:
 
 def wdsbr_epoch(shards: Path, processor, num_workers: int, batch_size: int) -> dict:
     tokenizer = processor.tokenizer
-    loader = make_train_loader(shards, LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=batch_size, num_workers=num_workers, shuffle_buffer=256))
+    loader = make_train_loader(
+        shards,
+        LoaderOptions(
+            tokenizer,
+            list(tokenizer.prefix_tokens),
+            n_mels=80,
+            micro_batch_size=batch_size,
+            num_workers=num_workers,
+            shuffle_buffer=256,
+        ),
+    )
     start = time.perf_counter()
     samples = sum(batch["input_features"].shape[0] for batch in loader)
     return {"samples": samples, "seconds": time.perf_counter() - start}
@@ -93,18 +115,27 @@ def hf_epochs(rows: list[dict], cache_dir: Path, processor, num_proc: int, batch
     start = time.perf_counter()
     mapped = hf_map(raw, processor, num_proc=num_proc if num_proc > 1 else None)
     map_seconds = time.perf_counter() - start
-    collator = DataCollatorSpeechSeq2SeqWithPadding(processor, processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>"))
-    loader = torch.utils.data.DataLoader(mapped, batch_size=batch_size, shuffle=True, collate_fn=collator,
-                                         num_workers=num_proc - 1)
+    collator = DataCollatorSpeechSeq2SeqWithPadding(
+        processor, processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+    )
+    loader = torch.utils.data.DataLoader(
+        mapped, batch_size=batch_size, shuffle=True, collate_fn=collator, num_workers=num_proc - 1
+    )
     start = time.perf_counter()
     samples = sum(batch["input_features"].shape[0] for batch in loader)
     iterate_seconds = time.perf_counter() - start
     cache_bytes = sum(os.path.getsize(f["filename"]) for f in mapped.cache_files)
-    return {"samples": samples, "map_seconds": map_seconds, "iterate_seconds": iterate_seconds,
-            "cache_mb": cache_bytes / 1e6, "clips": len(rows)}
+    return {
+        "samples": samples,
+        "map_seconds": map_seconds,
+        "iterate_seconds": iterate_seconds,
+        "cache_mb": cache_bytes / 1e6,
+        "clips": len(rows),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- RSS child
+
 
 def rss_child(args: argparse.Namespace) -> None:
     """One epoch of one pipeline in this (fresh) process; prints peak RSS (ru_maxrss: mapped files included) and
@@ -124,8 +155,22 @@ def rss_child(args: argparse.Namespace) -> None:
 def measure_rss(kind: str, shards: Path, rows_file: Path, cache: Path, model: Path, batch_size: int) -> dict:
     """Run rss_child in a fresh process. Started through run_measured's small wrapper process, not forked from
     this one: Linux keeps a forked child's ru_maxrss from the parent's size at fork, across exec."""
-    command = [sys.executable, __file__, "--rss-child", kind, "--shards", str(shards), "--rows", str(rows_file),
-               "--cache", str(cache), "--model", str(model), "--batch-size", str(batch_size)]
+    command = [
+        sys.executable,
+        __file__,
+        "--rss-child",
+        kind,
+        "--shards",
+        str(shards),
+        "--rows",
+        str(rows_file),
+        "--cache",
+        str(cache),
+        "--model",
+        str(model),
+        "--batch-size",
+        str(batch_size),
+    ]
     measured = run_measured(command)
     if measured.rc != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{measured.output[-3000:]}")
@@ -136,11 +181,17 @@ def measure_rss(kind: str, shards: Path, rows_file: Path, cache: Path, model: Pa
 
 # -------------------------------------------------------------------------------------------- exact epoch
 
+
 def load_before(ref: str, folder: Path):
     """wdsbr/data.py as it was at git commit `ref`, importable as `data_before` (it imports today's wdsbr.audio,
     wdsbr.collate and wdsbr.text, unchanged since); `folder` goes on sys.path, so workers import it too."""
-    source = subprocess.run(["git", "show", f"{ref}:wdsbr/data.py"], cwd=Path(__file__).resolve().parents[1],
-                            capture_output=True, text=True, check=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{ref}:wdsbr/data.py"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     (folder / "data_before.py").write_text(source)
     sys.path.insert(0, str(folder))
     return importlib.import_module("data_before")
@@ -160,26 +211,50 @@ def plain_shards(folder: Path, sizes: list[int], seconds: float) -> list[str]:
         path = folder / f"shard-{shard:06d}.tar"
         with wds.TarWriter(str(path)) as writer:
             for index in range(size):
-                writer.write({"__key__": f"s{shard}_{index:04d}", "wav": clips[(shard + index) % len(clips)], "txt": "demat"})
+                writer.write(
+                    {"__key__": f"s{shard}_{index:04d}", "wav": clips[(shard + index) % len(clips)], "txt": "demat"}
+                )
         paths.append(str(path))
     return paths
 
 
-def coverage(module, shards: list[str], processor, micro_batch_size: int, world_size: int = 2, workers: int = 2) -> dict:
+def coverage(
+    module, shards: list[str], processor, micro_batch_size: int, world_size: int = 2, workers: int = 2
+) -> dict:
     """One epoch on every rank: samples shown once, more than once, never; batches per rank."""
     tokenizer = processor.tokenizer
     seen, batches = collections.Counter(), []
     for rank in range(world_size):
-        loader = module.make_train_loader(shards, LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=micro_batch_size, num_workers=workers, rank=rank, world_size=world_size, shuffle_buffer=64))
+        loader = module.make_train_loader(
+            shards,
+            LoaderOptions(
+                tokenizer,
+                list(tokenizer.prefix_tokens),
+                n_mels=80,
+                micro_batch_size=micro_batch_size,
+                num_workers=workers,
+                rank=rank,
+                world_size=world_size,
+                shuffle_buffer=64,
+            ),
+        )
         keys = [batch["keys"] for batch in loader]
         batches.append(len(keys))
         seen.update(key for batch in keys for key in batch)
     total = module.count_samples(shards)
-    return {"samples": total, "once": sum(n == 1 for n in seen.values()), "repeated": sum(n > 1 for n in seen.values()),
-            "never": total - len(seen), "extra_batch_slots": sum(n - 1 for n in seen.values()), "batches_per_rank": batches}
+    return {
+        "samples": total,
+        "once": sum(n == 1 for n in seen.values()),
+        "repeated": sum(n > 1 for n in seen.values()),
+        "never": total - len(seen),
+        "extra_batch_slots": sum(n - 1 for n in seen.values()),
+        "batches_per_rank": batches,
+    }
 
 
-def raw_epoch(module, shards: list[str], readers: int, micro_batch_size: int, batches_per_rank: int, today: bool) -> dict:
+def raw_epoch(
+    module, shards: list[str], readers: int, micro_batch_size: int, batches_per_rank: int, today: bool
+) -> dict:
     """Every reader's raw stage (tar -> shuffle buffer) for its quota of samples, readers = ranks here (0 workers)."""
     counts = module.shard_counts(shards) if today else None  # the loader counts once, before any reader
     start = time.perf_counter()
@@ -203,7 +278,19 @@ def loader_epoch(module, shards: list[str], processor, readers: int, micro_batch
     start = time.perf_counter()
     samples = 0
     for rank in range(readers):
-        loader = module.make_train_loader(shards, LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=micro_batch_size, num_workers=0, rank=rank, world_size=readers, shuffle_buffer=1000))
+        loader = module.make_train_loader(
+            shards,
+            LoaderOptions(
+                tokenizer,
+                list(tokenizer.prefix_tokens),
+                n_mels=80,
+                micro_batch_size=micro_batch_size,
+                num_workers=0,
+                rank=rank,
+                world_size=readers,
+                shuffle_buffer=1000,
+            ),
+        )
         samples += sum(batch["input_features"].shape[0] for batch in loader)
         if hasattr(module, "shard_counts"):
             streams.tar_count.cache_clear()
@@ -217,11 +304,16 @@ def epoch_section(args: argparse.Namespace, tmp: Path, processor) -> dict:
     modules = {f"before ({args.before})": (before, False), "today": (today, True)}
     issue = plain_shards(tmp / "issue", [14, 6, 1, 9, 3, 11], seconds=0.3)
     layout = plain_shards(tmp / "layout", [32, 32, 32, 32, 2], seconds=0.3)
-    scenarios = [("issue-16 shards (14, 6, 1, 9, 3, 11), micro-batch 2", issue, 2),
-                 ("issue-16 shards (14, 6, 1, 9, 3, 11), micro-batch 3", issue, 3),
-                 ("shard tool layout (4 × 32 + 2), micro-batch 4", layout, 4)]
-    covered = [{"scenario": name, "version": version, **coverage(module, shards, processor, mb)}
-               for name, shards, mb in scenarios for version, (module, _) in modules.items()]
+    scenarios = [
+        ("issue-16 shards (14, 6, 1, 9, 3, 11), micro-batch 2", issue, 2),
+        ("issue-16 shards (14, 6, 1, 9, 3, 11), micro-batch 3", issue, 3),
+        ("shard tool layout (4 × 32 + 2), micro-batch 4", layout, 4),
+    ]
+    covered = [
+        {"scenario": name, "version": version, **coverage(module, shards, processor, mb)}
+        for name, shards, mb in scenarios
+        for version, (module, _) in modules.items()
+    ]
 
     big = plain_shards(tmp / "big", [1000, 1000, 1000, 500], seconds=1.0)
     readers, micro_batch_size = 4, 16
@@ -231,23 +323,48 @@ def epoch_section(args: argparse.Namespace, tmp: Path, processor) -> dict:
         for version, (module, is_today) in modules.items():
             runs[("raw read", version)].append(raw_epoch(module, big, readers, micro_batch_size, batches, is_today))
             runs[("whole loader", version)].append(loader_epoch(module, big, processor, readers, micro_batch_size))
-    cost = [{"stage": stage, "version": version, "samples_per_s": summarize([r["samples"] / r["seconds"] for r in results]),
-             "runs": results} for (stage, version), results in runs.items()]
-    return {"ranks": 2, "workers": 2, "coverage": covered, "cost_shards": [1000, 1000, 1000, 500], "cost_readers": readers,
-            "cost_micro_batch_size": micro_batch_size, "repeats": args.repeats, "cost": cost}
+    cost = [
+        {
+            "stage": stage,
+            "version": version,
+            "samples_per_s": summarize([r["samples"] / r["seconds"] for r in results]),
+            "runs": results,
+        }
+        for (stage, version), results in runs.items()
+    ]
+    return {
+        "ranks": 2,
+        "workers": 2,
+        "coverage": covered,
+        "cost_shards": [1000, 1000, 1000, 500],
+        "cost_readers": readers,
+        "cost_micro_batch_size": micro_batch_size,
+        "repeats": args.repeats,
+        "cost": cost,
+    }
 
 
 def print_epoch(report: dict) -> None:
     print("\none epoch at 2 ranks × 2 workers: samples shown once / more than once / never\n")
-    print_table(["shards", "loader", "once", "repeated", "never", "batches per rank"],
-                [[r["scenario"], r["version"], r["once"], r["repeated"], r["never"], r["batches_per_rank"]]
-                 for r in report["coverage"]])
-    print(f"\nsamples/s on 3,500 clips of 1 s in shards of 1,000, 1,000, 1,000 and 500, {report['cost_readers']} readers, "
-          f"{report['repeats']} repeats, median (min-max)\n")
-    print_table(["stage", "loader", "samples/s"], [[r["stage"], r["version"], fmt(r["samples_per_s"])] for r in report["cost"]])
+    print_table(
+        ["shards", "loader", "once", "repeated", "never", "batches per rank"],
+        [
+            [r["scenario"], r["version"], r["once"], r["repeated"], r["never"], r["batches_per_rank"]]
+            for r in report["coverage"]
+        ],
+    )
+    print(
+        f"\nsamples/s on 3,500 clips of 1 s in shards of 1,000, 1,000, 1,000 and 500, {report['cost_readers']} "
+        "readers, "
+        f"{report['repeats']} repeats, median (min-max)\n"
+    )
+    print_table(
+        ["stage", "loader", "samples/s"], [[r["stage"], r["version"], fmt(r["samples_per_s"])] for r in report["cost"]]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- main
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -258,8 +375,13 @@ def main() -> None:
     parser.add_argument("--hf-procs", type=int, nargs="+", default=[1, 2], help="recipe num_proc values to time")
     parser.add_argument("--rss-base", type=int, default=64, help="clips in the 1× corpus of the memory test")
     parser.add_argument("--rss-scales", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--sections", nargs="+", choices=["pipelines", "epoch"], default=["pipelines", "epoch"],
-                        help="pipelines: throughput and memory against the recipe; epoch: the exact epoch")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=["pipelines", "epoch"],
+        default=["pipelines", "epoch"],
+        help="pipelines: throughput and memory against the recipe; epoch: the exact epoch",
+    )
     parser.add_argument("--before", default="c2b1d01", help="git commit whose loader the exact epoch compares against")
     parser.add_argument("--rss-child", choices=["wdsbr", "hf"], help=argparse.SUPPRESS)
     for hidden in ("--shards", "--rows", "--cache", "--model"):
@@ -300,16 +422,25 @@ def main() -> None:
             if name.startswith("wdsbr"):
                 cores = max(1, next(w for w in args.workers if wdsbr_name(w) == name))
                 rates = [r["samples"] / r["seconds"] for r in results]
-                throughput[name] = {"cores": cores, "samples_per_s": summarize(rates),
-                                    "per_core": summarize([r / cores for r in rates]), "runs": results}
+                throughput[name] = {
+                    "cores": cores,
+                    "samples_per_s": summarize(rates),
+                    "per_core": summarize([r / cores for r in rates]),
+                    "runs": results,
+                }
             else:
                 cores = next(p for p in args.hf_procs if hf_name(p) == name)
                 first = [r["samples"] / (r["map_seconds"] + r["iterate_seconds"]) for r in results]
                 cached = [r["samples"] / r["iterate_seconds"] for r in results]
-                throughput[name] = {"cores": cores, "samples_per_s": summarize(first), "per_core": summarize([r / cores for r in first]),
-                                    "cached_epoch_samples_per_s": summarize(cached),
-                                    "map_samples_per_s": summarize([r["clips"] / r["map_seconds"] for r in results]),
-                                    "cache_mb_per_clip": results[0]["cache_mb"] / results[0]["clips"], "runs": results}
+                throughput[name] = {
+                    "cores": cores,
+                    "samples_per_s": summarize(first),
+                    "per_core": summarize([r / cores for r in first]),
+                    "cached_epoch_samples_per_s": summarize(cached),
+                    "map_samples_per_s": summarize([r["clips"] / r["map_seconds"] for r in results]),
+                    "cache_mb_per_clip": results[0]["cache_mb"] / results[0]["clips"],
+                    "runs": results,
+                }
         reference = throughput[hf_name(args.hf_procs[0])]["per_core"]["median"]
         for result in throughput.values():
             result["per_core_vs_hf_recipe"] = result["per_core"]["median"] / reference
@@ -328,24 +459,54 @@ def main() -> None:
                 memory.append({"pipeline": kind, "scale": scale, "clips": n_clips, **result})
             shutil.rmtree(corpus)
 
-    report = {"clips": args.clips, "clip_seconds": [2, 8], "batch_size": args.batch_size, "repeats": args.repeats,
-              "torch_threads": 1, "unit": "samples per second to padded batches", "throughput": throughput,
-              "memory": memory, "bench_seconds": time.perf_counter() - started}
+    report = {
+        "clips": args.clips,
+        "clip_seconds": [2, 8],
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "torch_threads": 1,
+        "unit": "samples per second to padded batches",
+        "throughput": throughput,
+        "memory": memory,
+        "bench_seconds": time.perf_counter() - started,
+    }
     out = save_results("loader", report)
 
-    print(f"\nloader: {args.clips} clips of 2-8 s (flac), batch {args.batch_size}, torch threads 1, {os.cpu_count()} CPUs, "
-          f"{args.repeats} repeats, median (min-max)\n")
+    print(
+        f"\nloader: {args.clips} clips of 2-8 s (flac), batch {args.batch_size}, torch threads 1, {os.cpu_count()} "
+        "CPUs, "
+        f"{args.repeats} repeats, median (min-max)\n"
+    )
     table = []
     for name, r in throughput.items():
         cached = fmt(r["cached_epoch_samples_per_s"]) if "cached_epoch_samples_per_s" in r else "same"
         table.append([name, fmt(r["samples_per_s"]), cached, fmt(r["per_core"]), f"{r['per_core_vs_hf_recipe']:.1f}x"])
-    print_table(["pipeline", "samples/s, first epoch", "samples/s, later epochs", "per core (first epoch)", "per core vs recipe"], table)
-    print(f"\npeak RSS of one process iterating one epoch (MB); the recipe's Arrow cache is "
-          f"{throughput[names[-1]]['cache_mb_per_clip']:.2f} MB per clip on disk\n")
-    print_table(["clips", "wdsbr RSS / anonymous", "hf recipe RSS / anonymous", "hf cache on disk (MB)"],
-                [[row["clips"], f"{row['self_mb']:.0f} / {row['anonymous_mb']:.0f}",
-                  f"{other['self_mb']:.0f} / {other['anonymous_mb']:.0f}", f"{other['cache_mb']:.0f}"]
-                 for row, other in zip(memory[0::2], memory[1::2])])
+    print_table(
+        [
+            "pipeline",
+            "samples/s, first epoch",
+            "samples/s, later epochs",
+            "per core (first epoch)",
+            "per core vs recipe",
+        ],
+        table,
+    )
+    print(
+        f"\npeak RSS of one process iterating one epoch (MB); the recipe's Arrow cache is "
+        f"{throughput[names[-1]]['cache_mb_per_clip']:.2f} MB per clip on disk\n"
+    )
+    print_table(
+        ["clips", "wdsbr RSS / anonymous", "hf recipe RSS / anonymous", "hf cache on disk (MB)"],
+        [
+            [
+                row["clips"],
+                f"{row['self_mb']:.0f} / {row['anonymous_mb']:.0f}",
+                f"{other['self_mb']:.0f} / {other['anonymous_mb']:.0f}",
+                f"{other['cache_mb']:.0f}",
+            ]
+            for row, other in zip(memory[0::2], memory[1::2])
+        ],
+    )
     print(f"\nwrote {out} in {report['bench_seconds']:.0f} s")
 
 

@@ -45,7 +45,7 @@ def make_recordings(test_corpus: Path, out: Path, clips: int, count: int, gap: f
             if made == count:
                 break
             parts, texts = [], []
-            for wav in wavs[start:start + clips]:
+            for wav in wavs[start : start + clips]:
                 audio, rate = sf.read(wav, dtype="float32")
                 assert rate == 16_000, wav
                 parts += [audio, np.zeros(int(gap * rate), np.float32)]
@@ -62,25 +62,52 @@ def evaluate(model: str, data: Path, out: Path, kind: str) -> dict:
     """kind: short (clip by clip), long (--long-form), long_prev (--long-form --condition-on-previous), and either
     long one with _fb (--temperature-fallback)."""
     out.mkdir(parents=True, exist_ok=True)
-    flags = (["--long-form"] if kind != "short" else []) + (["--condition-on-previous"] if "_prev" in kind else []) \
+    flags = (
+        (["--long-form"] if kind != "short" else [])
+        + (["--condition-on-previous"] if "_prev" in kind else [])
         + (["--temperature-fallback"] if kind.endswith("_fb") else [])
-    return evaluate_json(model, data, "--output", str(out / "scores.tsv"), "--language", "en", "--precision", "fp32",
-                         "--num-workers", "1", "--generation-max-length", "48" if kind == "short" else "224", *flags,
-                         threads=CORES, log=out / "evaluate.log")
+    )
+    return evaluate_json(
+        model,
+        data,
+        "--output",
+        str(out / "scores.tsv"),
+        "--language",
+        "en",
+        "--precision",
+        "fp32",
+        "--num-workers",
+        "1",
+        "--generation-max-length",
+        "48" if kind == "short" else "224",
+        *flags,
+        threads=CORES,
+        log=out / "evaluate.log",
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True, help="Whisper folders (English: the corpus is English)")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "wdsbr" / "bench-accuracy",
-                        help="bench_accuracy.py's cache: its corpus/test/ holds the clips")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "wdsbr" / "bench-accuracy",
+        help="bench_accuracy.py's cache: its corpus/test/ holds the clips",
+    )
     parser.add_argument("--clips", type=int, default=25, help="clips per recording")
     parser.add_argument("--recordings", type=int, default=6)
     parser.add_argument("--gap", type=float, default=0.5, help="seconds of silence between clips")
-    parser.add_argument("--condition-on-previous", action="store_true",
-                        help="also score long-form with each window prompted by the text before it (long_prev)")
-    parser.add_argument("--temperature-fallback", action="store_true",
-                        help="also score long-form with Whisper's temperature fallback (long_fb; long_prev_fb)")
+    parser.add_argument(
+        "--condition-on-previous",
+        action="store_true",
+        help="also score long-form with each window prompted by the text before it (long_prev)",
+    )
+    parser.add_argument(
+        "--temperature-fallback",
+        action="store_true",
+        help="also score long-form with Whisper's temperature fallback (long_fb; long_prev_fb)",
+    )
     parser.add_argument("--results", default="longform", help="bench/results/RESULTS.json")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -96,24 +123,55 @@ def main() -> None:
         longs += [f"{kind}_fb" for kind in longs] if args.temperature_fallback else []
         kinds = [("short", short)] + [(kind, long) for kind in longs]
         scores = {kind: evaluate(model, data, runs / kind, kind) for kind, data in kinds}
-        row = {"model": model, **{f"{kind}_{key}": s[key] for kind, s in scores.items() for key in ("wer", "cer", "samples", "seconds")},
-               **{f"{kind}_over_short": scores[kind]["wer"] / scores["short"]["wer"] if scores["short"]["wer"] else None
-                  for kind in scores if kind != "short"}}
+        row = {
+            "model": model,
+            **{f"{kind}_{key}": s[key] for kind, s in scores.items() for key in ("wer", "cer", "samples", "seconds")},
+            **{
+                f"{kind}_over_short": scores[kind]["wer"] / scores["short"]["wer"] if scores["short"]["wer"] else None
+                for kind in scores
+                if kind != "short"
+            },
+        }
         rows.append(row)
-        print(f"{model}: short WER {row['short_wer']:.4f}, " + ", ".join(f"{kind} {row[f'{kind}_wer']:.4f}" for kind in longs),
-              flush=True)
+        print(
+            f"{model}: short WER {row['short_wer']:.4f}, "
+            + ", ".join(f"{kind} {row[f'{kind}_wer']:.4f}" for kind in longs),
+            flush=True,
+        )
     seconds = sum(sf.info(p).duration for p in long.glob("*.wav"))
-    out = save_results(args.results, {"recordings": args.recordings, "clips_per_recording": args.clips, "gap": args.gap,
-                                    "recording_seconds": seconds, "models": rows,
-                                    "bench_seconds": time.perf_counter() - started})
+    out = save_results(
+        args.results,
+        {
+            "recordings": args.recordings,
+            "clips_per_recording": args.clips,
+            "gap": args.gap,
+            "recording_seconds": seconds,
+            "models": rows,
+            "bench_seconds": time.perf_counter() - started,
+        },
+    )
     print(f"\n{args.recordings} recordings of {args.clips} clips ({seconds / args.recordings:.0f} s each on average)\n")
-    names = {"long": "long-form WER", "long_prev": "previous text", "long_fb": "fallback",
-             "long_prev_fb": "previous text + fallback"}
-    print_table(["model", "short-clip WER"] + [heading for kind in longs for heading in (names[kind], "/ short")],
-                [[r["model"], f"{100 * r['short_wer']:.2f} %"]
-                 + [cell for kind in longs for cell in (f"{100 * r[f'{kind}_wer']:.2f} %",
-                                                        f"{r[f'{kind}_over_short']:.2f}×" if r[f"{kind}_over_short"] else "")]
-                 for r in rows])
+    names = {
+        "long": "long-form WER",
+        "long_prev": "previous text",
+        "long_fb": "fallback",
+        "long_prev_fb": "previous text + fallback",
+    }
+    print_table(
+        ["model", "short-clip WER"] + [heading for kind in longs for heading in (names[kind], "/ short")],
+        [
+            [r["model"], f"{100 * r['short_wer']:.2f} %"]
+            + [
+                cell
+                for kind in longs
+                for cell in (
+                    f"{100 * r[f'{kind}_wer']:.2f} %",
+                    f"{r[f'{kind}_over_short']:.2f}×" if r[f"{kind}_over_short"] else "",
+                )
+            ]
+            for r in rows
+        ],
+    )
     print(f"\nwrote {out}")
 
 

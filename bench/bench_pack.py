@@ -30,15 +30,51 @@ DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
 
 
 def train(model: Path, shards: Path, out: Path, seed: int, steps: int, eval_every: int, pack: float) -> dict:
-    command = [DEEPSPEED, "--num_gpus", "1", "--master_port", str(free_port()), "launch/train.py",
-               "--deepspeed", "configs/ds_zero2.json", "--model", str(model), "--output-dir", str(out),
-               "--train-shards", str(shards / "train"), "--val-shards", str(shards / "validation"),
-               "--batch-size", "4", "--lr", "1e-3", "--warmup-steps", "5", "--max-steps", str(steps),
-               "--eval-every", str(eval_every), "--patience", "0", "--num-workers", "1", "--log-every", "5",
-               "--generation-max-length", "60", "--seed", str(seed), "--precision", "bf16", *(["--pack", "--pack-fraction", str(pack)] if pack else [])]
+    command = [
+        DEEPSPEED,
+        "--num_gpus",
+        "1",
+        "--master_port",
+        str(free_port()),
+        "launch/train.py",
+        "--deepspeed",
+        "configs/ds_zero2.json",
+        "--model",
+        str(model),
+        "--output-dir",
+        str(out),
+        "--train-shards",
+        str(shards / "train"),
+        "--val-shards",
+        str(shards / "validation"),
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "5",
+        "--max-steps",
+        str(steps),
+        "--eval-every",
+        str(eval_every),
+        "--patience",
+        "0",
+        "--num-workers",
+        "1",
+        "--log-every",
+        "5",
+        "--generation-max-length",
+        "60",
+        "--seed",
+        str(seed),
+        "--precision",
+        "bf16",
+        *(["--pack", "--pack-fraction", str(pack)] if pack else []),
+    ]
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    )
     if result.returncode:
         raise SystemExit(result.stderr[-3000:])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -71,16 +107,22 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"packed": [], "partly": [], "unpacked": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        texts = [row["text"] for row in write_corpus(tmp / "corpus" / "train", args.clips, min_seconds=2, max_seconds=6)]
+        texts = [
+            row["text"] for row in write_corpus(tmp / "corpus" / "train", args.clips, min_seconds=2, max_seconds=6)
+        ]
         write_corpus(tmp / "corpus" / "validation", 24, seed=1, min_seconds=2, max_seconds=6, start=args.clips)
         shard_corpus(open_corpus(tmp / "corpus"), tmp / "shards", ShardOptions(samples_per_shard=60), progress=False)
         model = build_tiny_whisper(tmp / "model", texts, d_model=128, layers=2, vocab_size=600)
         for seed in args.seeds:  # interleaved: drift hits both alike
-            runs["packed"].append(train(model, tmp / "shards", tmp / f"packed-{seed}", seed, args.steps, args.steps, 1.0))
-            runs["partly"].append(train(model, tmp / "shards", tmp / f"partly-{seed}", seed, args.steps, args.steps,
-                                        args.fraction))
-            runs["unpacked"].append(train(model, tmp / "shards", tmp / f"unpacked-{seed}", seed,
-                                          args.steps * args.factor, args.steps, 0.0))
+            runs["packed"].append(
+                train(model, tmp / "shards", tmp / f"packed-{seed}", seed, args.steps, args.steps, 1.0)
+            )
+            runs["partly"].append(
+                train(model, tmp / "shards", tmp / f"partly-{seed}", seed, args.steps, args.steps, args.fraction)
+            )
+            runs["unpacked"].append(
+                train(model, tmp / "shards", tmp / f"unpacked-{seed}", seed, args.steps * args.factor, args.steps, 0.0)
+            )
 
     def at(run: dict, step: int) -> dict:
         return next(e for e in run["evals"] if e["step"] == step)
@@ -96,8 +138,11 @@ def main() -> None:
         "utterances per window": row(lambda r: r["packing_factor"]),
         f"val_loss at equal steps ({args.steps})": row(lambda r: at(r, args.steps)["val_loss"]),
         f"WER at equal steps ({args.steps})": row(lambda r: at(r, args.steps)["wer"]),
-        f"val_loss after {args.steps * args.factor} unpacked steps (about the utterances packed saw)":
-            [[at(r, args.steps * args.factor)["val_loss"] for r in runs["unpacked"]], [], []],
+        f"val_loss after {args.steps * args.factor} unpacked steps (about the utterances packed saw)": [
+            [at(r, args.steps * args.factor)["val_loss"] for r in runs["unpacked"]],
+            [],
+            [],
+        ],
         "wall seconds of the run": row(lambda r: r["wall_seconds"]),
     }
     print(f"pack: {args.clips} clips of 2-6 s, seeds {args.seeds}, batch 4, 1 rank, bf16, tiny Whisper d_model 128")
@@ -106,9 +151,17 @@ def main() -> None:
     for name, values in table.items():
         print(f"| {name} | " + " | ".join(spread(v) if v else "" for v in values) + " |")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "pack.json").write_text(json.dumps({"bench": "pack", "args": vars(args), "runs": runs,
-                                                   "table": {k: dict(zip(names, v)) for k, v in table.items()}},
-                                                  indent=2))
+    (RESULTS / "pack.json").write_text(
+        json.dumps(
+            {
+                "bench": "pack",
+                "args": vars(args),
+                "runs": runs,
+                "table": {k: dict(zip(names, v)) for k, v in table.items()},
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {RESULTS / 'pack.json'}")
 
 

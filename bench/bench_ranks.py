@@ -114,7 +114,18 @@ def worker_start_seconds(shards: str, path: str) -> float:
     from wdsbr.model import load_processor
 
     processor = load_processor(path, "en")
-    loader = make_train_loader(shards, LoaderOptions(tokenizer=processor.tokenizer, prompt_ids=list(processor.tokenizer.prefix_tokens), n_mels=80, micro_batch_size=8, num_workers=1, seed=0), epoch=0)
+    loader = make_train_loader(
+        shards,
+        LoaderOptions(
+            tokenizer=processor.tokenizer,
+            prompt_ids=list(processor.tokenizer.prefix_tokens),
+            n_mels=80,
+            micro_batch_size=8,
+            num_workers=1,
+            seed=0,
+        ),
+        epoch=0,
+    )
     start = time.perf_counter()
     next(iter(loader))
     return time.perf_counter() - start
@@ -123,7 +134,9 @@ def worker_start_seconds(shards: str, path: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(Path.home() / ".cache" / "wdsbr" / "tiny.en"))
-    parser.add_argument("--shards", default=str(Path.home() / ".cache" / "wdsbr" / "bench-accuracy" / "shards-train" / "train"))
+    parser.add_argument(
+        "--shards", default=str(Path.home() / ".cache" / "wdsbr" / "bench-accuracy" / "shards-train" / "train")
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--port", type=int, default=29650)
     args = parser.parse_args()
@@ -146,22 +159,48 @@ def main() -> None:
 
     one = one_rank + adam_all
     two = parts["compute_together"] + parts["all_reduce_bfloat16"] + parts["all_gather_bf16"] + adam_half
-    report = {"model": args.model, "parameters": parameters, "cores": CORES, "repeats": args.repeats,
-              "compute_1rank_16_seconds": one_rank, "compute_8_alone_seconds": alone, **{f"{k}_seconds": v for k, v in parts.items()},
-              "adamw_all_seconds": adam_all, "adamw_half_seconds": adam_half, "worker_start_seconds": worker,
-              "step_1rank_seconds": one, "step_2ranks_predicted_seconds": two,
-              "bench_seconds": time.perf_counter() - started}
+    report = {
+        "model": args.model,
+        "parameters": parameters,
+        "cores": CORES,
+        "repeats": args.repeats,
+        "compute_1rank_16_seconds": one_rank,
+        "compute_8_alone_seconds": alone,
+        **{f"{k}_seconds": v for k, v in parts.items()},
+        "adamw_all_seconds": adam_all,
+        "adamw_half_seconds": adam_half,
+        "worker_start_seconds": worker,
+        "step_1rank_seconds": one,
+        "step_2ranks_predicted_seconds": two,
+        "bench_seconds": time.perf_counter() - started,
+    }
     out = save_results("ranks", report)
     print(f"\n{Path(args.model).name}: {parameters / 1e6:.1f} M parameters, {CORES} cores, median of {args.repeats}\n")
-    print_table(["part", "1 rank × 16", "2 ranks × 8"], [
-        ["forward + backward", f"{one_rank:.2f} s ({CORES} threads)",
-         f"{parts['compute_together']:.2f} s (both at once, {max(1, CORES // 2)} thread each; {alone:.2f} s alone)"],
-        ["gradient all_reduce (bf16; fp32)", "", f"{parts['all_reduce_bfloat16']:.2f} s; {parts['all_reduce_float32']:.2f} s"],
-        ["parameter all_gather (bf16)", "", f"{parts['all_gather_bf16']:.2f} s"],
-        ["AdamW step", f"{adam_all:.2f} s", f"{adam_half:.2f} s (half the parameters)"],
-        ["step", f"{one:.2f} s", f"{two:.2f} s predicted ({two / one:.2f}×)"],
-        ["DataLoader worker start-up, per epoch", f"{worker:.2f} s" if worker else "", f"{worker:.2f} s" if worker else ""],
-    ], align="lll")
+    print_table(
+        ["part", "1 rank × 16", "2 ranks × 8"],
+        [
+            [
+                "forward + backward",
+                f"{one_rank:.2f} s ({CORES} threads)",
+                f"{parts['compute_together']:.2f} s (both at once, {max(1, CORES // 2)} thread each; {alone:.2f} s "
+                "alone)",
+            ],
+            [
+                "gradient all_reduce (bf16; fp32)",
+                "",
+                f"{parts['all_reduce_bfloat16']:.2f} s; {parts['all_reduce_float32']:.2f} s",
+            ],
+            ["parameter all_gather (bf16)", "", f"{parts['all_gather_bf16']:.2f} s"],
+            ["AdamW step", f"{adam_all:.2f} s", f"{adam_half:.2f} s (half the parameters)"],
+            ["step", f"{one:.2f} s", f"{two:.2f} s predicted ({two / one:.2f}×)"],
+            [
+                "DataLoader worker start-up, per epoch",
+                f"{worker:.2f} s" if worker else "",
+                f"{worker:.2f} s" if worker else "",
+            ],
+        ],
+        align="lll",
+    )
     print(f"\nwrote {out}")
 
 

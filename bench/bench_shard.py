@@ -29,9 +29,22 @@ from common import ROOT, fmt, plural, print_table, save_results, summarize, writ
 
 
 def shard_command(corpus: Path, output: Path, workers: int, audio_format: str) -> list[str]:
-    return [sys.executable, str(ROOT / "tools" / "shard_corpus.py"), str(corpus), str(output), "--overwrite",
-            "--no-progress", "--workers", str(workers), "--audio-format", audio_format,
-            "--val-fraction", "0", "--test-fraction", "0"]
+    return [
+        sys.executable,
+        str(ROOT / "tools" / "shard_corpus.py"),
+        str(corpus),
+        str(output),
+        "--overwrite",
+        "--no-progress",
+        "--workers",
+        str(workers),
+        "--audio-format",
+        audio_format,
+        "--val-fraction",
+        "0",
+        "--test-fraction",
+        "0",
+    ]
 
 
 def timed(command: list[str]) -> float:
@@ -56,14 +69,30 @@ def main() -> None:
         audio_mb = {rate: sum(p.stat().st_size for p in folder.glob("*.wav")) / 1e6 for rate, folder in corpora.items()}
 
         # name -> (command, source corpus, output folder or tar file)
-        candidates = {"tar, 44.1 kHz wav": (["tar", "cf", str(tmp / "out.tar"), "-C", str(corpora["44.1 kHz"]), "."], "44.1 kHz", None)}
+        candidates = {
+            "tar, 44.1 kHz wav": (
+                ["tar", "cf", str(tmp / "out.tar"), "-C", str(corpora["44.1 kHz"]), "."],
+                "44.1 kHz",
+                None,
+            )
+        }
         for workers in args.workers:
             candidates[f"shard_corpus, 44.1 kHz wav -> 16 kHz flac, {plural(workers, 'worker')}"] = (
-                shard_command(corpora["44.1 kHz"], tmp / "out", workers, "flac"), "44.1 kHz", tmp / "out")
-        candidates["tar, 16 kHz wav"] = (["tar", "cf", str(tmp / "out.tar"), "-C", str(corpora["16 kHz"]), "."], "16 kHz", None)
+                shard_command(corpora["44.1 kHz"], tmp / "out", workers, "flac"),
+                "44.1 kHz",
+                tmp / "out",
+            )
+        candidates["tar, 16 kHz wav"] = (
+            ["tar", "cf", str(tmp / "out.tar"), "-C", str(corpora["16 kHz"]), "."],
+            "16 kHz",
+            None,
+        )
         for workers in args.workers:
             candidates[f"shard_corpus, 16 kHz wav -> wav, {plural(workers, 'worker')}"] = (
-                shard_command(corpora["16 kHz"], tmp / "out", workers, "wav"), "16 kHz", tmp / "out")
+                shard_command(corpora["16 kHz"], tmp / "out", workers, "wav"),
+                "16 kHz",
+                tmp / "out",
+            )
 
         seconds: dict[str, list[float]] = {name: [] for name in candidates}
         tool_seconds: dict[str, list[float]] = {name: [] for name in candidates}
@@ -79,10 +108,11 @@ def main() -> None:
                     (tmp / "out.tar").unlink()
 
     results = {}
-    for name, (_, rate, output) in candidates.items():
+    for name, (_, rate, _output) in candidates.items():
         floor = "tar, 44.1 kHz wav" if rate == "44.1 kHz" else "tar, 16 kHz wav"
         results[name] = {
-            "source": rate, "source_audio_mb": audio_mb[rate],
+            "source": rate,
+            "source_audio_mb": audio_mb[rate],
             "clips_per_s": summarize([args.clips / s for s in seconds[name]]),
             "mb_per_s": summarize([audio_mb[rate] / s for s in seconds[name]]),
             "seconds": seconds[name],
@@ -90,21 +120,39 @@ def main() -> None:
         }
         results[name]["times_tar"] = statistics_ratio(seconds[name], seconds[floor])
         # the tool's own timer (no interpreter start-up) against tar's whole command
-        results[name]["times_tar_after_startup"] = (statistics_ratio(tool_seconds[name], seconds[floor])
-                                                    if tool_seconds[name] else None)
-    report = {"clips": args.clips, "clip_seconds": [2, 8], "repeats": args.repeats, "results": results,
-              "bench_seconds": time.perf_counter() - started}
+        results[name]["times_tar_after_startup"] = (
+            statistics_ratio(tool_seconds[name], seconds[floor]) if tool_seconds[name] else None
+        )
+    report = {
+        "clips": args.clips,
+        "clip_seconds": [2, 8],
+        "repeats": args.repeats,
+        "results": results,
+        "bench_seconds": time.perf_counter() - started,
+    }
     out = save_results("shard", report)
 
-    print(f"\nsharding {args.clips} clips of 2-8 s ({audio_mb['44.1 kHz']:.0f} MB at 44.1 kHz, {audio_mb['16 kHz']:.0f} MB at "
-          f"16 kHz), {os.cpu_count()} CPUs, {args.repeats} repeats, median (min-max), whole command\n")
+    print(
+        f"\nsharding {args.clips} clips of 2-8 s ({audio_mb['44.1 kHz']:.0f} MB at 44.1 kHz, {audio_mb['16 kHz']:.0f} "
+        "MB at "
+        f"16 kHz), {os.cpu_count()} CPUs, {args.repeats} repeats, median (min-max), whole command\n"
+    )
     rows = []
     for name, r in results.items():
         tool = fmt(r["tool_clips_per_s"]) if r["tool_clips_per_s"] else "-"
         after = f"{r['times_tar_after_startup']:.1f}x" if r["times_tar_after_startup"] else "-"
         rows.append([name, fmt(r["clips_per_s"]), fmt(r["mb_per_s"]), tool, f"{r['times_tar']:.1f}x", after])
-    print_table(["candidate", "clips/s", "MB/s of source audio", "clips/s after start-up", "time vs tar",
-                 "after start-up vs tar"], rows)
+    print_table(
+        [
+            "candidate",
+            "clips/s",
+            "MB/s of source audio",
+            "clips/s after start-up",
+            "time vs tar",
+            "after start-up vs tar",
+        ],
+        rows,
+    )
     print(f"\nwrote {out} in {report['bench_seconds']:.0f} s")
 
 

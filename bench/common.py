@@ -38,8 +38,18 @@ WORDS = "demat kenavo trugarez c'hoant bara mor ti gêr brezhoneg skol levr amze
 
 # ------------------------------------------------------------------------------------------------- corpora
 
-def write_corpus(folder: Path, n_clips: int, *, seed: int = 0, sample_rate: int = 16_000, audio_format: str = "wav",
-                 min_seconds: float = 2.0, max_seconds: float = 8.0, start: int = 0) -> list[dict]:
+
+def write_corpus(
+    folder: Path,
+    n_clips: int,
+    *,
+    seed: int = 0,
+    sample_rate: int = 16_000,
+    audio_format: str = "wav",
+    min_seconds: float = 2.0,
+    max_seconds: float = 8.0,
+    start: int = 0,
+) -> list[dict]:
     """`clipNNNNN.{wav,flac}` + `.txt` pairs: band-limited noise with a syllable-rate envelope (flac compresses it
     about like speech) and 2.5 Breton words a second. Returns [{"audio": path, "text": transcript, "seconds"}].
     The same seed gives the same clips whatever the sample rate or format (the signal is drawn at 16 kHz)."""
@@ -54,7 +64,9 @@ def write_corpus(folder: Path, n_clips: int, *, seed: int = 0, sample_rate: int 
         seconds = rng.uniform(min_seconds, max_seconds)
         t = np.arange(int(seconds * 16_000)) / 16_000
         envelope = np.clip(np.sin(2 * np.pi * rng.uniform(2, 5) * t), 0, None)
-        audio = (np.convolve(rng.standard_normal(len(t)), np.ones(8) / 8, mode="same") * envelope * 0.3).astype(np.float32)
+        audio = (np.convolve(rng.standard_normal(len(t)), np.ones(8) / 8, mode="same") * envelope * 0.3).astype(
+            np.float32
+        )
         if sample_rate != 16_000:
             audio = resample(audio, 16_000, sample_rate)
         text = " ".join(rng.choice(WORDS, size=max(1, int(seconds * 2.5)))).capitalize() + "."
@@ -70,12 +82,19 @@ def shard_folder(corpus: Path, output: Path, samples_per_shard: int = 32, audio_
     from wdsbr.corpus import open_corpus
     from wdsbr.shards import ShardOptions, shard_corpus
 
-    shard_corpus(open_corpus(corpus), output, ShardOptions(val_fraction=0, test_fraction=0, samples_per_shard=samples_per_shard,
-                                                           audio_format=audio_format, workers=1), progress=False)
+    shard_corpus(
+        open_corpus(corpus),
+        output,
+        ShardOptions(
+            val_fraction=0, test_fraction=0, samples_per_shard=samples_per_shard, audio_format=audio_format, workers=1
+        ),
+        progress=False,
+    )
     return output / "train"
 
 
 # ------------------------------------------------------------------------------- the Hugging Face recipe
+
 
 class DataCollatorSpeechSeq2SeqWithPadding:
     """The padding collator of the Hugging Face Whisper fine-tuning blog ("Fine-Tune Whisper For Multilingual ASR
@@ -130,11 +149,13 @@ def hf_prepare(processor):
 
 def hf_map(raw, processor, num_proc: int | None = None):
     """`dataset.map(prepare_dataset, remove_columns=…)` as in the blog (num_proc=None: in this process)."""
-    return raw.map(hf_prepare(processor), remove_columns=raw.column_names, num_proc=num_proc,
-                   desc=None, load_from_cache_file=False)
+    return raw.map(
+        hf_prepare(processor), remove_columns=raw.column_names, num_proc=num_proc, desc=None, load_from_cache_file=False
+    )
 
 
 # ---------------------------------------------------------------------------------------------- statistics
+
 
 def summarize(values: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
@@ -183,7 +204,15 @@ def _cpu_model() -> str:
 def evaluate_json(model: str | Path, data: str | Path, *options: str, threads: int, log: Path | None = None) -> dict:
     """launch/evaluate.py --model MODEL --data DATA OPTIONS with OMP_NUM_THREADS = `threads`: its JSON row. Its
     stderr goes to `log` when given; a failure raises RuntimeError naming the command and the log (or its tail)."""
-    command = [sys.executable, str(ROOT / "launch" / "evaluate.py"), "--model", str(model), "--data", str(data), *options]
+    command = [
+        sys.executable,
+        str(ROOT / "launch" / "evaluate.py"),
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        *options,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "w") if log else tempfile.TemporaryFile("w+") as stderr:
         result = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
@@ -219,7 +248,8 @@ import json, resource, subprocess, sys, time
 start = time.perf_counter()
 rc = subprocess.call(sys.argv[2:])
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-json.dump({"rc": rc, "wall_s": time.perf_counter() - start, "max_process_rss_mb": usage.ru_maxrss / 1024}, open(sys.argv[1], "w"))
+row = {"rc": rc, "wall_s": time.perf_counter() - start, "max_process_rss_mb": usage.ru_maxrss / 1024}
+json.dump(row, open(sys.argv[1], "w"))
 """
 
 
@@ -255,7 +285,9 @@ def _tree_cpu_seconds(processes) -> float:
     return total
 
 
-def run_measured(command: list[str], *, env: dict | None = None, cwd: Path | None = None, timeout: float = 600) -> Measured:
+def run_measured(
+    command: list[str], *, env: dict | None = None, cwd: Path | None = None, timeout: float = 600
+) -> Measured:
     """Run `command` in a wrapper process and measure it: the wrapper's RUSAGE_CHILDREN maxrss is the peak RSS
     of the largest process in the tree (exact, kernel-kept); a sampler adds up the tree's PSS (ranks + DataLoader
     workers + launcher), which counts shared libraries once rather than once per process, and its CPU time."""
@@ -264,8 +296,13 @@ def run_measured(command: list[str], *, env: dict | None = None, cwd: Path | Non
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         report = Path(handle.name)
     with tempfile.TemporaryFile(mode="w+") as log:
-        wrapper = subprocess.Popen([sys.executable, "-c", _WRAPPER, str(report), *command], env=env, cwd=cwd,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        wrapper = subprocess.Popen(
+            [sys.executable, "-c", _WRAPPER, str(report), *command],
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         peak, series, stop = [0.0], [(time.time(), 0.0)], threading.Event()
 
         def sample() -> None:
@@ -298,7 +335,11 @@ def run_measured(command: list[str], *, env: dict | None = None, cwd: Path | Non
                 wrapper.kill()
         log.seek(0)
         output = log.read()
-    result = json.loads(report.read_text()) if report.stat().st_size else {"rc": -1, "wall_s": float("nan"), "max_process_rss_mb": float("nan")}
+    result = (
+        json.loads(report.read_text())
+        if report.stat().st_size
+        else {"rc": -1, "wall_s": float("nan"), "max_process_rss_mb": float("nan")}
+    )
     report.unlink()
     return Measured(result["rc"], result["wall_s"], result["max_process_rss_mb"], peak[0], series, output)
 
@@ -337,6 +378,7 @@ def child_rusage() -> dict[str, float]:
     """Peak RSS in MB of this process and of its largest finished child (DataLoader workers, map's pool)."""
     import resource
 
-    return {"self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
-
+    return {
+        "self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }

@@ -75,9 +75,10 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built here: never wait for the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -93,11 +94,17 @@ import wdsbr  # noqa: E402  (the standard library only: wdsbr.REQUIRED)
 
 DS_CONFIG = ROOT / "configs" / "ds_zero2.json"
 LANGUAGE = "br"
-MEMORY_FRACTION = 0.85  # of the GPU's memory the sized micro-batch may fill (the rest: fragmentation, the loader's pinned batches)
+MEMORY_FRACTION = (
+    0.85  # of the GPU's memory the sized micro-batch may fill (the rest: fragmentation, the loader's pinned batches)
+)
 PROBE_BATCHES = (4, 8)  # micro-batches of the two memory probe steps
 LOSS_TOLERANCE = 0.05  # fp16 vs bf16: largest relative loss difference still "within noise"
-TARGETS = {"train small samples/s": 190.0, "train large-v3 samples/s": 30.0, "loader / trainer": 2.0,
-           "generate small utterances/s": 300.0}
+TARGETS = {
+    "train small samples/s": 190.0,
+    "train large-v3 samples/s": 30.0,
+    "loader / trainer": 2.0,
+    "generate small utterances/s": 300.0,
+}
 
 # The shapes of openai/whisper-small and openai/whisper-large-v3 (their config.json), randomly initialised.
 MODELS = {
@@ -139,20 +146,64 @@ class Sizes:
 
 
 GPU_SIZES = Sizes(
-    models=MODELS, clips=128, clip_seconds=(20.0, 30.0), samples_per_shard=32, warmup_steps=3, measured_steps=(5, 40),
-    train_seconds=15.0, model_only_steps=(1, 4), micro_batch=None, max_micro_batch={"small": 256, "large-v3": 128},
-    loader_rounds=3, shuffle_buffer=64, generate_batch=64, generate_batches=4, generate_tokens=32, hf_steps=(3, 10),
-    hf_workers=None, loss_check=(16, 20), feature_clips=64, feature_repeats=3, budget_seconds=480.0,
-    need_seconds={"train_small_fp16": 40, "train_small_bf16": 35, "train_large_fp16": 70, "train_large_bf16": 60,
-                  "loader": 15, "generate_small": 20, "generate_large": 30, "generate_small_compiled": 120, "log_mel": 15,
-                  "hf_trainer_small": 35, "hf_trainer_large": 60, "fp16_vs_bf16_loss": 35},
+    models=MODELS,
+    clips=128,
+    clip_seconds=(20.0, 30.0),
+    samples_per_shard=32,
+    warmup_steps=3,
+    measured_steps=(5, 40),
+    train_seconds=15.0,
+    model_only_steps=(1, 4),
+    micro_batch=None,
+    max_micro_batch={"small": 256, "large-v3": 128},
+    loader_rounds=3,
+    shuffle_buffer=64,
+    generate_batch=64,
+    generate_batches=4,
+    generate_tokens=32,
+    hf_steps=(3, 10),
+    hf_workers=None,
+    loss_check=(16, 20),
+    feature_clips=64,
+    feature_repeats=3,
+    budget_seconds=480.0,
+    need_seconds={
+        "train_small_fp16": 40,
+        "train_small_bf16": 35,
+        "train_large_fp16": 70,
+        "train_large_bf16": 60,
+        "loader": 15,
+        "generate_small": 20,
+        "generate_large": 30,
+        "generate_small_compiled": 120,
+        "log_mel": 15,
+        "hf_trainer_small": 35,
+        "hf_trainer_large": 60,
+        "fp16_vs_bf16_loss": 35,
+    },
 )
 DRY_SIZES = Sizes(
-    models=TINY_MODELS, clips=6, clip_seconds=(1.0, 1.5), samples_per_shard=3, warmup_steps=1, measured_steps=(1, 1),
-    train_seconds=0.0, model_only_steps=(0, 1), micro_batch=2, max_micro_batch={"small": 2, "large-v3": 2}, loader_rounds=2,
-    shuffle_buffer=4, generate_batch=2, generate_batches=1, generate_tokens=4, hf_steps=(1, 1),
-    hf_workers=0, loss_check=(4, 4),  # 0: no worker forked from a process that runs threads (a CI run must not hang)
-    feature_clips=4, feature_repeats=1, budget_seconds=600.0,
+    models=TINY_MODELS,
+    clips=6,
+    clip_seconds=(1.0, 1.5),
+    samples_per_shard=3,
+    warmup_steps=1,
+    measured_steps=(1, 1),
+    train_seconds=0.0,
+    model_only_steps=(0, 1),
+    micro_batch=2,
+    max_micro_batch={"small": 2, "large-v3": 2},
+    loader_rounds=2,
+    shuffle_buffer=4,
+    generate_batch=2,
+    generate_batches=1,
+    generate_tokens=4,
+    hf_steps=(1, 1),
+    hf_workers=0,
+    loss_check=(4, 4),  # 0: no worker forked from a process that runs threads (a CI run must not hang)
+    feature_clips=4,
+    feature_repeats=1,
+    budget_seconds=600.0,
 )
 
 
@@ -194,6 +245,7 @@ class Check:
 
 # ------------------------------------------------------------------------------------------------ helpers
 
+
 def synchronize() -> None:
     import torch
 
@@ -215,7 +267,10 @@ def gpu_memory() -> dict[str, float | None]:
 
     if not torch.cuda.is_available():
         return {"peak_allocated_gb": None, "peak_reserved_gb": None}
-    return {"peak_allocated_gb": torch.cuda.max_memory_allocated() / 1e9, "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9}
+    return {
+        "peak_allocated_gb": torch.cuda.max_memory_allocated() / 1e9,
+        "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9,
+    }
 
 
 def reset_peak_memory() -> None:
@@ -248,8 +303,14 @@ def ensure_distributed(check: Check) -> None:
         check.distributed = True
 
 
-def micro_batch_for(peaks: dict[int, int], total_bytes: float, pending_bytes: float, cap: int,
-                    fraction: float = MEMORY_FRACTION, multiple: int = 8) -> int:
+def micro_batch_for(
+    peaks: dict[int, int],
+    total_bytes: float,
+    pending_bytes: float,
+    cap: int,
+    fraction: float = MEMORY_FRACTION,
+    multiple: int = 8,
+) -> int:
     """The largest micro-batch, a multiple of `multiple` and at most `cap`, whose peak memory, extrapolated
     linearly from two probe steps (micro-batch -> peak bytes), stays under `fraction` of `total_bytes` once
     `pending_bytes` (optimizer state the probes did not allocate yet) are added; never below the smaller probe."""
@@ -267,12 +328,18 @@ def compare_losses(fp16: list[tuple[int, float]], bf16: list[tuple[int, float]])
     (updates applied before the step, loss). An fp16 step that overflowed applied none, so the steps after it
     are compared with bf16's steps before the same update, not with bf16's step of the same index."""
     reference = dict(bf16)
-    differences = [abs(loss - reference[applied]) / abs(reference[applied]) for applied, loss in fp16
-                   if applied in reference and reference[applied] != 0]
+    differences = [
+        abs(loss - reference[applied]) / abs(reference[applied])
+        for applied, loss in fp16
+        if applied in reference and reference[applied] != 0
+    ]
     if not differences:
         return {"compared_steps": 0, "max_relative_difference": None, "mean_relative_difference": None}
-    return {"compared_steps": len(differences), "max_relative_difference": max(differences),
-            "mean_relative_difference": statistics.mean(differences)}
+    return {
+        "compared_steps": len(differences),
+        "max_relative_difference": max(differences),
+        "mean_relative_difference": statistics.mean(differences),
+    }
 
 
 def make_batch(rows: list[dict], size: int, decoder_start_token_id: int, offset: int = 0) -> dict:
@@ -282,9 +349,12 @@ def make_batch(rows: list[dict], size: int, decoder_start_token_id: int, offset:
     from wdsbr.collate import pad_labels
 
     picked = [rows[(offset + index) % len(rows)] for index in range(size)]
-    return {"input_features": torch.stack([row["features"] for row in picked]),
-            "labels": pad_labels([row["labels"] for row in picked], decoder_start_token_id),
-            "keys": [row["key"] for row in picked], "texts": [row["text"] for row in picked]}
+    return {
+        "input_features": torch.stack([row["features"] for row in picked]),
+        "labels": pad_labels([row["labels"] for row in picked], decoder_start_token_id),
+        "keys": [row["key"] for row in picked],
+        "texts": [row["text"] for row in picked],
+    }
 
 
 def tokenizer_and_prompt(check: Check, n_mels: int):
@@ -300,12 +370,28 @@ def rows_for(check: Check, n_mels: int) -> list[dict]:
 
         tokenizer, prompt = tokenizer_and_prompt(check, n_mels)
         rows = []
-        loader = make_eval_loader(check.shards, LoaderOptions(tokenizer, prompt, n_mels=n_mels, micro_batch_size=8, num_workers=check.workers, decoder_start_token_id=prompt[0]))
+        loader = make_eval_loader(
+            check.shards,
+            LoaderOptions(
+                tokenizer,
+                prompt,
+                n_mels=n_mels,
+                micro_batch_size=8,
+                num_workers=check.workers,
+                decoder_start_token_id=prompt[0],
+            ),
+        )
         for batch in loader:
             for index, key in enumerate(batch["keys"]):
                 labels = batch["labels"][index]
-                rows.append({"key": key, "text": batch["texts"][index], "features": batch["input_features"][index].clone(),
-                             "labels": [prompt[0], *labels[labels != -100].tolist()]})
+                rows.append(
+                    {
+                        "key": key,
+                        "text": batch["texts"][index],
+                        "features": batch["input_features"][index].clone(),
+                        "labels": [prompt[0], *labels[labels != -100].tolist()],
+                    }
+                )
         check.cached_rows[n_mels] = sorted(rows, key=lambda row: row["key"])
     return check.cached_rows[n_mels]
 
@@ -319,10 +405,18 @@ def build_model(check: Check, name: str, seed: int = 0):
     spec = check.sizes.models[name]
     folder = check.model_dirs[spec["n_mels"]]
     config = WhisperConfig.from_pretrained(folder)
-    config.update({"d_model": spec["d_model"], "encoder_layers": spec["layers"], "decoder_layers": spec["layers"],
-                   "encoder_attention_heads": spec["heads"], "decoder_attention_heads": spec["heads"],
-                   "encoder_ffn_dim": spec["ffn"], "decoder_ffn_dim": spec["ffn"],
-                   "vocab_size": max(config.vocab_size, spec["vocab_size"] or 0)})
+    config.update(
+        {
+            "d_model": spec["d_model"],
+            "encoder_layers": spec["layers"],
+            "decoder_layers": spec["layers"],
+            "encoder_attention_heads": spec["heads"],
+            "decoder_attention_heads": spec["heads"],
+            "encoder_ffn_dim": spec["ffn"],
+            "decoder_ffn_dim": spec["ffn"],
+            "vocab_size": max(config.vocab_size, spec["vocab_size"] or 0),
+        }
+    )
     torch.manual_seed(seed)
     with torch.device(check.device):
         model = WhisperForConditionalGeneration(config)
@@ -330,8 +424,16 @@ def build_model(check: Check, name: str, seed: int = 0):
     return model
 
 
-def ds_engine(check: Check, build: Callable, precision: str, micro_batch: int, *, lr: float = 1e-5,
-              warmup_steps: int = 1, max_steps: int = 100_000):
+def ds_engine(
+    check: Check,
+    build: Callable,
+    precision: str,
+    micro_batch: int,
+    *,
+    lr: float = 1e-5,
+    warmup_steps: int = 1,
+    max_steps: int = 100_000,
+):
     """A DeepSpeed engine over `build()`'s model from the shipped configs/ds_zero2.json, its "auto" values filled by
     `resolve_ds_config` as launch/train.py fills them (a long schedule: the rate is constant after warm-up).
     The optimizer is the config's, DeepSpeed's FusedAdam on CUDA, JIT-compiled on first use (it needs a CUDA
@@ -340,10 +442,20 @@ def ds_engine(check: Check, build: Callable, precision: str, micro_batch: int, *
     from wdsbr.engine import build_engine, device_type, load_ds_config, resolve_ds_config
 
     ensure_distributed(check)
-    settings = {"micro_batch_size": micro_batch, "grad_accum_steps": 1, "lr": lr, "weight_decay": 0.0, "max_grad_norm": 1.0,
-                "warmup_steps": warmup_steps, "max_steps": max_steps, "lr_schedule": "linear", "precision": precision}
-    config, effective, _ = resolve_ds_config(load_ds_config(DS_CONFIG), settings, {"precision"}, world_size=1,
-                                             device_type=device_type())
+    settings = {
+        "micro_batch_size": micro_batch,
+        "grad_accum_steps": 1,
+        "lr": lr,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "warmup_steps": warmup_steps,
+        "max_steps": max_steps,
+        "lr_schedule": "linear",
+        "precision": precision,
+    }
+    config, effective, _ = resolve_ds_config(
+        load_ds_config(DS_CONFIG), settings, {"precision"}, world_size=1, device_type=device_type()
+    )
     assert effective["precision"] == precision, (precision, effective["precision"])
     if check.adam == "fused":
         config["optimizer"]["params"].pop("torch_adam", None)  # the config's own optimizer: FusedAdam
@@ -371,6 +483,7 @@ def close_engine(engine) -> None:
 
 # -------------------------------------------------------------------------------------------------- parts
 
+
 def setup(check: Check) -> dict:
     """Clips -> shards (the project's writer, everything in train), and a local tokenizer per mel size."""
     from wdsbr.corpus import open_corpus
@@ -380,7 +493,9 @@ def setup(check: Check) -> dict:
     sizes = check.sizes
     low, high = sizes.clip_seconds
     clips = write_corpus(check.tmp / "corpus", sizes.clips, min_seconds=low, max_seconds=high)
-    options = ShardOptions(val_fraction=0, test_fraction=0, samples_per_shard=sizes.samples_per_shard, workers=check.workers)
+    options = ShardOptions(
+        val_fraction=0, test_fraction=0, samples_per_shard=sizes.samples_per_shard, workers=check.workers
+    )
     shard_corpus(open_corpus(check.tmp / "corpus"), check.tmp / "shards", options, progress=False)
     check.shards = check.tmp / "shards" / "train"
     check.mean_clip_seconds = statistics.mean(clip["seconds"] for clip in clips)
@@ -389,8 +504,12 @@ def setup(check: Check) -> dict:
         folder = build_tiny_whisper(check.tmp / f"tokenizer-{n_mels}", texts, n_mels=n_mels, vocab_size=1000)
         check.model_dirs[n_mels] = folder
         check.processors[n_mels] = load_processor(str(folder), language=LANGUAGE)
-    return {"clips": len(clips), "mean_clip_seconds": check.mean_clip_seconds, "shards": len(list(check.shards.glob("*.tar"))),
-            "tokenizer_size": len(check.processors[80].tokenizer)}
+    return {
+        "clips": len(clips),
+        "mean_clip_seconds": check.mean_clip_seconds,
+        "shards": len(list(check.shards.glob("*.tar"))),
+        "tokenizer_size": len(check.processors[80].tokenizer),
+    }
 
 
 def train_deepspeed(check: Check, name: str, precision: str) -> dict:
@@ -419,12 +538,19 @@ def train_deepspeed_once(check: Check, name: str, precision: str) -> dict:
     engine, optimizer = ds_engine(check, lambda: build_model(check, name), precision, micro)
     try:
         start_token = engine.module.config.decoder_start_token_id
-        result = {"model": name, "precision": precision, "optimizer": optimizer, "zero_stage": engine.zero_optimization_stage(),
-                  "parameters_millions": sum(p.numel() for p in engine.module.parameters()) / 1e6,
-                  "attention": engine.module.config._attn_implementation}
+        result = {
+            "model": name,
+            "precision": precision,
+            "optimizer": optimizer,
+            "zero_stage": engine.zero_optimization_stage(),
+            "parameters_millions": sum(p.numel() for p in engine.module.parameters()) / 1e6,
+            "attention": engine.module.config._attn_implementation,
+        }
         if name not in check.micro_batch:
             if check.cuda and sizes.micro_batch is None:
-                micro, result["micro_batch_sizing"] = size_micro_batch(engine, rows, sizes.max_micro_batch[name], start_token)
+                micro, result["micro_batch_sizing"] = size_micro_batch(
+                    engine, rows, sizes.max_micro_batch[name], start_token
+                )
             check.micro_batch[name] = micro
         result["micro_batch"] = micro
         result.update(train_from_loader(check, engine, name, micro))
@@ -456,9 +582,13 @@ def size_micro_batch(engine, rows: list[dict], cap: int, start_token: int) -> tu
     pending = 12 * parameters if engine.skipped_steps >= len(PROBE_BATCHES) else 0
     total = torch.cuda.get_device_properties(engine.device).total_memory
     micro = micro_batch_for(peaks, total, pending, cap)
-    return micro, {"probe_peak_allocated_gb": {str(size): peak / 1e9 for size, peak in peaks.items()},
-                   "not_yet_allocated_gb": pending / 1e9, "gpu_total_gb": total / 1e9, "memory_fraction": MEMORY_FRACTION,
-                   "cap": cap}
+    return micro, {
+        "probe_peak_allocated_gb": {str(size): peak / 1e9 for size, peak in peaks.items()},
+        "not_yet_allocated_gb": pending / 1e9,
+        "gpu_total_gb": total / 1e9,
+        "memory_fraction": MEMORY_FRACTION,
+        "cap": cap,
+    }
 
 
 def train_from_loader(check: Check, engine, name: str, micro: int) -> dict:
@@ -470,7 +600,19 @@ def train_from_loader(check: Check, engine, name: str, micro: int) -> dict:
     n_mels = sizes.models[name]["n_mels"]
     tokenizer, prompt = tokenizer_and_prompt(check, n_mels)
     warmup, (min_steps, max_steps) = sizes.warmup_steps, sizes.measured_steps
-    loader = make_train_loader(check.shards, LoaderOptions(tokenizer, prompt, n_mels=n_mels, micro_batch_size=micro, num_workers=check.workers, shuffle_buffer=sizes.shuffle_buffer, epoch_samples=micro * (warmup + max_steps), decoder_start_token_id=engine.module.config.decoder_start_token_id))
+    loader = make_train_loader(
+        check.shards,
+        LoaderOptions(
+            tokenizer,
+            prompt,
+            n_mels=n_mels,
+            micro_batch_size=micro,
+            num_workers=check.workers,
+            shuffle_buffer=sizes.shuffle_buffer,
+            epoch_samples=micro * (warmup + max_steps),
+            decoder_start_token_id=engine.module.config.decoder_start_token_id,
+        ),
+    )
     reset_peak_memory()
     steps, window_start, batches = [], None, iter(loader)
     while len(steps) < warmup + max_steps:
@@ -481,14 +623,24 @@ def train_from_loader(check: Check, engine, name: str, micro: int) -> dict:
         got = time.perf_counter()
         skipped = engine.skipped_steps
         loss = training_step(engine, batch)
-        steps.append({"data_wait_s": got - asked, "samples": len(batch["keys"]), "audio_seconds": batch["audio_seconds"],
-                      "loss": loss, "overflow": engine.skipped_steps > skipped})
+        steps.append(
+            {
+                "data_wait_s": got - asked,
+                "samples": len(batch["keys"]),
+                "audio_seconds": batch["audio_seconds"],
+                "loss": loss,
+                "overflow": engine.skipped_steps > skipped,
+            }
+        )
         if len(steps) == warmup:
             synchronize()
             window_start = time.perf_counter()
         now = time.perf_counter()
-        if window_start is not None and len(steps) - warmup >= min_steps and (
-                now - window_start >= sizes.train_seconds or now >= check.deadline):
+        if (
+            window_start is not None
+            and len(steps) - warmup >= min_steps
+            and (now - window_start >= sizes.train_seconds or now >= check.deadline)
+        ):
             break
     synchronize()
     if window_start is None or len(steps) <= warmup:
@@ -498,12 +650,20 @@ def train_from_loader(check: Check, engine, name: str, micro: int) -> dict:
     measured = steps[warmup:]
     losses = [float(step["loss"]) if step["loss"] is not None else math.nan for step in steps]
     samples = sum(step["samples"] for step in measured)
-    return {"loader_workers": check.workers, "warmup_steps": warmup, "measured_steps": len(measured), "measured_seconds": window,
-            "samples_per_s": samples / window, "audio_seconds_per_s": sum(step["audio_seconds"] for step in measured) / window,
-            "data_wait_fraction": sum(step["data_wait_s"] for step in measured) / window,
-            "overflow_steps_measured": sum(step["overflow"] for step in measured),
-            "nonfinite_losses": sum(step["loss"] is None for step in steps),
-            "loss_first": losses[0], "loss_last": losses[-1], **gpu_memory()}
+    return {
+        "loader_workers": check.workers,
+        "warmup_steps": warmup,
+        "measured_steps": len(measured),
+        "measured_seconds": window,
+        "samples_per_s": samples / window,
+        "audio_seconds_per_s": sum(step["audio_seconds"] for step in measured) / window,
+        "data_wait_fraction": sum(step["data_wait_s"] for step in measured) / window,
+        "overflow_steps_measured": sum(step["overflow"] for step in measured),
+        "nonfinite_losses": sum(step["loss"] is None for step in steps),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        **gpu_memory(),
+    }
 
 
 def model_only(check: Check, engine, batch: dict) -> dict:
@@ -522,8 +682,10 @@ def model_only(check: Check, engine, batch: dict) -> dict:
 
     warmup, timed = check.sizes.model_only_steps
     rates = {}
-    for label, step in (("model_only_samples_per_s", lambda: training_step(engine, on_device)),
-                        ("bare_deepspeed_step_samples_per_s", bare_step)):
+    for label, step in (
+        ("model_only_samples_per_s", lambda: training_step(engine, on_device)),
+        ("bare_deepspeed_step_samples_per_s", bare_step),
+    ):
         for _ in range(warmup):
             step()
         synchronize()
@@ -545,24 +707,45 @@ def loader_alone(check: Check) -> dict:
     micro = check.micro_batch.get("small") or check.sizes.micro_batch or 64
     tokenizer, prompt = tokenizer_and_prompt(check, 80)
     n_batches = check.workers * check.sizes.loader_rounds
-    loader = make_train_loader(check.shards, LoaderOptions(tokenizer, prompt, n_mels=80, micro_batch_size=micro, num_workers=check.workers, shuffle_buffer=check.sizes.shuffle_buffer, epoch_samples=micro * n_batches))
+    loader = make_train_loader(
+        check.shards,
+        LoaderOptions(
+            tokenizer,
+            prompt,
+            n_mels=80,
+            micro_batch_size=micro,
+            num_workers=check.workers,
+            shuffle_buffer=check.sizes.shuffle_buffer,
+            epoch_samples=micro * n_batches,
+        ),
+    )
     started, arrivals, samples = time.perf_counter(), [], []
     for batch in loader:
         arrivals.append(time.perf_counter())
         samples.append(len(batch["keys"]))
     first_round = check.workers
     rate = sum(samples[first_round:]) / (arrivals[-1] - arrivals[first_round - 1])
-    return {"workers": check.workers, "micro_batch": micro, "batches": len(arrivals), "samples_per_s": rate,
-            "samples_per_s_per_worker": rate / check.workers, "first_batch_s": arrivals[0] - started,
-            **loader_ratio(check, rate)}
+    return {
+        "workers": check.workers,
+        "micro_batch": micro,
+        "batches": len(arrivals),
+        "samples_per_s": rate,
+        "samples_per_s_per_worker": rate / check.workers,
+        "first_batch_s": arrivals[0] - started,
+        **loader_ratio(check, rate),
+    }
 
 
 def loader_ratio(check: Check, rate: float) -> dict:
     """The loader's rate against the small model's training: what it consumes alone, and what it got fed."""
     precision = "fp16" if ("small", "fp16") in check.demand else "bf16"
     demand, fed = check.demand.get(("small", precision)), check.rates.get(("small", precision))
-    return {"trainer_precision": precision if demand else None, "trainer_samples_per_s": demand,
-            "vs_trainer": rate / demand if demand else None, "loader_fed_trainer_samples_per_s": fed}
+    return {
+        "trainer_precision": precision if demand else None,
+        "trainer_samples_per_s": demand,
+        "vs_trainer": rate / demand if demand else None,
+        "loader_fed_trainer_samples_per_s": fed,
+    }
 
 
 GENERATE_VARIANTS = {
@@ -582,11 +765,21 @@ def generate(check: Check, name: str, variants: tuple[str, ...]) -> dict:
     dtype = validation_dtype(check)
     model = build_model(check, name).to(dtype).eval()
     start_token = model.config.decoder_start_token_id
-    batches = [make_batch(rows, sizes.generate_batch, start_token, offset=index * sizes.generate_batch)
-               for index in range(sizes.generate_batches)]
-    base = {**generate_kwargs(LANGUAGE, num_beams=1, max_new_tokens=sizes.generate_tokens), "min_new_tokens": sizes.generate_tokens}
-    result = {"model": name, "dtype": str(dtype).replace("torch.", ""), "batch_size": sizes.generate_batch,
-              "new_tokens_per_utterance": sizes.generate_tokens, "variants": {}}
+    batches = [
+        make_batch(rows, sizes.generate_batch, start_token, offset=index * sizes.generate_batch)
+        for index in range(sizes.generate_batches)
+    ]
+    base = {
+        **generate_kwargs(LANGUAGE, num_beams=1, max_new_tokens=sizes.generate_tokens),
+        "min_new_tokens": sizes.generate_tokens,
+    }
+    result = {
+        "model": name,
+        "dtype": str(dtype).replace("torch.", ""),
+        "batch_size": sizes.generate_batch,
+        "new_tokens_per_utterance": sizes.generate_tokens,
+        "variants": {},
+    }
     try:
         for variant in variants:
             kwargs = {**base, **GENERATE_VARIANTS[variant]}
@@ -601,9 +794,12 @@ def generate(check: Check, name: str, variants: tuple[str, ...]) -> dict:
             except Exception as error:  # noqa: BLE001 - recorded; the other variants still run
                 result["variants"][variant] = {"error": f"{type(error).__name__}: {error}"}
                 continue
-            result["variants"][variant] = {"utterances_per_s": utterances / seconds,
-                                           "new_tokens_per_s": utterances * sizes.generate_tokens / seconds,
-                                           "first_batch_s": first, "timed_batches": len(batches)}
+            result["variants"][variant] = {
+                "utterances_per_s": utterances / seconds,
+                "new_tokens_per_s": utterances * sizes.generate_tokens / seconds,
+                "first_batch_s": first,
+                "timed_batches": len(batches),
+            }
     finally:
         del model
         free_memory()
@@ -641,8 +837,13 @@ def log_mel(check: Check) -> dict:
     candidates["wdsbr-1-thread"] = one_thread
     clips = bench_features.make_clips(check.sizes.feature_clips, 30.0, 30.0, seed=1)
     results = bench_features.run_case(candidates, clips, batch_size=len(clips), repeats=check.sizes.feature_repeats)
-    return {"unit": "30 s log-mel windows per second", "clips": len(clips), "batch_size": len(clips),
-            "torch_threads": torch.get_num_threads(), "results": results}
+    return {
+        "unit": "30 s log-mel windows per second",
+        "clips": len(clips),
+        "batch_size": len(clips),
+        "torch_threads": torch.get_num_threads(),
+        "results": results,
+    }
 
 
 class Cycled:
@@ -670,7 +871,10 @@ def hf_trainer(check: Check, name: str) -> dict:
         result = None
     if result is None:  # outside the except block: its traceback held the failed run's memory
         free_memory()
-        result = {**run_hf_trainer(check, name, precision, max(1, micro // 2)), "note": f"micro-batch {micro} ran out of memory: halved"}
+        result = {
+            **run_hf_trainer(check, name, precision, max(1, micro // 2)),
+            "note": f"micro-batch {micro} ran out of memory: halved",
+        }
     ours = check.rates.get((name, precision))
     result["wdsbr_samples_per_s"] = ours
     result["wdsbr_vs_hf_trainer"] = ours / result["samples_per_s"] if ours else None
@@ -695,20 +899,47 @@ def run_hf_trainer(check: Check, name: str, precision: str, micro: int) -> dict:
     processor = check.processors[spec["n_mels"]]
     warmup, measured = check.sizes.hf_steps
     workers = min(4, check.workers) if check.sizes.hf_workers is None else check.sizes.hf_workers
-    rows = [{"input_features": row["features"].numpy(), "labels": row["labels"]} for row in rows_for(check, spec["n_mels"])]
+    rows = [
+        {"input_features": row["features"].numpy(), "labels": row["labels"]} for row in rows_for(check, spec["n_mels"])
+    ]
     model = build_model(check, name)
     collator = DataCollatorSpeechSeq2SeqWithPadding(processor, model.config.decoder_start_token_id)
     timer = StepEnds()
     with without_rank_environment():
         arguments = Seq2SeqTrainingArguments(  # bench/hf_train.py's settings
-            output_dir=str(check.tmp / f"hf-{name}"), per_device_train_batch_size=micro, gradient_accumulation_steps=1,
-            learning_rate=1e-5, warmup_steps=1, max_steps=warmup + measured, lr_scheduler_type="linear", weight_decay=0.0,
-            max_grad_norm=1.0, optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-            fp16=precision == "fp16", bf16=precision == "bf16", eval_strategy="no", save_strategy="no",
-            logging_steps=warmup + measured, report_to="none", dataloader_num_workers=workers,
-            dataloader_pin_memory=check.cuda, seed=0, disable_tqdm=True, use_cpu=not check.cuda)
-        trainer = Seq2SeqTrainer(model=model, args=arguments, train_dataset=Cycled(rows, micro * (warmup + measured)),
-                                 data_collator=collator, processing_class=processor, callbacks=[timer])
+            output_dir=str(check.tmp / f"hf-{name}"),
+            per_device_train_batch_size=micro,
+            gradient_accumulation_steps=1,
+            learning_rate=1e-5,
+            warmup_steps=1,
+            max_steps=warmup + measured,
+            lr_scheduler_type="linear",
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            optim="adamw_torch",
+            adam_beta1=0.9,
+            adam_beta2=0.999,
+            adam_epsilon=1e-8,
+            fp16=precision == "fp16",
+            bf16=precision == "bf16",
+            eval_strategy="no",
+            save_strategy="no",
+            logging_steps=warmup + measured,
+            report_to="none",
+            dataloader_num_workers=workers,
+            dataloader_pin_memory=check.cuda,
+            seed=0,
+            disable_tqdm=True,
+            use_cpu=not check.cuda,
+        )
+        trainer = Seq2SeqTrainer(
+            model=model,
+            args=arguments,
+            train_dataset=Cycled(rows, micro * (warmup + measured)),
+            data_collator=collator,
+            processing_class=processor,
+            callbacks=[timer],
+        )
         reset_peak_memory()
         try:
             outcome = trainer.train()
@@ -718,11 +949,20 @@ def run_hf_trainer(check: Check, name: str, precision: str, micro: int) -> dict:
     times = timer.times
     window = times[-1] - times[warmup - 1]
     samples = micro * (len(times) - warmup)
-    return {"model": name, "precision": precision, "micro_batch": micro, "optimizer": "torch AdamW (adamw_torch)",
-            "warmup_steps": warmup, "measured_steps": len(times) - warmup, "samples_per_s": samples / window,
-            "audio_seconds_per_s": samples * check.mean_clip_seconds / window, "train_loss": outcome.training_loss,
-            "dataloader_workers": workers, **gpu_memory(),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "model": name,
+        "precision": precision,
+        "micro_batch": micro,
+        "optimizer": "torch AdamW (adamw_torch)",
+        "warmup_steps": warmup,
+        "measured_steps": len(times) - warmup,
+        "samples_per_s": samples / window,
+        "audio_seconds_per_s": samples * check.mean_clip_seconds / window,
+        "train_loss": outcome.training_loss,
+        "dataloader_workers": workers,
+        **gpu_memory(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def fp16_vs_bf16_loss(check: Check, precisions: tuple[str, str] = ("fp16", "bf16")) -> dict:
@@ -732,11 +972,24 @@ def fp16_vs_bf16_loss(check: Check, precisions: tuple[str, str] = ("fp16", "bf16
 
     batch_size, steps = check.sizes.loss_check
     rows = rows_for(check, 80)
-    result: dict[str, Any] = {"model": "small", "batch_size": batch_size, "steps": steps, "lr": 1e-4, "tolerance": LOSS_TOLERANCE}
+    result: dict[str, Any] = {
+        "model": "small",
+        "batch_size": batch_size,
+        "steps": steps,
+        "lr": 1e-4,
+        "tolerance": LOSS_TOLERANCE,
+    }
     curves = {}
     for precision in precisions:
-        engine, optimizer = ds_engine(check, lambda: build_model(check, "small", seed=0), precision, batch_size,
-                                      lr=1e-4, warmup_steps=1, max_steps=steps)
+        engine, optimizer = ds_engine(
+            check,
+            lambda: build_model(check, "small", seed=0),
+            precision,
+            batch_size,
+            lr=1e-4,
+            warmup_steps=1,
+            max_steps=steps,
+        )
         try:
             batch = make_batch(rows, batch_size, engine.module.config.decoder_start_token_id)
             curve, scales, overflows = [], [], []
@@ -747,20 +1000,30 @@ def fp16_vs_bf16_loss(check: Check, precisions: tuple[str, str] = ("fp16", "bf16
                 scales.append(loss_scale(engine))
                 overflows.append(engine.skipped_steps > skipped)
             curves[precision] = curve
-            result[precision] = {"optimizer": optimizer, "losses": [loss for _, loss in curve], "loss_scales": scales,
-                                 "overflow": overflows, "overflow_steps": sum(overflows),
-                                 "applied_updates": engine.global_steps - engine.skipped_steps}
+            result[precision] = {
+                "optimizer": optimizer,
+                "losses": [loss for _, loss in curve],
+                "loss_scales": scales,
+                "overflow": overflows,
+                "overflow_steps": sum(overflows),
+                "applied_updates": engine.global_steps - engine.skipped_steps,
+            }
         finally:
             close_engine(engine)
     candidate, reference = (result[precision] for precision in precisions)
     result.update(compare_losses(curves[precisions[0]], curves[precisions[1]]))
     result["losses_fall"] = all(run["losses"][-1] < 0.9 * run["losses"][0] for run in (candidate, reference))
     # dynamic loss scaling: the initial overflows lower the scale until steps apply again, and it stays there
-    result["loss_scaling_recovers"] = (not any(candidate["overflow"][-max(1, steps // 4):])
-                                       and all(math.isfinite(loss) for loss in candidate["losses"]))
+    result["loss_scaling_recovers"] = not any(candidate["overflow"][-max(1, steps // 4) :]) and all(
+        math.isfinite(loss) for loss in candidate["losses"]
+    )
     difference = result["max_relative_difference"]
-    result["pass"] = bool(difference is not None and difference <= LOSS_TOLERANCE and result["losses_fall"]
-                          and result["loss_scaling_recovers"])
+    result["pass"] = bool(
+        difference is not None
+        and difference <= LOSS_TOLERANCE
+        and result["losses_fall"]
+        and result["loss_scaling_recovers"]
+    )
     return result
 
 
@@ -784,6 +1047,7 @@ PARTS = [
 
 # ------------------------------------------------------------------------------------------------- report
 
+
 def judge(report: dict) -> list[dict]:
     """The issue's targets against what was measured; `pass` is None when not on CUDA (not judged)."""
     parts, on_gpu = report["parts"], report["environment"]["cuda"] is not None
@@ -793,7 +1057,9 @@ def judge(report: dict) -> list[dict]:
         if value is None and passed is None:
             return
         verdict = passed if passed is not None else value >= target
-        checks.append({"check": what, "part": part, "value": value, "target": target, "pass": verdict if on_gpu else None})
+        checks.append(
+            {"check": what, "part": part, "value": value, "target": target, "pass": verdict if on_gpu else None}
+        )
 
     for part, rows in parts.items():
         if rows.get("status") != "ok" and not part.startswith("generate"):  # a generate part keeps its good variants
@@ -806,11 +1072,20 @@ def judge(report: dict) -> list[dict]:
         elif part.startswith("generate_small"):
             for variant, row in rows.get("variants", {}).items():
                 if "error" not in row:
-                    add(f"generate small ({variant}) utterances/s", part, row["utterances_per_s"],
-                        TARGETS["generate small utterances/s"])
+                    add(
+                        f"generate small ({variant}) utterances/s",
+                        part,
+                        row["utterances_per_s"],
+                        TARGETS["generate small utterances/s"],
+                    )
         elif part == "fp16_vs_bf16_loss":
-            add("fp16 loss within noise of bf16 (max relative difference)", part, rows["max_relative_difference"],
-                LOSS_TOLERANCE, rows["pass"])
+            add(
+                "fp16 loss within noise of bf16 (max relative difference)",
+                part,
+                rows["max_relative_difference"],
+                LOSS_TOLERANCE,
+                rows["pass"],
+            )
     return checks
 
 
@@ -827,25 +1102,41 @@ def summary(name: str, rows: dict) -> str:
     if rows.get("status") != "ok" and not (name.startswith("generate") and rows.get("variants")):
         return rows.get("error", "").splitlines()[0][:160] if rows.get("error") else ""
     if name.startswith("train_"):
-        return (f"{short(rows['samples_per_s'])} samples/s, {short(rows['audio_seconds_per_s'], 0)} audio s/s, batch {rows['micro_batch']}, "
-                f"data wait {100 * rows['data_wait_fraction']:.0f} %, peak {short(rows['peak_allocated_gb'])} GB, "
-                f"overflow steps {rows['overflow_steps_measured']}, model alone {short(rows['model_only_samples_per_s'])} "
-                f"(bare step {short(rows['bare_deepspeed_step_samples_per_s'])}), {rows['optimizer']}")
+        return (
+            f"{short(rows['samples_per_s'])} samples/s, {short(rows['audio_seconds_per_s'], 0)} audio s/s, batch "
+            f"{rows['micro_batch']}, "
+            f"data wait {100 * rows['data_wait_fraction']:.0f} %, peak {short(rows['peak_allocated_gb'])} GB, "
+            f"overflow steps {rows['overflow_steps_measured']}, model alone {short(rows['model_only_samples_per_s'])} "
+            f"(bare step {short(rows['bare_deepspeed_step_samples_per_s'])}), {rows['optimizer']}"
+        )
     if name == "loader":
-        return (f"{short(rows['samples_per_s'])} samples/s with {rows['workers']} workers, batch {rows['micro_batch']}; "
-                f"{short(rows['vs_trainer'], 2)}× what the small model trains on alone")
+        return (
+            f"{short(rows['samples_per_s'])} samples/s with {rows['workers']} workers, batch {rows['micro_batch']}; "
+            f"{short(rows['vs_trainer'], 2)}× what the small model trains on alone"
+        )
     if name.startswith("generate"):
-        return "; ".join(f"{variant}: {short(row['utterances_per_s'])} utt/s (first batch {short(row['first_batch_s'])} s)"
-                         if "error" not in row else f"{variant}: {row['error'][:120]}" for variant, row in rows["variants"].items())
+        return "; ".join(
+            f"{variant}: {short(row['utterances_per_s'])} utt/s (first batch {short(row['first_batch_s'])} s)"
+            if "error" not in row
+            else f"{variant}: {row['error'][:120]}"
+            for variant, row in rows["variants"].items()
+        )
     if name == "log_mel":
-        return "; ".join(f"{candidate} {short(row['median'])}" for candidate, row in rows["results"].items()) + " windows/s"
+        return (
+            "; ".join(f"{candidate} {short(row['median'])}" for candidate, row in rows["results"].items())
+            + " windows/s"
+        )
     if name.startswith("hf_trainer"):
-        return (f"{short(rows['samples_per_s'])} samples/s, batch {rows['micro_batch']}, {rows['precision']}; "
-                f"wdsbr {short(rows['wdsbr_vs_hf_trainer'], 2)}×")
+        return (
+            f"{short(rows['samples_per_s'])} samples/s, batch {rows['micro_batch']}, {rows['precision']}; "
+            f"wdsbr {short(rows['wdsbr_vs_hf_trainer'], 2)}×"
+        )
     if name == "fp16_vs_bf16_loss":
-        return (f"max relative difference {short(rows['max_relative_difference'], 4)} over {rows['compared_steps']} steps, "
-                f"fp16 overflow steps {rows['fp16']['overflow_steps']}, losses fall: {rows['losses_fall']}, "
-                f"scaling recovers: {rows['loss_scaling_recovers']}, pass: {rows['pass']}")
+        return (
+            f"max relative difference {short(rows['max_relative_difference'], 4)} over {rows['compared_steps']} steps, "
+            f"fp16 overflow steps {rows['fp16']['overflow_steps']}, losses fall: {rows['losses_fall']}, "
+            f"scaling recovers: {rows['loss_scaling_recovers']}, pass: {rows['pass']}"
+        )
     return ", ".join(f"{key} {short(value)}" for key, value in rows.items() if key not in ("status", "seconds"))
 
 
@@ -854,19 +1145,36 @@ def markdown(report: dict) -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         print("# wdsbr GPU check\n")
-        print(f"{environment['cuda'] or 'CPU only'}; torch {environment['torch']} (CUDA {environment['torch_cuda']}), "
-              f"transformers {environment['transformers']}, deepspeed {environment['deepspeed']}; "
-              f"{environment['cpu_cores']} CPU cores; {'dry run, ' if report['dry_run'] else ''}"
-              f"{report['elapsed_s']:.0f} s of a {report['budget_seconds']:.0f} s budget"
-              f"{'' if report['finished'] else ' (not finished)'}.\n")
+        print(
+            f"{environment['cuda'] or 'CPU only'}; torch {environment['torch']} (CUDA {environment['torch_cuda']}), "
+            f"transformers {environment['transformers']}, deepspeed {environment['deepspeed']}; "
+            f"{environment['cpu_cores']} CPU cores; {'dry run, ' if report['dry_run'] else ''}"
+            f"{report['elapsed_s']:.0f} s of a {report['budget_seconds']:.0f} s budget"
+            f"{'' if report['finished'] else ' (not finished)'}.\n"
+        )
         print("## Targets\n")
-        print_table(["check", "measured", "target", "pass"],
-                    [[c["check"], short(c["value"], 2), short(c["target"], 2), {True: "yes", False: "**no**", None: "not judged (no GPU)"}[c["pass"]]]
-                     for c in report["targets"]], "lrrl")
+        print_table(
+            ["check", "measured", "target", "pass"],
+            [
+                [
+                    c["check"],
+                    short(c["value"], 2),
+                    short(c["target"], 2),
+                    {True: "yes", False: "**no**", None: "not judged (no GPU)"}[c["pass"]],
+                ]
+                for c in report["targets"]
+            ],
+            "lrrl",
+        )
         print("\n## Parts\n")
-        print_table(["part", "status", "s", "result"],
-                    [[name, rows["status"], short(rows.get("seconds"), 0), summary(name, rows)] for name, rows in report["parts"].items()],
-                    "llrl")
+        print_table(
+            ["part", "status", "s", "result"],
+            [
+                [name, rows["status"], short(rows.get("seconds"), 0), summary(name, rows)]
+                for name, rows in report["parts"].items()
+            ],
+            "llrl",
+        )
     return out.getvalue()
 
 
@@ -882,15 +1190,23 @@ def environment(check: Check) -> dict:
             return None
 
     cuda = torch.cuda.is_available()
-    return {"cuda": torch.cuda.get_device_name() if cuda else None,
-            "gpu_memory_gb": torch.cuda.get_device_properties(0).total_memory / 1e9 if cuda else None,
-            "torch": torch.__version__, "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
-            "transformers": transformers.__version__, "deepspeed": version("deepspeed"), "webdataset": version("webdataset"),
-            "accelerate": version("accelerate"), "cuda_toolkit": cpp_extension.CUDA_HOME,
-            "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "loader_workers": check.workers, "python": sys.version.split()[0],
-            # DataLoader workers hand batches over in shared memory: a container's default 64 MB is far too little
-            "dev_shm_gb": shutil.disk_usage("/dev/shm").total / 1e9 if os.path.isdir("/dev/shm") else None}
+    return {
+        "cuda": torch.cuda.get_device_name() if cuda else None,
+        "gpu_memory_gb": torch.cuda.get_device_properties(0).total_memory / 1e9 if cuda else None,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "transformers": transformers.__version__,
+        "deepspeed": version("deepspeed"),
+        "webdataset": version("webdataset"),
+        "accelerate": version("accelerate"),
+        "cuda_toolkit": cpp_extension.CUDA_HOME,
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "loader_workers": check.workers,
+        "python": sys.version.split()[0],
+        # DataLoader workers hand batches over in shared memory: a container's default 64 MB is far too little
+        "dev_shm_gb": shutil.disk_usage("/dev/shm").total / 1e9 if os.path.isdir("/dev/shm") else None,
+    }
 
 
 def save(check: Check) -> None:
@@ -918,7 +1234,11 @@ def run_part(check: Check, name: str, function: Callable, arguments: dict, needs
     except BudgetExceeded:
         rows = {"status": "skipped: time budget", "error": "the time budget ran out during this part"}
     except Exception as error:  # noqa: BLE001 - a failed part is recorded and the others still run
-        rows = {"status": "error", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()[-4000:]}
+        rows = {
+            "status": "error",
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc()[-4000:],
+        }
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         free_memory()
@@ -929,22 +1249,40 @@ def run_part(check: Check, name: str, function: Callable, arguments: dict, needs
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny models and sizes: the whole check end to end")
-    parser.add_argument("--budget-seconds", type=float, default=None,
-                        help="no part starts, and a running one stops, after this (default 480; dry run 600)")
-    parser.add_argument("--results-dir", type=Path, default=common.RESULTS, help="where gpu_check.json and gpu_check.md go")
-    parser.add_argument("--parts", default=None, help="comma-separated part names to run (default: all); the others are "
-                                                      "'skipped: not selected'")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the CPU cores; dry run: at most 2)")
-    parser.add_argument("--optimizer", choices=["auto", "fused", "torch"], default="auto",
-                        help="DeepSpeed's FusedAdam (JIT-compiled, needs a CUDA toolkit) or torch AdamW; auto: FusedAdam "
-                             "when a CUDA toolkit is found")
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=None,
+        help="no part starts, and a running one stops, after this (default 480; dry run 600)",
+    )
+    parser.add_argument(
+        "--results-dir", type=Path, default=common.RESULTS, help="where gpu_check.json and gpu_check.md go"
+    )
+    parser.add_argument(
+        "--parts",
+        default=None,
+        help="comma-separated part names to run (default: all); the others are 'skipped: not selected'",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers (default: the CPU cores; dry run: at most 2)"
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=["auto", "fused", "torch"],
+        default="auto",
+        help="DeepSpeed's FusedAdam (JIT-compiled, needs a CUDA toolkit) or torch AdamW; auto: FusedAdam "
+        "when a CUDA toolkit is found",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
 
     missing = [name for name in (*wdsbr.REQUIRED, "deepspeed", "accelerate") if importlib.util.find_spec(name) is None]
     if missing:
-        print(f"error: {sys.executable} has no {', '.join(missing)}: bash bench/gpu_check.sh --wheels DIR installs them "
-              "(the script's header says how to make DIR)", file=sys.stderr)
+        print(
+            f"error: {sys.executable} has no {', '.join(missing)}: bash bench/gpu_check.sh --wheels DIR installs them "
+            "(the script's header says how to make DIR)",
+            file=sys.stderr,
+        )
         return 2
     import torch
     import transformers
@@ -953,7 +1291,9 @@ def main() -> int:
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
     if not args.dry_run and not torch.cuda.is_available():
-        print("error: no CUDA device (torch.cuda.is_available() is False): run with --dry-run on a CPU", file=sys.stderr)
+        print(
+            "error: no CUDA device (torch.cuda.is_available() is False): run with --dry-run on a CPU", file=sys.stderr
+        )
         return 2
     sizes = DRY_SIZES if args.dry_run else GPU_SIZES
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -962,7 +1302,13 @@ def main() -> int:
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     if torch.cuda.is_available():
         torch.cuda.set_device(0)
-    adam = args.optimizer if args.optimizer != "auto" else "fused" if torch.cuda.is_available() and cpp_extension.CUDA_HOME else "torch"
+    adam = (
+        args.optimizer
+        if args.optimizer != "auto"
+        else "fused"
+        if torch.cuda.is_available() and cpp_extension.CUDA_HOME
+        else "torch"
+    )
     budget = args.budget_seconds or sizes.budget_seconds
     args.results_dir.mkdir(parents=True, exist_ok=True)
     common.RESULTS = args.results_dir  # save_results writes RESULTS/NAME.json
@@ -974,17 +1320,34 @@ def main() -> int:
     selected = set(args.parts.split(",")) if args.parts else None
     unknown = (selected or set()) - {name for name, *_ in PARTS}
     if unknown:
-        parser.error(f"--parts: unknown {', '.join(sorted(unknown))}; the parts are {', '.join(name for name, *_ in PARTS)}")
+        parser.error(
+            f"--parts: unknown {', '.join(sorted(unknown))}; the parts are {', '.join(name for name, *_ in PARTS)}"
+        )
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        report = {"dry_run": args.dry_run, "budget_seconds": budget, "finished": False,
-                  "optimizer": {"choice": adam, "cuda_toolkit": cpp_extension.CUDA_HOME}, "parts": {}}
-        check = Check(sizes=sizes, tmp=Path(tmp), results_dir=args.results_dir,
-                      device=torch.device("cuda" if torch.cuda.is_available() else "cpu"), workers=workers,
-                      started=started, deadline=started + budget, adam=adam, report=report)
+        report = {
+            "dry_run": args.dry_run,
+            "budget_seconds": budget,
+            "finished": False,
+            "optimizer": {"choice": adam, "cuda_toolkit": cpp_extension.CUDA_HOME},
+            "parts": {},
+        }
+        check = Check(
+            sizes=sizes,
+            tmp=Path(tmp),
+            results_dir=args.results_dir,
+            device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+            workers=workers,
+            started=started,
+            deadline=started + budget,
+            adam=adam,
+            report=report,
+        )
         report["environment"] = environment(check)
         if adam == "torch" and torch.cuda.is_available() and args.optimizer == "auto":
-            report["optimizer"]["note"] = "no CUDA toolkit (CUDA_HOME/nvcc) found: DeepSpeed's FusedAdam cannot be JIT-compiled here"
+            report["optimizer"]["note"] = (
+                "no CUDA toolkit (CUDA_HOME/nvcc) found: DeepSpeed's FusedAdam cannot be JIT-compiled here"
+            )
         report["sizes"] = {key: value for key, value in vars(sizes).items() if key != "need_seconds"}
         report["setup"] = run_part(check, "setup", setup, {}, False)
         print(f"[{time.perf_counter() - started:5.0f} s] setup: {report['setup']['status']}", flush=True)
@@ -996,13 +1359,17 @@ def main() -> int:
             else:
                 rows = run_part(check, name, function, arguments, needs_cuda)
             report["parts"][name] = rows
-            print(f"[{time.perf_counter() - started:5.0f} s] {name}: {rows['status']} {summary(name, rows)}", flush=True)
+            print(
+                f"[{time.perf_counter() - started:5.0f} s] {name}: {rows['status']} {summary(name, rows)}", flush=True
+            )
             save(check)
         report["finished"] = True
         save(check)
     failed = [name for name, rows in {"setup": report["setup"], **report["parts"]}.items() if rows["status"] == "error"]
-    print(f"wrote {args.results_dir / 'gpu_check.json'} and {args.results_dir / 'gpu_check.md'} in "
-          f"{time.perf_counter() - started:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"wrote {args.results_dir / 'gpu_check.json'} and {args.results_dir / 'gpu_check.md'} in "
+        f"{time.perf_counter() - started:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed or report["setup"]["status"] != "ok" else 0
 
 

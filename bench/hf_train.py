@@ -67,21 +67,54 @@ def main() -> None:
     collator = DataCollatorSpeechSeq2SeqWithPadding(processor, model.config.decoder_start_token_id)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     training_args = Seq2SeqTrainingArguments(
-        output_dir=args.output_dir, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-        learning_rate=args.lr, warmup_steps=args.warmup_steps, max_steps=args.max_steps, lr_scheduler_type="linear",
-        weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-        bf16=args.precision == "bf16", fp16=False, eval_strategy="no", save_strategy="no", logging_steps=args.max_steps,
-        report_to="none", dataloader_num_workers=args.num_workers, dataloader_pin_memory=False, seed=args.seed,
-        disable_tqdm=True, use_cpu=not torch.cuda.is_available(), ddp_backend="gloo" if world_size > 1 else None,
+        output_dir=args.output_dir,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup_steps,
+        max_steps=args.max_steps,
+        lr_scheduler_type="linear",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        bf16=args.precision == "bf16",
+        fp16=False,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=args.max_steps,
+        report_to="none",
+        dataloader_num_workers=args.num_workers,
+        dataloader_pin_memory=False,
+        seed=args.seed,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if world_size > 1 else None,
     )
     timer = StepTimes()
-    trainer = Seq2SeqTrainer(model=model, args=training_args, train_dataset=train_dataset, data_collator=collator,
-                             processing_class=processor, callbacks=[timer])
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=collator,
+        processing_class=processor,
+        callbacks=[timer],
+    )
     result = trainer.train()
     if int(os.environ.get("RANK", "0")) == 0:
-        Path(args.timings).write_text(json.dumps({"step_end_times": timer.times, "end_time": time.time(), "train_loss": result.training_loss,
-                                                  "train_runtime": result.metrics["train_runtime"],
-                                                  "global_batch_size": args.batch_size * world_size}))
+        Path(args.timings).write_text(
+            json.dumps(
+                {
+                    "step_end_times": timer.times,
+                    "end_time": time.time(),
+                    "train_loss": result.training_loss,
+                    "train_runtime": result.metrics["train_runtime"],
+                    "global_batch_size": args.batch_size * world_size,
+                }
+            )
+        )
         if args.save_model:
             trainer.model.save_pretrained(args.save_model)
             processor.save_pretrained(args.save_model)

@@ -54,17 +54,25 @@ from wdsbr.options import EvaluateOptions, explicit_options  # noqa: E402  (ligh
 
 # When --model is a run's best/ (or the run folder), these come from the run's config.json unless given:
 # evaluate.py option -> the trainer's option(s) it takes, first one set wins.
-FROM_RUN = {"language": ("language",), "text_normalizer": ("text_normalizer",), "num_beams": ("num_beams",),
-            "generation_max_length": ("generation_max_length",), "batch_size": ("eval_batch_size", "batch_size"),
-            "precision": ("precision",)}
-MODEL_HELP = ("Model folder (runs/NAME/best, any save_pretrained folder) or hub id (openai/whisper-small); with "
-              "--engine faster-whisper, a CTranslate2 folder (tools/export.py).")
+FROM_RUN = {
+    "language": ("language",),
+    "text_normalizer": ("text_normalizer",),
+    "num_beams": ("num_beams",),
+    "generation_max_length": ("generation_max_length",),
+    "batch_size": ("eval_batch_size", "batch_size"),
+    "precision": ("precision",),
+}
+MODEL_HELP = (
+    "Model folder (runs/NAME/best, any save_pretrained folder) or hub id (openai/whisper-small); with "
+    "--engine faster-whisper, a CTranslate2 folder (tools/export.py)."
+)
 
 
 # ------------------------------------------------------------------------------------------------------ config
 @command(EvaluateOptions.sections())
-@EvaluateOptions.click_options({"model": dict(default=None, required=True, show_default=False, help=MODEL_HELP),
-                                "data": dict(required=True)})
+@EvaluateOptions.click_options(
+    {"model": dict(default=None, required=True, show_default=False, help=MODEL_HELP), "data": dict(required=True)}
+)
 def main(**values):
     """Transcribe --data with --model and print WER, CER and speed as one JSON line."""
     from wdsbr.transcribe import check_options, transcribe_and_score  # torch, transformers: after the options
@@ -93,7 +101,10 @@ def from_run(opts: dict, explicit: set[str]) -> dict:
         if name not in explicit and value is not None and value != opts[name]:
             taken[name] = value
     if taken:
-        say(f"from {saved}: " + ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in taken.items()), err=True)
+        say(
+            f"from {saved}: " + ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in taken.items()),
+            err=True,
+        )
     return {**opts, **taken}
 
 

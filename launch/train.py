@@ -38,7 +38,9 @@ def main(**values):
         signal.signal(signum, lambda number, _frame: caught.append(signal.Signals(number).name))
     from wdsbr.training import resolve_options  # torch, transformers, deepspeed: only once the options are read
 
-    opts, ds_config, notes = resolve_options(TrainOptions.from_flat(values), explicit_options(click.get_current_context()))
+    opts, ds_config, notes = resolve_options(
+        TrainOptions.from_flat(values), explicit_options(click.get_current_context())
+    )
     if ds_config:
         train(opts, ds_config, notes)
     else:  # a finished run: say so and leave
@@ -57,8 +59,16 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
     from wdsbr.metrics import MetricsLog, progress_bar
     from wdsbr.model import is_multilingual, language_code, load_model, load_processor, quiet_libraries
     from wdsbr.scoring import load_normalizer
-    from wdsbr.training import (RunState, StepMeter, any_rank_signalled, finish, make_run_folder, save_run_checkpoint,
-                                say_left_out, validate)
+    from wdsbr.training import (
+        RunState,
+        StepMeter,
+        any_rank_signalled,
+        finish,
+        make_run_folder,
+        save_run_checkpoint,
+        say_left_out,
+        validate,
+    )
 
     t_start = time.perf_counter()
     quiet_libraries()
@@ -71,7 +81,9 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
     # ------------------------------------------------------------------------------------------------ model
     processor = load_processor(opts.whisper.model, opts.whisper.language)
     model = load_model(opts.whisper.model)
-    language = language_code(opts.whisper.language) if is_multilingual(opts.whisper.model, model.generation_config) else None
+    language = (
+        language_code(opts.whisper.language) if is_multilingual(opts.whisper.model, model.generation_config) else None
+    )
     model.config.use_cache = not optim.gradient_checkpointing
     if optim.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -79,16 +91,30 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
 
     # ------------------------------------------------------------------------------------------------- data
     skipped = SkipCounter()
-    stream = LoaderOptions(processor.tokenizer, list(processor.tokenizer.prefix_tokens), n_mels=model.config.num_mel_bins,
-                           micro_batch_size=optim.batch_size, num_workers=opts.runtime.num_workers, rank=dist.rank(),
-                           world_size=dist.world_size(), skip_counter=skipped,
-                           normalize=load_normalizer(opts.decoding.text_normalizer),
-                           max_label_tokens=model.config.max_target_positions,
-                           decoder_start_token_id=model.config.decoder_start_token_id, seed=optim.seed,
-                           shuffle_buffer=data.shuffle_buffer, epoch_samples=data.epoch_samples,
-                           pack=data.pack_fraction if data.pack else 0.0, spec_augment=opts.augment.spec_augment,
-                           speed_perturb=opts.augment.speed_perturb, timestamps=data.timestamps, prev_text=data.prev_text)
-    val_loader = make_eval_loader(data.val_shards, dataclasses.replace(stream, micro_batch_size=val.eval_batch_size or optim.batch_size))
+    stream = LoaderOptions(
+        processor.tokenizer,
+        list(processor.tokenizer.prefix_tokens),
+        n_mels=model.config.num_mel_bins,
+        micro_batch_size=optim.batch_size,
+        num_workers=opts.runtime.num_workers,
+        rank=dist.rank(),
+        world_size=dist.world_size(),
+        skip_counter=skipped,
+        normalize=load_normalizer(opts.decoding.text_normalizer),
+        max_label_tokens=model.config.max_target_positions,
+        decoder_start_token_id=model.config.decoder_start_token_id,
+        seed=optim.seed,
+        shuffle_buffer=data.shuffle_buffer,
+        epoch_samples=data.epoch_samples,
+        pack=data.pack_fraction if data.pack else 0.0,
+        spec_augment=opts.augment.spec_augment,
+        speed_perturb=opts.augment.speed_perturb,
+        timestamps=data.timestamps,
+        prev_text=data.prev_text,
+    )
+    val_loader = make_eval_loader(
+        data.val_shards, dataclasses.replace(stream, micro_batch_size=val.eval_batch_size or optim.batch_size)
+    )
     long_form = None  # --val-long-form: this rank's share of the long recordings, each scored whole
     if val.val_long_form:
         recordings, rejected = list_recordings(val.val_long_form)
@@ -104,8 +130,10 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
     state = RunState(EarlyStopping(val.metric, val.min_delta, val.patience), seed=optim.seed)
     if saving.resume:
         state = RunState.resumed(load_checkpoint(engine, out / "checkpoints"), optim.seed)  # collective: all ranks
-        dist.say(f"resumed from step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch}), "
-                 f"best {state.stopper.metric} {state.stopper.best}")
+        dist.say(
+            f"resumed from step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch}), "
+            f"best {state.stopper.metric} {state.stopper.best}"
+        )
 
     # ------------------------------------------------------------------------------------------------- loop
     log_every, eval_every, max_steps = opts.logging.log_every, val.eval_every, optim.max_steps
@@ -117,8 +145,10 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
             state.batch_in_epoch += 1
             if loss is None:  # NaN/inf on some rank: skipped everywhere before touching the weights
                 state.nonfinite_batches += 1
-                dist.say(f"step {state.step}: non-finite loss, micro-batch skipped ({state.nonfinite_batches} so far): "
-                         f"{', '.join(batch['keys'][:4])}")
+                dist.say(
+                    f"step {state.step}: non-finite loss, micro-batch skipped ({state.nonfinite_batches} so far): "
+                    f"{', '.join(batch['keys'][:4])}"
+                )
                 continue
             meter.add(loss, batch)
             if engine.global_steps == state.step:
@@ -131,16 +161,33 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.1f}")
             signalled = any_rank_signalled(caught, engine.device)  # collective: all ranks
             if signalled:
-                dist.say(f"step {state.step}: {caught[0] if caught else 'another rank was signalled'}: checkpointing and stopping")
-            stop_job = signalled or (saving.stop_after_steps is not None and state.step - state.start_step >= saving.stop_after_steps)
+                dist.say(
+                    f"step {state.step}: {caught[0] if caught else 'another rank was signalled'}: checkpointing and "
+                    "stopping"
+                )
+            stop_job = signalled or (
+                saving.stop_after_steps is not None and state.step - state.start_step >= saving.stop_after_steps
+            )
             state.done = state.step >= max_steps or stop_job
             if state.step % eval_every == 0 or state.step == max_steps:
-                state.stopped_early = validate(engine, val_loader, processor, gen_kwargs, dtype, state, out=out,
-                                               normalizer=opts.decoding.text_normalizer, language=language,
-                                               metrics=metrics, long_form=long_form)  # collective: all ranks
+                state.stopped_early = validate(
+                    engine,
+                    val_loader,
+                    processor,
+                    gen_kwargs,
+                    dtype,
+                    state,
+                    out=out,
+                    normalizer=opts.decoding.text_normalizer,
+                    language=language,
+                    metrics=metrics,
+                    long_form=long_form,
+                )  # collective: all ranks
                 state.done = state.done or state.stopped_early
             if state.done or state.step % eval_every == 0:
-                save_run_checkpoint(engine, out, state, skipped, loader.batches_per_rank, saving.keep_checkpoints)  # collective
+                save_run_checkpoint(
+                    engine, out, state, skipped, loader.batches_per_rank, saving.keep_checkpoints
+                )  # collective
                 meter.restart()
             if state.done:
                 break

@@ -14,8 +14,8 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -85,8 +85,13 @@ def write_plain_shards(folder: Path, sizes: list[int], seconds: float = 0.5) -> 
             for index in range(size):
                 audio = io.BytesIO()
                 sf.write(audio, speech_like(seconds, seed=shard * 1000 + index), 16000, format="WAV")
-                writer.write({"__key__": f"s{shard}_{index:03d}", "wav": audio.getvalue(),
-                              "txt": WORDS[(shard + index) % len(WORDS)]})
+                writer.write(
+                    {
+                        "__key__": f"s{shard}_{index:03d}",
+                        "wav": audio.getvalue(),
+                        "txt": WORDS[(shard + index) % len(WORDS)],
+                    }
+                )
         paths.append(str(path))
     return paths
 
@@ -123,8 +128,8 @@ def tiny_processor(tiny_whisper):
 def build_wordy_whisper(path: Path, multilingual: bool = True, scale: float = 30.0, n_mels: int = 80) -> str:
     """A tiny random Whisper whose greedy transcripts are text that differs from clip to clip. Timestamp tokens are
     suppressed (a random model otherwise emits only timestamps, which decode to nothing: every WER 1), and the
-    encoder and cross-attention matrices are scaled by `scale` (×30): at the default init the audio barely reaches the decoder
-    and every clip gets the same words (10 clips: 1 distinct transcript at ×1, 3 at ×10, 10 at ×30)."""
+    encoder and cross-attention matrices are scaled by `scale` (×30): at the default init the audio barely reaches the
+    decoder and every clip gets the same words (10 clips: 1 distinct transcript at ×1, 3 at ×10, 10 at ×30)."""
     import torch
 
     from wdsbr.model import build_tiny_whisper, load_model
@@ -153,8 +158,14 @@ EVALUATE = Path(__file__).resolve().parents[1] / "launch" / "evaluate.py"
 def run_evaluate(*args, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     """launch/evaluate.py as a user runs it (python, or a launcher such as deepspeed --num_gpus 2), offline."""
     command = (launcher or [sys.executable]) + [str(EVALUATE), *map(str, args)]
-    return subprocess.run(command, cwd=EVALUATE.parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        command,
+        cwd=EVALUATE.parents[1],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def json_line(result: subprocess.CompletedProcess) -> dict:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import speech_like
+
 from wdsbr.ali import parse_ali, read_segment
 from wdsbr.audio import SAMPLE_RATE, decode_audio
 from wdsbr.corpus import CorpusError, Item, Rejection, open_corpus
@@ -83,9 +83,14 @@ def test_parse_ali_reads_sentences_segments_speakers_and_header(tmp_path):
     assert ali.audio_path == tmp_path / "audio" / "interview.wav"
     assert [(s.text, s.start, s.end, s.metadata["speaker"], s.metadata["gender"]) for s in ali.sentences] == SENTENCES
     assert [s.line for s in ali.sentences][:3] == [9, 10, 11]
-    assert ali.header == {"audio-path": "audio/interview.wav", "source": "Radio Kreiz Breizh",
-                          "author": ["Gweltaz", "Yann_Gwilhou"], "tags": ["kelaouennoù", "istor"],
-                          "licence": "CC-BY-SA 4.0", "parser": "add-lm"}
+    assert ali.header == {
+        "audio-path": "audio/interview.wav",
+        "source": "Radio Kreiz Breizh",
+        "author": ["Gweltaz", "Yann_Gwilhou"],
+        "tags": ["kelaouennoù", "istor"],
+        "licence": "CC-BY-SA 4.0",
+        "parser": "add-lm",
+    }
     assert ali.sentences[3].metadata["unknown"] == [3]  # the {?} is the 4th word
     assert ali.sentences[7].metadata["parser"] == ["no-lm"] and "parser" not in ali.sentences[8].metadata
     assert ali.problems == []
@@ -95,8 +100,13 @@ def test_parse_ali_matches_anaouders_own_reader(tmp_path, capsys):
     """anaouder.asr.dataset.load_ali_file is the oracle: same sentences, segments, speakers, metadata, audio."""
     pytest.importorskip("pydub", reason="the oracle module imports pydub")
     pytest.importorskip("pytz", reason="the oracle module imports pytz")
-    oracle = pytest.importorskip("anaouder.asr.dataset", reason="pip install -e '.[breton,breton-test]' && pip install --no-deps anaouder==1.0.5")
-    for name, text in (("interview.ali", ALI), ("plain.ali", "Demat. {start: 0; end: 1.5}\n\nKenavo {start: 2; end: 3.25}\n")):
+    oracle = pytest.importorskip(
+        "anaouder.asr.dataset", reason="pip install -e '.[breton,breton-test]' && pip install --no-deps anaouder==1.0.5"
+    )
+    for name, text in (
+        ("interview.ali", ALI),
+        ("plain.ali", "Demat. {start: 0; end: 1.5}\n\nKenavo {start: 2; end: 3.25}\n"),
+    ):
         path = write(tmp_path / name, text)
         expected = oracle.load_ali_file(str(path))
         ali = parse_ali(path)
@@ -158,15 +168,23 @@ def write_ali_corpus(root: Path) -> np.ndarray:
     """interview.ali (16 kHz wav, 40 s) with 6 good sentences and one of each rejection; radio.ali beside a 48 kHz
     mp3 with no audio-path and no speaker; lost.ali whose recording is missing; one ordinary pair."""
     recording = write_recording(root / "audio" / "interview.wav", 40.0, 16_000, seed=1)
-    write(root / "interview.ali", ALI.replace("Hini all. {start: 11.1; end: 12}",
-                                                "Hini all. {start: 11.1; end: 12}\n"
-                                                "Re hir. {start: 2; end: 33}\n"         # 31 s > 30 s
-                                                "{start: 20; end: 21}\n"                # no text
-                                                "Gin. {start: 22; end: 21}\n"           # end before start
-                                                "Re bell. {start: 39.5; end: 41}\n"     # past the 40 s recording
-                                                "Ne ra netra. {start: x; end: 23}"))    # unreadable start
+    write(
+        root / "interview.ali",
+        ALI.replace(
+            "Hini all. {start: 11.1; end: 12}",
+            "Hini all. {start: 11.1; end: 12}\n"
+            "Re hir. {start: 2; end: 33}\n"  # 31 s > 30 s
+            "{start: 20; end: 21}\n"  # no text
+            "Gin. {start: 22; end: 21}\n"  # end before start
+            "Re bell. {start: 39.5; end: 41}\n"  # past the 40 s recording
+            "Ne ra netra. {start: x; end: 23}",
+        ),
+    )  # unreadable start
     write_recording(root / "radio" / "radio.mp3", 6.0, 48_000, fmt="MP3", seed=2)
-    write(root / "radio" / "radio.ali", "# no header\nKelou ar vro. {start: 0.5; end: 2.5}\nHag an amzer. {start: 3; end: 5.25}\n")
+    write(
+        root / "radio" / "radio.ali",
+        "# no header\nKelou ar vro. {start: 0.5; end: 2.5}\nHag an amzer. {start: 3; end: 5.25}\n",
+    )
     write(root / "lost.ali", "{audio-path: nowhere.mp3}\nDemat. {start: 0; end: 1}\n")
     write_recording(root / "pairs" / "utt1.wav", 1.0, 16_000, seed=4)
     write(root / "pairs" / "utt1.txt", "Demat dit.")
@@ -177,18 +195,33 @@ def test_an_ali_folder_is_detected_and_every_sentence_is_an_item_or_a_rejection(
     root = tmp_path / "corpus"
     write_ali_corpus(root)
     corpus = open_corpus(root)
-    assert corpus.kind == "ali" and corpus.description == {"kind": "ali", "path": str(root.resolve()),
-                                                           "ali_files": 3, "recordings": 2}
+    assert corpus.kind == "ali" and corpus.description == {
+        "kind": "ali",
+        "path": str(root.resolve()),
+        "ali_files": 3,
+        "recordings": 2,
+    }
     items = {entry.source: entry for entry in corpus.entries if isinstance(entry, Item)}
     rejections = {entry.source: entry.reason for entry in corpus.entries if isinstance(entry, Rejection)}
-    assert rejections == {"interview.ali:23": "empty_transcript", "interview.ali:24": "empty_segment",
-                          "interview.ali:26": "bad_alignment", "lost.ali:2": "missing_audio"}
+    assert rejections == {
+        "interview.ali:23": "empty_transcript",
+        "interview.ali:24": "empty_segment",
+        "interview.ali:26": "bad_alignment",
+        "lost.ali:2": "missing_audio",
+    }
     first = items["interview.ali:9"]
     assert first.key == "interview__00000520-00002900" and first.segment == (0.52, 2.9)
     assert first.speaker == "yann_gwilhou" and first.text == "Demat deoc'h." and first.split is None
-    assert first.meta == {"source": "Radio Kreiz Breizh", "author": ["Gweltaz", "Yann_Gwilhou"],
-                          "tags": ["kelaouennoù", "istor"], "licence": "CC-BY-SA 4.0",
-                          "recording": "audio/interview.wav", "start": 0.52, "end": 2.9, "gender": "m"}
+    assert first.meta == {
+        "source": "Radio Kreiz Breizh",
+        "author": ["Gweltaz", "Yann_Gwilhou"],
+        "tags": ["kelaouennoù", "istor"],
+        "licence": "CC-BY-SA 4.0",
+        "recording": "audio/interview.wav",
+        "start": 0.52,
+        "end": 2.9,
+        "gender": "m",
+    }
     radio = items["radio/radio.ali:2"]
     assert radio.speaker is None and radio.split_group == "radio/radio.mp3"  # one recording, one split
     assert items["pairs/utt1.wav"].segment is None  # the ordinary pair beside them
@@ -200,11 +233,21 @@ def test_an_ali_folder_is_detected_and_every_sentence_is_an_item_or_a_rejection(
 def test_ali_folder_into_shards_cuts_each_segment_keeps_speaker_source_and_times(tmp_path):
     root = tmp_path / "corpus"
     recording = write_ali_corpus(root)
-    manifest = shard_corpus(open_corpus(root), tmp_path / "shards",
-                            ShardOptions(val_fraction=0, test_fraction=0, workers=2, samples_per_shard=4), progress=False)
+    manifest = shard_corpus(
+        open_corpus(root),
+        tmp_path / "shards",
+        ShardOptions(val_fraction=0, test_fraction=0, workers=2, samples_per_shard=4),
+        progress=False,
+    )
     counts = manifest["counts"]
-    assert counts["rejected_by_reason"] == {"bad_alignment": 1, "beyond_recording_end": 1, "empty_segment": 1,
-                                            "empty_transcript": 1, "missing_audio": 1, "too_long": 1}
+    assert counts["rejected_by_reason"] == {
+        "bad_alignment": 1,
+        "beyond_recording_end": 1,
+        "empty_segment": 1,
+        "empty_transcript": 1,
+        "missing_audio": 1,
+        "too_long": 1,
+    }
     assert counts["kept"] == 10 + 2 + 1 and counts["kept"] + counts["rejected"] == counts["found"]
     reasons = {row["source"]: row for row in manifest["rejected"]}
     assert reasons["interview.ali:22"]["detail"] == "segment 2-33 s is 31.00 s > --max-seconds 30"
@@ -234,8 +277,12 @@ def test_unknown_speakers_of_one_recording_stay_in_one_split(tmp_path):
     root = tmp_path / "corpus"
     write_recording(root / "long.wav", 30.0, 16_000)
     write(root / "long.ali", "".join(f"Frazenn {i}. {{start: {i}; end: {i + 0.8}}}\n" for i in range(25)))
-    manifest = shard_corpus(open_corpus(root), tmp_path / "shards", ShardOptions(val_fraction=0.3, test_fraction=0.3, workers=1),
-                            progress=False)
+    manifest = shard_corpus(
+        open_corpus(root),
+        tmp_path / "shards",
+        ShardOptions(val_fraction=0.3, test_fraction=0.3, workers=1),
+        progress=False,
+    )
     assert sorted(summary["samples"] for summary in manifest["splits"].values()) == [0, 0, 25]
 
 
@@ -248,9 +295,25 @@ def test_ali_flag_on_a_folder_without_ali_files_is_an_error(tmp_path):
 def test_shard_tool_reads_an_ali_folder(tmp_path):
     root = tmp_path / "corpus"
     write_ali_corpus(root)
-    result = subprocess.run([sys.executable, "tools/shard_corpus.py", str(root), str(tmp_path / "out"), "--workers", "1",
-                             "--no-progress", "--val-fraction", "0", "--test-fraction", "0"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "tools/shard_corpus.py",
+            str(root),
+            str(tmp_path / "out"),
+            "--workers",
+            "1",
+            "--no-progress",
+            "--val-fraction",
+            "0",
+            "--test-fraction",
+            "0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "kept 13 of 19 inputs; rejected 6" in result.stdout
 
@@ -263,15 +326,22 @@ def test_ali_windows_group_a_recordings_sentences_with_their_times_and_the_text_
     write(root / "long.ali", "".join(lines))
     items = [entry for entry in open_corpus(root, ali_windows=10.0).entries if isinstance(entry, Item)]
     assert [(item.segment, item.source) for item in items] == [
-        ((0.0, 9.8), "long.ali:1-10"), ((10.0, 12.8), "long.ali:11-13"), ((12.5, 21.8), "long.ali:14-23"),
-        ((22.0, 24.8), "long.ali:24-26")]
+        ((0.0, 9.8), "long.ali:1-10"),
+        ((10.0, 12.8), "long.ali:11-13"),
+        ((12.5, 21.8), "long.ali:14-23"),
+        ((22.0, 24.8), "long.ali:24-26"),
+    ]
     first, second = items[0], items[1]
     assert first.text == " ".join(f"Frazenn {i}." for i in range(10)) and "previous_text" not in first.meta
     assert second.meta["segments"] == [[0.0, 0.8, "Frazenn 10."], [1.0, 1.8, "Frazenn 11."], [2.0, 2.8, "Frazenn 12."]]
     assert second.meta["previous_text"] == first.text and (second.meta["start"], second.meta["end"]) == (10.0, 12.8)
     assert items[2].meta["segments"][:2] == [[0.0, 0.45, "Unan all."], [0.5, 1.3, "Frazenn 13."]]
     sentences = [entry for entry in open_corpus(root).entries if isinstance(entry, Item)]  # one input a sentence
-    assert len(sentences) == 26 and sentences[1].meta["previous_text"] == "Frazenn 0." and "segments" not in sentences[1].meta
+    assert (
+        len(sentences) == 26
+        and sentences[1].meta["previous_text"] == "Frazenn 0."
+        and "segments" not in sentences[1].meta
+    )
     with pytest.raises(CorpusError, match=r"--ali-windows: .* \(no .ali file in it\)"):
         write(tmp_path / "pairs" / "a.txt", "a")
         open_corpus(tmp_path / "pairs", ali_windows=10.0)
@@ -283,12 +353,32 @@ def test_ali_windows_train_with_timestamps_where_the_sentences_lie(tmp_path, tin
 
     root = tmp_path / "corpus"
     write_recording(root / "long.wav", 30.0, 16_000)
-    write(root / "long.ali", "".join(f"Frazenn {i}. {{start: {1.5 * i + 0.21}; end: {1.5 * i + 1.2}}}\n" for i in range(12)))
-    shard_corpus(open_corpus(root, ali_windows=10.0), tmp_path / "shards", ShardOptions(val_fraction=0, test_fraction=0,
-                 max_seconds=10.0, workers=1), progress=False)
+    write(
+        root / "long.ali",
+        "".join(f"Frazenn {i}. {{start: {1.5 * i + 0.21}; end: {1.5 * i + 1.2}}}\n" for i in range(12)),
+    )
+    shard_corpus(
+        open_corpus(root, ali_windows=10.0),
+        tmp_path / "shards",
+        ShardOptions(val_fraction=0, test_fraction=0, max_seconds=10.0, workers=1),
+        progress=False,
+    )
     tokenizer = tiny_processor.tokenizer
-    loader = make_train_loader(str(tmp_path / "shards" / "train"), LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=1, num_workers=0, timestamps=1.0, speed_perturb="0.5"))  # twice as long
+    loader = make_train_loader(
+        str(tmp_path / "shards" / "train"),
+        LoaderOptions(
+            tokenizer,
+            list(tokenizer.prefix_tokens),
+            n_mels=80,
+            micro_batch_size=1,
+            num_workers=0,
+            timestamps=1.0,
+            speed_perturb="0.5",
+        ),
+    )  # twice as long
     begin = timestamp_begin(tokenizer)
-    stamps = {batch["keys"][0]: [round((t - begin) * TIME_PRECISION, 2) for t in batch["labels"][0].tolist() if t >= begin]
-              for batch in loader}
+    stamps = {
+        batch["keys"][0]: [round((t - begin) * TIME_PRECISION, 2) for t in batch["labels"][0].tolist() if t >= begin]
+        for batch in loader
+    }
     assert stamps["long__00000210-00010200"] == [round(2 * x, 2) for i in range(7) for x in (1.5 * i, 1.5 * i + 0.99)]

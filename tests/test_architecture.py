@@ -13,10 +13,33 @@ ROOT = Path(__file__).resolve().parents[1]
 # The layers of docs/design.md, lowest first; a module may import its own layer or lower ones only.
 LAYERS = {
     "basics": {"wdsbr", "wdsbr.text", "wdsbr.breton", "wdsbr.dist", "wdsbr.cli", "wdsbr.options"},
-    "data": {"wdsbr.audio", "wdsbr.augment", "wdsbr.ali", "wdsbr.features", "wdsbr.collate", "wdsbr.corpus", "wdsbr.shards", "wdsbr.streams", "wdsbr.data",
-             "wdsbr.eval_data", "wdsbr.model", "wdsbr.pretrained", "wdsbr.timestamps"},
-    "orchestration": {"wdsbr.scoring", "wdsbr.evaluation", "wdsbr.engine", "wdsbr.training", "wdsbr.metrics", "wdsbr.longform",
-                      "wdsbr.report", "wdsbr.modelcard", "wdsbr.export", "wdsbr.transcribe"},
+    "data": {
+        "wdsbr.audio",
+        "wdsbr.augment",
+        "wdsbr.ali",
+        "wdsbr.features",
+        "wdsbr.collate",
+        "wdsbr.corpus",
+        "wdsbr.shards",
+        "wdsbr.streams",
+        "wdsbr.data",
+        "wdsbr.eval_data",
+        "wdsbr.model",
+        "wdsbr.pretrained",
+        "wdsbr.timestamps",
+    },
+    "orchestration": {
+        "wdsbr.scoring",
+        "wdsbr.evaluation",
+        "wdsbr.engine",
+        "wdsbr.training",
+        "wdsbr.metrics",
+        "wdsbr.longform",
+        "wdsbr.report",
+        "wdsbr.modelcard",
+        "wdsbr.export",
+        "wdsbr.transcribe",
+    },
 }
 ORDER = ["basics", "data", "orchestration", "scripts"]
 
@@ -46,16 +69,21 @@ def sources() -> dict[str, Path]:
 def internal_imports(path: Path, modules: set[str]) -> list[tuple[str, int, bool]]:
     """(imported wdsbr module, line, at module level) for every import of the package in one file."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    top_level = {id(node) for node in tree.body} | {id(n) for node in tree.body if isinstance(node, ast.Try)
-                                                    for n in node.body + [h for hh in node.handlers for h in hh.body]}
+    top_level = {id(node) for node in tree.body} | {
+        id(n)
+        for node in tree.body
+        if isinstance(node, ast.Try)
+        for n in node.body + [h for hh in node.handlers for h in hh.body]
+    }
     found = []
     for node in ast.walk(tree):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names
-                                     if f"{node.module}.{alias.name}" in modules]
+            names = [node.module] + [
+                f"{node.module}.{alias.name}" for alias in node.names if f"{node.module}.{alias.name}" in modules
+            ]
         for name in names:
             if name == "wdsbr" or name.startswith("wdsbr."):
                 found.append((name if name in modules else name.rsplit(".", 1)[0], node.lineno, id(node) in top_level))
@@ -67,8 +95,10 @@ def graph() -> dict[str, dict[str, tuple[int, bool]]]:
     files = sources()
     modules = set(files)
     assert {"wdsbr.scoring", "wdsbr.training", "wdsbr.text", "launch.train"} <= modules
-    return {name: {target: (line, top) for target, line, top in internal_imports(path, modules) if target != name}
-            for name, path in files.items()}
+    return {
+        name: {target: (line, top) for target, line, top in internal_imports(path, modules) if target != name}
+        for name, path in files.items()
+    }
 
 
 def test_the_import_graph_has_no_circle(graph):
@@ -78,7 +108,7 @@ def test_the_import_graph_has_no_circle(graph):
         state[module] = "open"
         for target in graph.get(module, {}):
             if state.get(target) == "open":
-                circle = trail[trail.index(target):] + [target] if target in trail else [module, target]
+                circle = trail[trail.index(target) :] + [target] if target in trail else [module, target]
                 pytest.fail("import circle: " + " -> ".join(circle))
             if target not in state:
                 visit(target, trail + [target])
@@ -90,16 +120,24 @@ def test_the_import_graph_has_no_circle(graph):
 
 
 def test_imports_flow_from_scripts_to_orchestration_to_data_to_basics(graph):
-    upward = [f"{module} ({layer(module)}) imports {target} ({layer(target)}) at line {line}"
-              for module, targets in graph.items() for target, (line, _) in targets.items()
-              if ORDER.index(layer(target)) > ORDER.index(layer(module))]
+    upward = [
+        f"{module} ({layer(module)}) imports {target} ({layer(target)}) at line {line}"
+        for module, targets in graph.items()
+        for target, (line, _) in targets.items()
+        if ORDER.index(layer(target)) > ORDER.index(layer(module))
+    ]
     assert upward == []
 
 
 def test_the_package_imports_itself_only_at_module_level(graph):
     """A function-level import of another wdsbr module is how a circle hides: none inside the package."""
-    hidden = [f"{module}:{line} imports {target} inside a function" for module, targets in graph.items()
-              if module.startswith("wdsbr") for target, (line, top) in targets.items() if not top]
+    hidden = [
+        f"{module}:{line} imports {target} inside a function"
+        for module, targets in graph.items()
+        if module.startswith("wdsbr")
+        for target, (line, top) in targets.items()
+        if not top
+    ]
     assert hidden == []
 
 

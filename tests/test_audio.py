@@ -5,8 +5,8 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import speech_like
+
 from wdsbr.audio import AudioError, decode_audio, encode_audio, load_audio
 
 
@@ -45,10 +45,13 @@ def test_encode_roundtrip_is_pcm16_exact():
         np.testing.assert_allclose(decoded, audio, atol=1 / 32768 + 1e-7)
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "unreadable audio"),
-    (b"this is not audio at all" * 10, "unreadable audio"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "unreadable audio"),
+        (b"this is not audio at all" * 10, "unreadable audio"),
+    ],
+)
 def test_garbage_raises_a_clear_audio_error(data, message):
     with pytest.raises(AudioError, match=message):
         decode_audio(data)

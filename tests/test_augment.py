@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import speech_like, write_plain_shards
+
 from wdsbr.augment import SpecAugment, _spans, parse_speeds, rng_for, speed_perturb
 from wdsbr.data import LoaderOptions, make_eval_loader, make_train_loader
 from wdsbr.features import log_mel_spectrogram
@@ -21,11 +21,12 @@ def _features(seconds: list[float]) -> torch.Tensor:
 def test_masks_fall_only_inside_each_clips_own_frames():
     seconds = [1.0, 2.5]
     plain = _features(seconds)
-    masked = SpecAugment(mask_time_prob=0.5, mask_feature_prob=0.2)(plain.clone(), [int(s * 16000) for s in seconds],
-                                                                     ["a", "b"], seed=0, epoch=0)
+    masked = SpecAugment(mask_time_prob=0.5, mask_feature_prob=0.2)(
+        plain.clone(), [int(s * 16000) for s in seconds], ["a", "b"], seed=0, epoch=0
+    )
     for row, s in enumerate(seconds):
         frames = int(np.ceil(s * 16000 / 160))
-        changed = (masked[row] != plain[row])
+        changed = masked[row] != plain[row]
         assert torch.equal(masked[row, :, frames:], plain[row, :, frames:])  # the padding to 30 s is never masked
         assert changed[:, :frames].any()
         time_masked = (masked[row, :, :frames] == 0).all(dim=0).sum().item()
@@ -62,9 +63,14 @@ def test_speed_perturbation_changes_the_duration_by_the_factor(factor):
 def test_speed_perturbation_never_pushes_a_clip_past_the_window_and_is_deterministic():
     long = np.zeros(int(28.5 * 16000), dtype=np.float32)
     assert speed_perturb(long, "k", (0.9,), seed=0, epoch=0, max_seconds=30.0)[1] == 1.0  # 31.7 s would not fit
-    draws = [speed_perturb(speech_like(0.5), f"k{i}", (0.9, 1.0, 1.1), seed=3, epoch=0, max_seconds=30.0)[1] for i in range(30)]
-    assert draws == [speed_perturb(speech_like(0.5), f"k{i}", (0.9, 1.0, 1.1), seed=3, epoch=0, max_seconds=30.0)[1]
-                     for i in range(30)]
+    draws = [
+        speed_perturb(speech_like(0.5), f"k{i}", (0.9, 1.0, 1.1), seed=3, epoch=0, max_seconds=30.0)[1]
+        for i in range(30)
+    ]
+    assert draws == [
+        speed_perturb(speech_like(0.5), f"k{i}", (0.9, 1.0, 1.1), seed=3, epoch=0, max_seconds=30.0)[1]
+        for i in range(30)
+    ]
     assert set(draws) == {0.9, 1.0, 1.1}
     assert rng_for(3, 0, "k", "speed").random() != rng_for(3, 1, "k", "speed").random()
 
@@ -88,14 +94,23 @@ def prompt(tiny_processor):
 
 
 def _batches(shards, tiny_processor, prompt, start_batch=0, **kwargs):
-    options = LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=1,  # one clip a batch:
-                            num_workers=0, shuffle_buffer=4, seed=1, **kwargs)  # its own duration
+    options = LoaderOptions(
+        tiny_processor.tokenizer,
+        prompt,
+        n_mels=80,
+        micro_batch_size=1,  # one clip a batch:
+        num_workers=0,
+        shuffle_buffer=4,
+        seed=1,
+        **kwargs,
+    )  # its own duration
     loader = make_train_loader(shards, options, start_batch=start_batch)
     return [(batch["keys"], batch["input_features"], batch["audio_seconds"]) for batch in loader]
 
 
 def test_the_training_stream_augments_validation_does_not_and_a_resume_sees_the_same_augmented_batches(
-        shards, tiny_processor, prompt):
+    shards, tiny_processor, prompt
+):
     plain = _batches(shards, tiny_processor, prompt)
     augmented = _batches(shards, tiny_processor, prompt, spec_augment=True, speed_perturb="0.8,1.25")
     assert [keys for keys, _, _ in augmented] == [keys for keys, _, _ in plain]  # same samples, same order
@@ -105,7 +120,9 @@ def test_the_training_stream_augments_validation_does_not_and_a_resume_sees_the_
     for (keys, features, _), (want_keys, want, _) in zip(resumed, augmented[2:], strict=True):
         assert keys == want_keys and torch.equal(features, want)
     evaluated = {}
-    for batch in make_eval_loader(shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2, num_workers=0)):
+    for batch in make_eval_loader(
+        shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2, num_workers=0)
+    ):
         evaluated.update(zip(batch["keys"], batch["input_features"]))
     for keys, features, _ in plain:  # validation's features are the plain log-mel of the clip
         for key, row in zip(keys, features):

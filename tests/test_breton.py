@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import write_speech_corpus
+
 from wdsbr import breton
 from wdsbr.scoring import load_normalizer
 from wdsbr.text import clean_text
@@ -20,12 +20,16 @@ from wdsbr.text import clean_text
 # (written, normalised by the breton normaliser)
 BRETON = [
     ("c'hwi a zo 3 bugel", "c'hwi a zo tri bugel"),
-    ("E 1998 e oa 25% eus an dud.",
-     "e mil nav c'hant triwec'h ha pevar-ugent e oa pemp warn-ugent dre gant eus an dud"),  # year, percentage
+    (
+        "E 1998 e oa 25% eus an dud.",
+        "e mil nav c'hant triwec'h ha pevar-ugent e oa pemp warn-ugent dre gant eus an dud",
+    ),  # year, percentage
     ("Ar 1añ a viz Du", "ar kentañ a viz du"),  # ordinal in a date
     ("d’ar 15 a viz Gouere 2024", "d'ar pemzek a viz gouere daou vil pevar warn-ugent"),  # date, ’
-    ("Ganet e oa d’an 11 a viz Here 1950 e Kemper.",
-     "ganet e oa d'an unnek a viz here mil nav c'hant hanter-kant e kemper"),
+    (
+        "Ganet e oa d’an 11 a viz Here 1950 e Kemper.",
+        "ganet e oa d'an unnek a viz here mil nav c'hant hanter-kant e kemper",
+    ),
     ("An 2vet, an 3de hag ar 4re", "an eilvet an trede hag ar pevare"),  # ordinals
     ("Er XIXvet kantved", "er naontekvet kantved"),  # Roman ordinal
     ("Da 8e30 e vo", "da eizh eur hanter e vo"),  # time
@@ -63,7 +67,7 @@ def test_text_normalizer_breton_resolves_to_the_anaouder_normaliser(anaouder):
 
 
 def test_breton_output_is_already_clean_and_normalising_twice_changes_nothing(anaouder):
-    for written, expected in BRETON:
+    for _written, expected in BRETON:
         assert clean_text(expected) == expected
         assert breton.normalize_breton(expected) == expected
 
@@ -99,12 +103,28 @@ def test_breton_normaliser_builds_labels_behind_the_br_transcribe_prompt(anaoude
     corpus = write_speech_corpus(tmp_path / "corpus", 2)
     (corpus / "spk0" / "utt000.txt").write_text("E 1998 e oa 25% eus an dud.", encoding="utf-8")
     (corpus / "spk1" / "utt001.txt").write_text("Ar 1añ a viz Du", encoding="utf-8")
-    shard_corpus(open_corpus(corpus), tmp_path / "shards", ShardOptions(val_fraction=0, test_fraction=0, workers=1),
-                 progress=False)
+    shard_corpus(
+        open_corpus(corpus),
+        tmp_path / "shards",
+        ShardOptions(val_fraction=0, test_fraction=0, workers=1),
+        progress=False,
+    )
     tokenizer = tiny_processor.tokenizer
-    loader = make_eval_loader(tmp_path / "shards" / "train", LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=2, num_workers=1, normalize=load_normalizer("breton")))
+    loader = make_eval_loader(
+        tmp_path / "shards" / "train",
+        LoaderOptions(
+            tokenizer,
+            list(tokenizer.prefix_tokens),
+            n_mels=80,
+            micro_batch_size=2,
+            num_workers=1,
+            normalize=load_normalizer("breton"),
+        ),
+    )
     (batch,) = list(loader)
-    labels = {key: [token for token in row.tolist() if token != -100] for key, row in zip(batch["keys"], batch["labels"])}
+    labels = {
+        key: [token for token in row.tolist() if token != -100] for key, row in zip(batch["keys"], batch["labels"])
+    }
     for key, expected in (("spk0__utt000", BRETON[1][1]), ("spk1__utt001", "ar kentañ a viz du")):
         tokens = tokenizer.convert_ids_to_tokens(labels[key])
         assert tokens[:3] == ["<|br|>", "<|transcribe|>", "<|notimestamps|>"] and tokens[-1] == "<|endoftext|>"
@@ -113,10 +133,16 @@ def test_breton_normaliser_builds_labels_behind_the_br_transcribe_prompt(anaoude
 
 # --- the scoring clean-up (the scores themselves: tests/test_scoring.py) -------------------------------------
 
+
 def test_breton_scoring_cleanup_splits_hyphens_keeps_inner_apostrophes_and_spells_numbers(anaouder):
-    assert breton.scoring_cleanup("Mont a ra war-lerc’h Yann-Vari, d’ar 3 !", verbalize_numbers=True) == \
-        "mont a ra war lerc'h yann vari d'ar tri"
-    assert breton.scoring_cleanup("Mont a ra war-lerc’h, d’ar 3 !", verbalize_numbers=False) == "mont a ra war lerc'h d'ar 3"
+    assert (
+        breton.scoring_cleanup("Mont a ra war-lerc’h Yann-Vari, d’ar 3 !", verbalize_numbers=True)
+        == "mont a ra war lerc'h yann vari d'ar tri"
+    )
+    assert (
+        breton.scoring_cleanup("Mont a ra war-lerc’h, d’ar 3 !", verbalize_numbers=False)
+        == "mont a ra war lerc'h d'ar 3"
+    )
     # spelling is the normaliser's business: the clean-up does not apply anaouder's corrections (aman -> amañ)
     assert breton.scoring_cleanup("Aman ez eus 3 bugel", verbalize_numbers=True) == "aman ez eus tri bugel"
     assert breton.normalize_breton("Aman ez eus 3 bugel") == "amañ ez eus tri bugel"
@@ -126,8 +152,15 @@ def test_the_module_imports_without_anaouder_torch_or_transformers():
     """`load_normalizer` imports wdsbr.breton in every DataLoader worker: it must stay light."""
     import subprocess
 
-    code = ("import sys, wdsbr.breton; heavy = {'anaouder', 'torch', 'transformers'} & set(sys.modules); "
-            "print(sorted(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    code = (
+        "import sys, wdsbr.breton; heavy = {'anaouder', 'torch', 'transformers'} & set(sys.modules); "
+        "print(sorted(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout.strip()
     assert out == "[]"

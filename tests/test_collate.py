@@ -2,8 +2,8 @@
 
 import numpy as np
 import torch
-
 from conftest import speech_like
+
 from wdsbr.collate import IGNORE_INDEX, Collator, pad_labels
 
 

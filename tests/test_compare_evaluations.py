@@ -18,8 +18,10 @@ def evaluation(folder: Path, wer: float, cer: float, predictions: dict[str, str]
     """A folder as `launch/evaluate.py --output folder/preds.tsv > folder/scores.json` leaves it (worst first)."""
     folder.mkdir(parents=True)
     references = {"b": "C'hoant am eus da zebriñ.", "a": "Demat deoc'h!", "c": "Kenavo."}
-    samples = [SampleScore(key, references[key].lower(), text.lower(), 1.0, 1, 3, references[key], text)
-               for key, text in reversed(sorted(predictions.items()))]
+    samples = [
+        SampleScore(key, references[key].lower(), text.lower(), 1.0, 1, 3, references[key], text)
+        for key, text in reversed(sorted(predictions.items()))
+    ]
     write_tsv(samples, folder / "preds.tsv")
     (folder / "scores.json").write_text(json.dumps({"wer": wer, "cer": cer, "samples": len(samples)}) + "\n")
     return folder
@@ -31,18 +33,30 @@ def compare(*args) -> subprocess.CompletedProcess:
 
 def test_examples_then_one_line_per_evaluation(tmp_path):
     before = evaluation(tmp_path / "zs", 1.3846, 0.72375, {"a": "La panna", "b": "Hoant a me a me", "c": "Kenavo"})
-    after = evaluation(tmp_path / "ft", 0.8205, 0.2873, {"a": "demat deoc'h", "b": "c'hoant am eus da zebriñ", "c": "kenavo"})
+    after = evaluation(
+        tmp_path / "ft", 0.8205, 0.2873, {"a": "demat deoc'h", "b": "c'hoant am eus da zebriñ", "c": "kenavo"}
+    )
     result = compare(f"zero-shot={before}", f"fine-tuned={after}", "--examples", "2")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "a", "   reference: Demat deoc'h!", "   zero-shot: La panna", "  fine-tuned: demat deoc'h",
-        "b", "   reference: C'hoant am eus da zebriñ.", "   zero-shot: Hoant a me a me", "  fine-tuned: c'hoant am eus da zebriñ",
-        "zero-shot: WER 1.3846 CER 0.7238", "fine-tuned: WER 0.8205 CER 0.2873"]
+        "a",
+        "   reference: Demat deoc'h!",
+        "   zero-shot: La panna",
+        "  fine-tuned: demat deoc'h",
+        "b",
+        "   reference: C'hoant am eus da zebriñ.",
+        "   zero-shot: Hoant a me a me",
+        "  fine-tuned: c'hoant am eus da zebriñ",
+        "zero-shot: WER 1.3846 CER 0.7238",
+        "fine-tuned: WER 0.8205 CER 0.2873",
+    ]
 
 
 def test_a_missing_evaluation_is_one_line(tmp_path):
     result = compare(f"zero-shot={tmp_path / 'nothing'}")
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == f"error: {tmp_path / 'nothing' / 'scores.json'}: missing (launch/evaluate.py --output " \
-                            f"{tmp_path / 'nothing' / 'preds.tsv'} > {tmp_path / 'nothing' / 'scores.json'} writes it)\n"
+    assert (
+        result.stderr == f"error: {tmp_path / 'nothing' / 'scores.json'}: missing (launch/evaluate.py --output "
+        f"{tmp_path / 'nothing' / 'preds.tsv'} > {tmp_path / 'nothing' / 'scores.json'} writes it)\n"
+    )
     assert compare("no-equals-sign").returncode == 2

@@ -28,7 +28,9 @@ from wdsbr.corpus import (
 KEY_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def write_tone(path: Path, seconds: float = 0.5, sample_rate: int = 16_000, channels: int = 1, fmt: str | None = None) -> Path:
+def write_tone(
+    path: Path, seconds: float = 0.5, sample_rate: int = 16_000, channels: int = 1, fmt: str | None = None
+) -> Path:
     """A 440 Hz tone; the format follows the extension unless `fmt` says otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(seconds * sample_rate)) / sample_rate
@@ -143,7 +145,11 @@ def test_folder_pairs_audio_and_text_at_any_depth_in_every_format(tmp_path):
 
     corpus = open_corpus(root)
     items, rejections = split_entries(corpus.entries)
-    assert corpus.kind == "folder" and corpus.total == 4 and corpus.description == {"kind": "folder", "path": str(root.resolve())}
+    assert (
+        corpus.kind == "folder"
+        and corpus.total == 4
+        and corpus.description == {"kind": "folder", "path": str(root.resolve())}
+    )
     assert rejections == {}
     assert sorted((item.key, item.source) for item in items) == [
         ("a", "a.wav"),
@@ -168,7 +174,10 @@ def test_folder_listing_rejects_unpaired_and_ambiguous_files(tmp_path):
     write_text(root / "case.txt", "lower")
 
     items, rejections = split_entries(open_corpus(root).entries)
-    assert [(item.key, item.source) for item in items] == [("case", "case.wav"), ("twin", "twin.flac")]  # flac > wav > ogg > mp3
+    assert [(item.key, item.source) for item in items] == [
+        ("case", "case.wav"),
+        ("twin", "twin.flac"),
+    ]  # flac > wav > ogg > mp3
     assert Path(items[0].text_path).name == "case.TXT"  # the first in sorted order
     assert {source: rejection.reason for source, rejection in rejections.items()} == {
         "case.txt": "ambiguous_transcript",
@@ -198,7 +207,11 @@ def test_folder_with_split_folders_keeps_them_and_rejects_files_outside(tmp_path
         write_tone(root / relative)
         write_text((root / relative).with_suffix(".txt"), "x")
     items, rejections = split_entries(open_corpus(root).entries)
-    assert {item.source: item.split for item in items} == {"train/spk/a.wav": "train", "dev/b.wav": "validation", "test/c.wav": "test"}
+    assert {item.source: item.split for item in items} == {
+        "train/spk/a.wav": "train",
+        "dev/b.wav": "validation",
+        "test/c.wav": "test",
+    }
     assert {source: rejection.reason for source, rejection in rejections.items()} == {
         "stray/d.wav": "outside_splits",
         "e.wav": "outside_splits",
@@ -212,7 +225,11 @@ def test_speaker_from_folder_names_the_speaker_by_the_first_sub_folder(tmp_path)
         write_text((root / relative).with_suffix(".txt"), "x")
     items, _ = split_entries(open_corpus(root, speaker_from_folder=True).entries)
     assert {item.source: item.speaker for item in items} == {
-        "anna/day-1/a.wav": "anna", "anna/b.wav": "anna", "yann/c.wav": "yann", "loose.wav": None}
+        "anna/day-1/a.wav": "anna",
+        "anna/b.wav": "anna",
+        "yann/c.wav": "yann",
+        "loose.wav": None,
+    }
     assert all(item.speaker is None for item in split_entries(open_corpus(root).entries)[0])
 
 
@@ -223,7 +240,9 @@ def test_speaker_from_folder_looks_below_split_folders(tmp_path):
         write_text((root / relative).with_suffix(".txt"), "x")
     items, _ = split_entries(open_corpus(root, speaker_from_folder=True).entries)
     assert {item.source: (item.split, item.speaker) for item in items} == {
-        "train/anna/a.wav": ("train", "anna"), "test/yann/b.wav": ("test", "yann")}
+        "train/anna/a.wav": ("train", "anna"),
+        "test/yann/b.wav": ("test", "yann"),
+    }
 
 
 def test_folder_listing_skips_the_output_folder_inside_the_corpus(tmp_path):
@@ -246,7 +265,9 @@ def write_common_voice(root: Path) -> None:
         "test.tsv": [("spk4", "common_voice_br_4.mp3", "Trugarez."), ("spk4", "common_voice_br_missing.mp3", "Gwall.")],
     }
     for tsv, lines in rows.items():
-        body = "".join(f"{client}\t{clip}\t{text}\t2\t0\t\tmale_masculine\tKerne\tbr\t\n" for client, clip, text in lines)
+        body = "".join(
+            f"{client}\t{clip}\t{text}\t2\t0\t\tmale_masculine\tKerne\tbr\t\n" for client, clip, text in lines
+        )
         write_text(root / tsv, header + body)
         for _, clip, _ in lines:
             if "missing" not in clip:
@@ -268,7 +289,13 @@ def test_common_voice_keeps_its_splits_with_client_id_as_speaker(tmp_path):
     }
     item = next(item for item in items if item.key == "common_voice_br_1")
     assert item.source == "clips/common_voice_br_1.mp3"
-    assert item.meta == {"up_votes": "2", "down_votes": "0", "gender": "male_masculine", "accents": "Kerne", "locale": "br"}
+    assert item.meta == {
+        "up_votes": "2",
+        "down_votes": "0",
+        "gender": "male_masculine",
+        "accents": "Kerne",
+        "locale": "br",
+    }
     assert rejections["clips/common_voice_br_missing.mp3"].reason == "missing_file"
 
 
@@ -295,7 +322,9 @@ def test_tsv_manifest_paths_relative_and_absolute_with_rejections(tmp_path):
         ("wav__a", "wav/a.wav", "Demat", None),
         (make_key(str(outside.with_suffix("")).lstrip("/")), str(outside), "Kenavo", None),
     ]
-    reasons = sorted((rejection.source, rejection.reason) for rejection in corpus.entries if isinstance(rejection, Rejection))
+    reasons = sorted(
+        (rejection.source, rejection.reason) for rejection in corpus.entries if isinstance(rejection, Rejection)
+    )
     assert reasons == [
         ("wav/a.wav", "duplicate_key"),
         ("wav/b.wav", "missing_transcript"),
@@ -333,7 +362,9 @@ def wav_bytes(seconds: float, sample_rate: int) -> bytes:
     import io
 
     buffer = io.BytesIO()
-    sf.write(buffer, 0.2 * np.sin(np.arange(int(seconds * sample_rate)) / 5).astype(np.float32), sample_rate, format="WAV")
+    sf.write(
+        buffer, 0.2 * np.sin(np.arange(int(seconds * sample_rate)) / 5).astype(np.float32), sample_rate, format="WAV"
+    )
     return buffer.getvalue()
 
 
@@ -343,7 +374,9 @@ def write_hf_parquet(datasets, folder: Path) -> Path:
     for split, rows in {"train": ["tr0", "tr1"], "test": ["te0"]}.items():
         table = datasets.Dataset.from_dict(
             {
-                "audio": [{"bytes": wav_bytes(0.5 + i * 0.1, 22_050), "path": f"{name}.wav"} for i, name in enumerate(rows)],
+                "audio": [
+                    {"bytes": wav_bytes(0.5 + i * 0.1, 22_050), "path": f"{name}.wav"} for i, name in enumerate(rows)
+                ],
                 "sentence": [f"Demat {name}" for name in rows],
                 "client_id": [f"spk-{name}" for name in rows],
                 "up_votes": [i for i, _ in enumerate(rows)],

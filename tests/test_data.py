@@ -17,18 +17,31 @@ from pathlib import Path
 import numpy as np
 import psutil  # DeepSpeed's dependency
 import pytest
-
 from conftest import WORDS, serve_folder, write_plain_shards, write_speech_corpus
+
 from wdsbr.corpus import open_corpus
-from wdsbr.data import LoaderOptions, PACK_GAP_SECONDS, SkipCounter, _pack, batches_per_epoch, make_eval_loader, make_train_loader
+from wdsbr.data import (
+    PACK_GAP_SECONDS,
+    LoaderOptions,
+    SkipCounter,
+    _pack,
+    batches_per_epoch,
+    make_eval_loader,
+    make_train_loader,
+)
 from wdsbr.shards import ShardOptions, shard_corpus
 from wdsbr.streams import count_seconds, list_shards
+
 
 def _shard(tmp_path: Path, n: int, samples_per_shard: int, name: str = "shards") -> Path:
     corpus = write_speech_corpus(tmp_path / f"corpus-{name}", n)
     out = tmp_path / name
-    shard_corpus(open_corpus(corpus), out, ShardOptions(val_fraction=0.0, test_fraction=0.0,
-                 samples_per_shard=samples_per_shard, workers=1), progress=False)
+    shard_corpus(
+        open_corpus(corpus),
+        out,
+        ShardOptions(val_fraction=0.0, test_fraction=0.0, samples_per_shard=samples_per_shard, workers=1),
+        progress=False,
+    )
     return out / "train"
 
 
@@ -43,32 +56,68 @@ def prompt(tiny_processor) -> list[int]:
     return list(tiny_processor.tokenizer.prefix_tokens)
 
 
-def _train_keys(shards, tiny_processor, prompt, *, rank=0, world_size=1, num_workers=0, micro_batch_size=2, epoch=0,
-                start_batch=0, **kwargs) -> list[list[str]]:
-    options = LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=micro_batch_size,
-                            num_workers=num_workers, rank=rank, world_size=world_size, shuffle_buffer=8, **kwargs)
+def _train_keys(
+    shards,
+    tiny_processor,
+    prompt,
+    *,
+    rank=0,
+    world_size=1,
+    num_workers=0,
+    micro_batch_size=2,
+    epoch=0,
+    start_batch=0,
+    **kwargs,
+) -> list[list[str]]:
+    options = LoaderOptions(
+        tiny_processor.tokenizer,
+        prompt,
+        n_mels=80,
+        micro_batch_size=micro_batch_size,
+        num_workers=num_workers,
+        rank=rank,
+        world_size=world_size,
+        shuffle_buffer=8,
+        **kwargs,
+    )
     loader = make_train_loader(shards, options, epoch=epoch, start_batch=start_batch)
     return [batch["keys"] for batch in loader]
 
 
 def _eval_keys(shards, tiny_processor, prompt, *, rank, world_size, num_workers) -> list[str]:
-    loader = make_eval_loader(shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=3, num_workers=num_workers, rank=rank, world_size=world_size))
+    loader = make_eval_loader(
+        shards,
+        LoaderOptions(
+            tiny_processor.tokenizer,
+            prompt,
+            n_mels=80,
+            micro_batch_size=3,
+            num_workers=num_workers,
+            rank=rank,
+            world_size=world_size,
+        ),
+    )
     return [key for batch in loader for key in batch["keys"]]
 
 
 # ------------------------------------------------------------------------------------------------- training
 
+
 def test_pipe_urls_stream(uneven_shards, tiny_processor, prompt):
-    keys = _train_keys(f"pipe:cat {uneven_shards}/shard-{{000000..000002}}.tar", tiny_processor, prompt,
-                       epoch_samples=17)
+    keys = _train_keys(
+        f"pipe:cat {uneven_shards}/shard-{{000000..000002}}.tar", tiny_processor, prompt, epoch_samples=17
+    )
     assert len(keys) == batches_per_epoch(17, 2, 1) == 9
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_every_rank_gets_the_same_number_of_batches_with_uneven_shards(uneven_shards, tiny_processor, prompt,
-                                                                       num_workers):
-    per_rank = [_train_keys(uneven_shards, tiny_processor, prompt, rank=r, world_size=2, num_workers=num_workers)
-                for r in range(2)]
+def test_every_rank_gets_the_same_number_of_batches_with_uneven_shards(
+    uneven_shards, tiny_processor, prompt, num_workers
+):
+    per_rank = [
+        _train_keys(uneven_shards, tiny_processor, prompt, rank=r, world_size=2, num_workers=num_workers)
+        for r in range(2)
+    ]
     expected = batches_per_epoch(17, 2, 2)
     assert expected == 5
     assert [len(batches) for batches in per_rank] == [expected, expected]
@@ -76,7 +125,9 @@ def test_every_rank_gets_the_same_number_of_batches_with_uneven_shards(uneven_sh
 
 
 def test_a_batch_is_log_mel_features_and_prompted_labels(uneven_shards, tiny_processor, prompt):
-    loader = make_train_loader(uneven_shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=3, num_workers=0))
+    loader = make_train_loader(
+        uneven_shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=3, num_workers=0)
+    )
     batch = next(iter(loader))
     assert batch["input_features"].shape == (3, 80, 3000)
     tokenizer = tiny_processor.tokenizer
@@ -95,11 +146,20 @@ def test_the_stream_is_deterministic_for_a_seed_and_changes_with_the_epoch(uneve
 
 
 @pytest.mark.parametrize("num_workers, start_batch", [(0, 3), (2, 3), (2, 4)])
-def test_resuming_mid_epoch_continues_with_exactly_the_batches_not_yet_seen(uneven_shards, tiny_processor, prompt,
-                                                                            num_workers, start_batch):
+def test_resuming_mid_epoch_continues_with_exactly_the_batches_not_yet_seen(
+    uneven_shards, tiny_processor, prompt, num_workers, start_batch
+):
     full = _train_keys(uneven_shards, tiny_processor, prompt, num_workers=num_workers, rank=1, world_size=2, seed=5)
-    resumed = _train_keys(uneven_shards, tiny_processor, prompt, num_workers=num_workers, rank=1, world_size=2,
-                          seed=5, start_batch=start_batch)
+    resumed = _train_keys(
+        uneven_shards,
+        tiny_processor,
+        prompt,
+        num_workers=num_workers,
+        rank=1,
+        world_size=2,
+        seed=5,
+        start_batch=start_batch,
+    )
     assert resumed == full[start_batch:]
 
 
@@ -109,14 +169,23 @@ def issue_shards(tmp_path_factory) -> list[str]:
     return write_plain_shards(tmp_path_factory.mktemp("issue-16"), [14, 6, 1, 9, 3, 11], seconds=0.3)
 
 
-def _epoch(shards, tiny_processor, prompt, *, world_size=2, num_workers=2, micro_batch_size=2, epoch=0, start_batch=0,
-           **kwargs):
+def _epoch(
+    shards, tiny_processor, prompt, *, world_size=2, num_workers=2, micro_batch_size=2, epoch=0, start_batch=0, **kwargs
+):
     """Every rank's batches of one epoch: [rank][batch] -> (keys, repeated keys)."""
     batches = []
     for rank in range(world_size):
-        options = LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, num_workers=num_workers,
-                                micro_batch_size=micro_batch_size, rank=rank, world_size=world_size, shuffle_buffer=8,
-                                **kwargs)
+        options = LoaderOptions(
+            tiny_processor.tokenizer,
+            prompt,
+            n_mels=80,
+            num_workers=num_workers,
+            micro_batch_size=micro_batch_size,
+            rank=rank,
+            world_size=world_size,
+            shuffle_buffer=8,
+            **kwargs,
+        )
         loader = make_train_loader(shards, options, epoch=epoch, start_batch=start_batch)
         batches.append([(batch["keys"], batch["repeated"]) for batch in loader])
     return batches
@@ -138,8 +207,9 @@ def _check_contract(epoch, all_keys: set[str], world_size: int, micro_batch_size
 
 
 @pytest.mark.parametrize("micro_batch_size", [2, 3, 5])
-def test_an_epoch_holds_every_sample_once_and_the_same_batches_on_every_rank(issue_shards, tiny_processor, prompt,
-                                                                           micro_batch_size):
+def test_an_epoch_holds_every_sample_once_and_the_same_batches_on_every_rank(
+    issue_shards, tiny_processor, prompt, micro_batch_size
+):
     # uneven sizes (a 1-sample shard among them), 2 ranks × 2 workers: before, 18 once, 13 repeated, 13 never
     all_keys = {f"s{shard}_{i:03d}" for shard, size in enumerate([14, 6, 1, 9, 3, 11]) for i in range(size)}
     epoch = _epoch(issue_shards, tiny_processor, prompt, micro_batch_size=micro_batch_size)
@@ -147,12 +217,15 @@ def test_an_epoch_holds_every_sample_once_and_the_same_batches_on_every_rank(iss
     assert repeats == {2: 0, 3: 4, 5: 6}[micro_batch_size]
 
 
-def test_fewer_shards_than_readers_and_one_shard_alone_still_make_an_exact_epoch(uneven_shards, tiny_processor,
-                                                                              prompt, tmp_path):
+def test_fewer_shards_than_readers_and_one_shard_alone_still_make_an_exact_epoch(
+    uneven_shards, tiny_processor, prompt, tmp_path
+):
     everything = set(_eval_keys_all(uneven_shards, tiny_processor, prompt))
     _check_contract(_epoch(uneven_shards, tiny_processor, prompt), everything, 2, 2)  # 3 shards, 4 readers
     [single] = write_plain_shards(tmp_path / "one", [9])
-    _check_contract(_epoch([single], tiny_processor, prompt, micro_batch_size=3), {f"s0_{i:03d}" for i in range(9)}, 2, 3)
+    _check_contract(
+        _epoch([single], tiny_processor, prompt, micro_batch_size=3), {f"s0_{i:03d}" for i in range(9)}, 2, 3
+    )
 
 
 def _eval_keys_all(shards, tiny_processor, prompt) -> list[str]:
@@ -170,15 +243,18 @@ def test_a_resumed_epoch_is_the_rest_of_the_same_exact_epoch(issue_shards, tiny_
 
 
 def test_successive_epochs_read_the_shards_in_different_orders(issue_shards, tiny_processor, prompt):
-    orders = [[keys for keys, _ in _epoch(issue_shards, tiny_processor, prompt, world_size=1, num_workers=0, epoch=e)[0]]
-              for e in range(3)]
+    orders = [
+        [keys for keys, _ in _epoch(issue_shards, tiny_processor, prompt, world_size=1, num_workers=0, epoch=e)[0]]
+        for e in range(3)
+    ]
     assert orders[0] != orders[1] != orders[2] != orders[0]
     firsts = {tuple(sorted({key.split("_")[0] for key in order[0]})) for order in orders}
     assert len(firsts) > 1  # not only shuffled within the buffer: the shard sequence itself moved
 
 
-def test_bad_samples_are_counted_and_their_places_topped_up_with_named_repeats(uneven_shards, tmp_path,
-                                                                              tiny_processor, prompt):
+def test_bad_samples_are_counted_and_their_places_topped_up_with_named_repeats(
+    uneven_shards, tmp_path, tiny_processor, prompt
+):
     bad = _corrupt_copy(uneven_shards, tmp_path)  # no manifest beside the copy: counts from the tar headers
     counter = SkipCounter()
     epoch = _epoch(bad, tiny_processor, prompt, skip_counter=counter)
@@ -187,22 +263,28 @@ def test_bad_samples_are_counted_and_their_places_topped_up_with_named_repeats(u
     assert counter.total() >= 1 and flagged  # the readers that lost samples filled their batches, and said so
 
 
-def test_shards_over_http_make_the_same_exact_epoch_and_a_404_is_counted_not_fatal(uneven_shards, tiny_processor,
-                                                                                   prompt):
+def test_shards_over_http_make_the_same_exact_epoch_and_a_404_is_counted_not_fatal(
+    uneven_shards, tiny_processor, prompt
+):
     root = uneven_shards.parent  # the shard tool's folder: manifest.json above train/
     local = _epoch(uneven_shards, tiny_processor, prompt, seed=2)
     with serve_folder(root) as url:
         pattern = f"{url}/train/shard-{{000000..000002}}.tar"
         assert _epoch(pattern, tiny_processor, prompt, seed=2) == local  # counts from http://…/manifest.json
-        evaluated = sorted(k for r in range(2) for k in _eval_keys(pattern, tiny_processor, prompt, rank=r,
-                                                                   world_size=2, num_workers=2))
+        evaluated = sorted(
+            k
+            for r in range(2)
+            for k in _eval_keys(pattern, tiny_processor, prompt, rank=r, world_size=2, num_workers=2)
+        )
         assert evaluated == sorted(_eval_keys_all(uneven_shards, tiny_processor, prompt))
     with serve_folder(root, missing={"train/shard-000001.tar"}) as url:
         counter = SkipCounter()
         epoch = _epoch(f"{url}/train/shard-{{000000..000002}}.tar", tiny_processor, prompt, skip_counter=counter)
         assert [len(rank) for rank in epoch] == [5, 5]
         assert counter.as_dict() == {"unreadable_shard": 7}  # its 7 samples, named in the log with the 404
-        assert not {key for rank in epoch for keys, _ in rank for key in keys} & set(_keys_of(uneven_shards / "shard-000001.tar"))
+        assert not {key for rank in epoch for keys, _ in rank for key in keys} & set(
+            _keys_of(uneven_shards / "shard-000001.tar")
+        )
 
 
 def _keys_of(shard: Path) -> list[str]:
@@ -214,18 +296,24 @@ def _keys_of(shard: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------- validation
 
+
 @pytest.mark.parametrize("samples_per_shard", [3, 7, 20])  # 6, 3 and 1 shards for 4 readers
-def test_validation_scores_each_sample_exactly_once_across_2_ranks_and_2_workers(tmp_path, tiny_processor, prompt,
-                                                                                 samples_per_shard):
+def test_validation_scores_each_sample_exactly_once_across_2_ranks_and_2_workers(
+    tmp_path, tiny_processor, prompt, samples_per_shard
+):
     shards = _shard(tmp_path, 17, samples_per_shard=samples_per_shard)
     everything = _eval_keys(shards, tiny_processor, prompt, rank=0, world_size=1, num_workers=0)
     assert len(everything) == 17 == len(set(everything))
-    split = [key for rank in range(2) for key in _eval_keys(shards, tiny_processor, prompt, rank=rank, world_size=2,
-                                                            num_workers=2)]
+    split = [
+        key
+        for rank in range(2)
+        for key in _eval_keys(shards, tiny_processor, prompt, rank=rank, world_size=2, num_workers=2)
+    ]
     assert sorted(split) == sorted(everything)
 
 
 # ----------------------------------------------------------------------------------------------- bad samples
+
 
 def _corrupt_copy(shards: Path, tmp_path: Path) -> Path:
     """Copy the shards; truncate one mid-member and add a member that is not audio to another."""
@@ -240,6 +328,7 @@ def _corrupt_copy(shards: Path, tmp_path: Path) -> Path:
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             import io
+
             tar.addfile(info, io.BytesIO(payload))
     return bad
 
@@ -258,7 +347,12 @@ def test_corrupt_members_are_skipped_and_counted_and_training_goes_on(uneven_sha
 def test_corrupt_members_in_validation_are_counted_not_fatal(uneven_shards, tmp_path, tiny_processor, prompt):
     bad = _corrupt_copy(uneven_shards, tmp_path)
     counter = SkipCounter()
-    loader = make_eval_loader(bad, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=4, num_workers=0, skip_counter=counter))
+    loader = make_eval_loader(
+        bad,
+        LoaderOptions(
+            tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=4, num_workers=0, skip_counter=counter
+        ),
+    )
     keys = [k for batch in loader for k in batch["keys"]]
     assert 7 < len(keys) < 17
     assert counter.total() >= 2
@@ -267,16 +361,29 @@ def test_corrupt_members_in_validation_are_counted_not_fatal(uneven_shards, tmp_
 def test_labels_longer_than_the_decoder_are_skipped_and_counted(tmp_path, tiny_processor, prompt):
     corpus = write_speech_corpus(tmp_path / "corpus", 4)
     (corpus / "spk0" / "utt000.txt").write_text(" ".join(["brezhoneg"] * 600), encoding="utf-8")
-    shard_corpus(open_corpus(corpus), tmp_path / "out", ShardOptions(val_fraction=0, test_fraction=0, workers=1),
-                 progress=False)
+    shard_corpus(
+        open_corpus(corpus), tmp_path / "out", ShardOptions(val_fraction=0, test_fraction=0, workers=1), progress=False
+    )
     counter = SkipCounter()
-    loader = make_eval_loader(tmp_path / "out" / "train", LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=4, num_workers=0, skip_counter=counter, max_label_tokens=448))
+    loader = make_eval_loader(
+        tmp_path / "out" / "train",
+        LoaderOptions(
+            tiny_processor.tokenizer,
+            prompt,
+            n_mels=80,
+            micro_batch_size=4,
+            num_workers=0,
+            skip_counter=counter,
+            max_label_tokens=448,
+        ),
+    )
     keys = [k for batch in loader for k in batch["keys"]]
     assert len(keys) == 3
     assert counter.as_dict() == {"too_long_text": 1}
 
 
 # ------------------------------------------------------------------------------------------------ --pack
+
 
 def _utterances(tokenizer, prompt, seconds: list[float]) -> list[dict]:
     from wdsbr.text import clean_text
@@ -286,8 +393,16 @@ def _utterances(tokenizer, prompt, seconds: list[float]) -> list[dict]:
         text = f"{WORDS[i % len(WORDS)].capitalize()} {WORDS[(i * 3) % len(WORDS)]} {i}!"
         cleaned = clean_text(text)
         labels = prompt + tokenizer.encode(cleaned, add_special_tokens=False) + [tokenizer.eos_token_id]
-        out.append({"key": f"u{i}", "audio": np.full(int(length * 16000), 0.01 * (i + 1), np.float32), "text": text,
-                    "cleaned": cleaned, "labels": labels, "meta": {}})
+        out.append(
+            {
+                "key": f"u{i}",
+                "audio": np.full(int(length * 16000), 0.01 * (i + 1), np.float32),
+                "text": text,
+                "cleaned": cleaned,
+                "labels": labels,
+                "meta": {},
+            }
+        )
     return out
 
 
@@ -307,10 +422,10 @@ def test_packing_never_splits_never_overflows_and_keeps_every_utterance_once_in_
         # each utterance's samples sit whole in the window, in order, with silence between them
         position = 0
         for m in members:
-            assert np.array_equal(w["audio"][position:position + len(m["audio"])], m["audio"])
+            assert np.array_equal(w["audio"][position : position + len(m["audio"])], m["audio"])
             position += len(m["audio"]) + gap
-        assert w["labels"][:len(prompt)] == prompt and w["labels"][-1] == tokenizer.eos_token_id
-        assert tokenizer.decode(w["labels"][len(prompt):-1]) == " ".join(m["cleaned"] for m in members)
+        assert w["labels"][: len(prompt)] == prompt and w["labels"][-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(w["labels"][len(prompt) : -1]) == " ".join(m["cleaned"] for m in members)
         assert len(w["labels"]) - 1 <= 448
     assert max(w["utterances"] for w in windows) >= 3  # short clips did share windows
 
@@ -326,7 +441,19 @@ def test_packing_respects_the_decoder_limit(tiny_processor, prompt):
 
 def test_packed_training_stream_is_deterministic_and_counts_utterances(uneven_shards, tiny_processor, prompt):
     def run():
-        loader = make_train_loader(uneven_shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2, num_workers=2, shuffle_buffer=8, seed=7, pack=1.0))
+        loader = make_train_loader(
+            uneven_shards,
+            LoaderOptions(
+                tiny_processor.tokenizer,
+                prompt,
+                n_mels=80,
+                micro_batch_size=2,
+                num_workers=2,
+                shuffle_buffer=8,
+                seed=7,
+                pack=1.0,
+            ),
+        )
         return [(b["keys"], b["utterances"], round(b["speech_seconds"], 4)) for b in loader]
 
     first = run()
@@ -347,6 +474,7 @@ def test_a_pack_fraction_leaves_the_other_windows_single(tiny_processor, prompt)
 
 
 # ------------------------------------------------------------------------------------------- --timestamps
+
 
 def _stamps(tokenizer, labels: list[int]) -> list[float]:
     from wdsbr.timestamps import TIME_PRECISION, timestamp_begin
@@ -379,9 +507,13 @@ def test_timestamps_on_a_share_of_windows_drawn_per_seed_and_epoch(tiny_processo
     first = timed(0)
     assert first == timed(0) and first != timed(1)
     assert 0.1 < sum(first) / len(first) < 0.3
-    single = next(s for s in _timestamp(iter(utterances), tokenizer, prompt, 448, 0.2, seed=3, epoch=0) if s["timestamps"])
+    single = next(
+        s for s in _timestamp(iter(utterances), tokenizer, prompt, 448, 0.2, seed=3, epoch=0) if s["timestamps"]
+    )
     assert _stamps(tokenizer, single["labels"]) == [0.0, 1.0]  # a single clip: from its start to its end
-    plain = next(s for s in _timestamp(iter(utterances), tokenizer, prompt, 448, 0.2, seed=3, epoch=0) if not s["timestamps"])
+    plain = next(
+        s for s in _timestamp(iter(utterances), tokenizer, prompt, 448, 0.2, seed=3, epoch=0) if not s["timestamps"]
+    )
     assert plain["labels"] == utterances[int(plain["key"][1:])]["labels"]
 
 
@@ -390,13 +522,28 @@ def test_timestamps_that_do_not_fit_the_decoder_keep_the_plain_labels(tiny_proce
 
     tokenizer = tiny_processor.tokenizer
     [utterance] = _utterances(tokenizer, prompt, [1.0])
-    limit = len(utterance["labels"]) - 1  # the plain labels just fit; two timestamp tokens more do not (one prompt token less)
+    limit = (
+        len(utterance["labels"]) - 1
+    )  # the plain labels just fit; two timestamp tokens more do not (one prompt token less)
     [out] = _timestamp(iter([utterance]), tokenizer, prompt, limit, fraction=1.0, seed=0, epoch=0)
     assert not out["timestamps"] and out["labels"] == utterance["labels"]
 
 
 def test_training_stream_with_timestamps_trains_on_them(uneven_shards, tiny_processor, prompt):
-    loader = make_train_loader(uneven_shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2, num_workers=0, shuffle_buffer=8, seed=7, pack=1.0, timestamps=1.0))
+    loader = make_train_loader(
+        uneven_shards,
+        LoaderOptions(
+            tiny_processor.tokenizer,
+            prompt,
+            n_mels=80,
+            micro_batch_size=2,
+            num_workers=0,
+            shuffle_buffer=8,
+            seed=7,
+            pack=1.0,
+            timestamps=1.0,
+        ),
+    )
     from wdsbr.timestamps import timestamp_begin
 
     begin = timestamp_begin(tiny_processor.tokenizer)
@@ -425,6 +572,7 @@ def test_a_recordings_window_keeps_its_segments_packed_and_bad_ones_are_counted(
 
 # ------------------------------------------------------------------------------------------- --prev-text
 
+
 def test_previous_text_prompts_windows_with_the_text_before_them_out_of_the_loss(tiny_processor, prompt):
     from wdsbr.data import _previous_text
 
@@ -434,8 +582,9 @@ def test_previous_text_prompts_windows_with_the_text_before_them_out_of_the_loss
     out = list(_previous_text(iter(utterances), tokenizer, 448, fraction=1.0, seed=0, epoch=0))
     assert "decoder_input_ids" not in out[0] and out[0]["labels"] == utterances[0]["labels"]  # nothing before it
     start_of_prev = tokenizer.convert_tokens_to_ids("<|startofprev|>")
-    for sample, source, previous in zip(out[1:], utterances[1:], [utterances[0]["cleaned"], "their own recording's line",
-                                                                  utterances[2]["cleaned"]]):
+    for sample, source, previous in zip(
+        out[1:], utterances[1:], [utterances[0]["cleaned"], "their own recording's line", utterances[2]["cleaned"]]
+    ):
         prev_ids = tokenizer.encode(" " + previous, add_special_tokens=False)
         assert sample["decoder_input_ids"] == [start_of_prev, *prev_ids, *source["labels"][:-1]]
         assert sample["labels"] == [-100] * (len(prev_ids) + 1) + source["labels"][1:]  # learnt as without it
@@ -448,7 +597,9 @@ def test_previous_text_on_a_share_of_windows_drawn_per_seed_and_epoch(tiny_proce
     utterances = _utterances(tokenizer, prompt, [1.0] * 200)
 
     def prompted(epoch):
-        return ["decoder_input_ids" in s for s in _previous_text(iter(utterances), tokenizer, 448, 0.2, seed=3, epoch=epoch)]
+        return [
+            "decoder_input_ids" in s for s in _previous_text(iter(utterances), tokenizer, 448, 0.2, seed=3, epoch=epoch)
+        ]
 
     first = prompted(0)
     assert first == prompted(0) and first != prompted(1)
@@ -474,7 +625,20 @@ def test_a_batch_with_prompts_gives_every_other_sample_the_inputs_the_model_woul
 
 
 def test_training_stream_with_previous_text_brings_decoder_inputs(uneven_shards, tiny_processor, prompt):
-    loader = make_train_loader(uneven_shards, LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2, num_workers=0, shuffle_buffer=8, seed=7, timestamps=0.5, prev_text=1.0))
+    loader = make_train_loader(
+        uneven_shards,
+        LoaderOptions(
+            tiny_processor.tokenizer,
+            prompt,
+            n_mels=80,
+            micro_batch_size=2,
+            num_workers=0,
+            shuffle_buffer=8,
+            seed=7,
+            timestamps=0.5,
+            prev_text=1.0,
+        ),
+    )
     start_of_prev = tiny_processor.tokenizer.convert_tokens_to_ids("<|startofprev|>")
     rows = [row for batch in loader for row in batch["decoder_input_ids"].tolist()]
     assert sum(row[0] == start_of_prev for row in rows) >= len(rows) - 1  # all but the reader's first window
@@ -482,11 +646,26 @@ def test_training_stream_with_previous_text_brings_decoder_inputs(uneven_shards,
 
 def test_a_resumed_epoch_prompts_and_times_its_windows_as_the_uninterrupted_one(uneven_shards, tiny_processor, prompt):
     def batches(start_batch=0):
-        options = LoaderOptions(tiny_processor.tokenizer, prompt, n_mels=80, micro_batch_size=2, num_workers=2,
-                                shuffle_buffer=8, seed=5, timestamps=0.5, prev_text=0.5)
+        options = LoaderOptions(
+            tiny_processor.tokenizer,
+            prompt,
+            n_mels=80,
+            micro_batch_size=2,
+            num_workers=2,
+            shuffle_buffer=8,
+            seed=5,
+            timestamps=0.5,
+            prev_text=0.5,
+        )
         loader = make_train_loader(uneven_shards, options, start_batch=start_batch)
-        return [(batch["keys"], batch["labels"].tolist(), batch["decoder_input_ids"].tolist()
-                 if "decoder_input_ids" in batch else None) for batch in loader]
+        return [
+            (
+                batch["keys"],
+                batch["labels"].tolist(),
+                batch["decoder_input_ids"].tolist() if "decoder_input_ids" in batch else None,
+            )
+            for batch in loader
+        ]
 
     full = batches()
     assert sum(inputs is not None for _, _, inputs in full) >= 2  # prompted windows are in it
@@ -520,8 +699,12 @@ def test_workers_their_forkserver_and_resource_tracker_exit_when_the_trainer_is_
     """SIGKILL runs no clean-up in the trainer: its DataLoader worker must notice by itself. It used to live on for
     ever (torch's watchdog follows the worker's parent, the forkserver), keeping the forkserver and the resource
     tracker alive through inherited pipes, and a job's log open (srun waited a minute for it)."""
-    trainer = subprocess.Popen([sys.executable, "-c", _KILLED_TRAINER, str(uneven_shards), tiny_whisper],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_TRAINER, str(uneven_shards), tiny_whisper],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         helpers = [int(pid) for pid in trainer.stdout.readline().split()]
     finally:

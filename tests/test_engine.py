@@ -7,11 +7,30 @@ import json
 
 import pytest
 
-from wdsbr.engine import (FP16_ON_CPU, FP16_ON_CPU_WITHOUT_BF16, NO_FUSED_ADAM, ConfigError, checkpoint_tag, cpu_has_native_bf16,
-                          cpu_precision_for_fp16, latest_checkpoint, load_ds_config, resolve_ds_config)
+from wdsbr.engine import (
+    FP16_ON_CPU,
+    FP16_ON_CPU_WITHOUT_BF16,
+    NO_FUSED_ADAM,
+    ConfigError,
+    checkpoint_tag,
+    cpu_has_native_bf16,
+    cpu_precision_for_fp16,
+    latest_checkpoint,
+    load_ds_config,
+    resolve_ds_config,
+)
 
-SETTINGS = {"micro_batch_size": 4, "grad_accum_steps": 2, "lr": 1e-4, "weight_decay": 0.01, "max_grad_norm": 1.0,
-            "warmup_steps": 10, "max_steps": 100, "lr_schedule": "linear", "precision": "fp16"}
+SETTINGS = {
+    "micro_batch_size": 4,
+    "grad_accum_steps": 2,
+    "lr": 1e-4,
+    "weight_decay": 0.01,
+    "max_grad_norm": 1.0,
+    "warmup_steps": 10,
+    "max_steps": 100,
+    "lr_schedule": "linear",
+    "precision": "fp16",
+}
 
 
 def shipped_config() -> dict:
@@ -19,9 +38,15 @@ def shipped_config() -> dict:
 
 
 def resolve(config=None, explicit=(), device_type="cuda", world_size=2, native_bf16=True, fused_adam=True, **settings):
-    return resolve_ds_config(config if config is not None else shipped_config(), {**SETTINGS, **settings},
-                             set(explicit), world_size=world_size, device_type=device_type, native_bf16=native_bf16,
-                             fused_adam=fused_adam)
+    return resolve_ds_config(
+        config if config is not None else shipped_config(),
+        {**SETTINGS, **settings},
+        set(explicit),
+        world_size=world_size,
+        device_type=device_type,
+        native_bf16=native_bf16,
+        fused_adam=fused_adam,
+    )
 
 
 def test_the_shipped_config_is_zero2_fp16_with_everything_else_from_the_cli():
@@ -34,8 +59,16 @@ def test_the_shipped_config_is_zero2_fp16_with_everything_else_from_the_cli():
     assert config["train_batch_size"] == 4 * 2 * 2 == effective["global_batch_size"]
     assert config["gradient_clipping"] == 1.0
     assert config["optimizer"]["params"]["lr"] == 1e-4 and config["optimizer"]["params"]["weight_decay"] == 0.01
-    assert config["scheduler"] == {"type": "WarmupDecayLR", "params": {
-        "total_num_steps": 100, "warmup_num_steps": 10, "warmup_min_lr": 0.0, "warmup_max_lr": 1e-4, "warmup_type": "linear"}}
+    assert config["scheduler"] == {
+        "type": "WarmupDecayLR",
+        "params": {
+            "total_num_steps": 100,
+            "warmup_num_steps": 10,
+            "warmup_min_lr": 0.0,
+            "warmup_max_lr": 1e-4,
+            "warmup_type": "linear",
+        },
+    }
     assert "torch_adam" not in config["optimizer"]["params"]  # DeepSpeed's fused AdamW on CUDA
     assert notes == []
     assert "auto" not in json.dumps(config)
@@ -70,7 +103,12 @@ def test_a_gpu_machine_without_deepspeeds_fused_adam_says_so_and_uses_torchs():
 
 def test_fp32_when_asked():
     config, effective, notes = resolve(device_type="cpu", precision="fp32", explicit={"precision"})
-    assert (config["fp16"]["enabled"], config["bf16"]["enabled"], effective["precision"], notes) == (False, False, "fp32", [])
+    assert (config["fp16"]["enabled"], config["bf16"]["enabled"], effective["precision"], notes) == (
+        False,
+        False,
+        "fp32",
+        [],
+    )
 
 
 def test_a_value_the_json_fixes_is_used_when_the_cli_is_silent():
@@ -96,7 +134,9 @@ def test_a_value_the_json_fixes_and_the_cli_contradicts_is_an_error_naming_both(
 def test_a_fixed_global_batch_that_does_not_divide_is_an_error():
     config = shipped_config()
     config["train_batch_size"] = 10
-    with pytest.raises(ConfigError, match=r"train_batch_size=10, which is not --batch-size 4 × --grad-accum 2 × 2 ranks = 16"):
+    with pytest.raises(
+        ConfigError, match=r"train_batch_size=10, which is not --batch-size 4 × --grad-accum 2 × 2 ranks = 16"
+    ):
         resolve(config)
 
 
@@ -111,8 +151,10 @@ def test_precision_fixed_by_the_json_and_contradicted_is_an_error():
 
 def test_a_fixed_scheduler_type_contradicted_by_lr_schedule_is_an_error():
     config = shipped_config()
-    config["scheduler"] = {"type": "WarmupDecayLR", "params": {"warmup_max_lr": "auto", "total_num_steps": "auto",
-                                                                "warmup_num_steps": 5}}
+    config["scheduler"] = {
+        "type": "WarmupDecayLR",
+        "params": {"warmup_max_lr": "auto", "total_num_steps": "auto", "warmup_num_steps": 5},
+    }
     with pytest.raises(ConfigError, match="scheduler.type=WarmupDecayLR but --lr-schedule cosine"):
         resolve(config, lr_schedule="cosine", explicit={"lr_schedule"})
     resolved, _, _ = resolve(config)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-
 from conftest import free_port, json_line, read_metrics, run_evaluate, serve_folder, speech_like
-from wdsbr.engine import cpu_precision_for_fp16
+
 from wdsbr.corpus import open_corpus
+from wdsbr.engine import cpu_precision_for_fp16
 from wdsbr.shards import ShardOptions, shard_corpus
 from wdsbr.text import clean_text
 
@@ -29,6 +29,7 @@ FAST = ["--precision", "fp32", "--generation-max-length", "6", "--batch-size", "
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
+
 
 @pytest.fixture(scope="module")
 def model(wordy_whisper) -> str:
@@ -45,7 +46,9 @@ def corpus(tmp_path_factory) -> Path:
         speaker.mkdir(parents=True, exist_ok=True)
         sf.write(speaker / f"utt{i:02d}.wav", speech_like(0.5 + (i % 3) * 0.5, seed=i), 16_000)
         words = [WORDS[(i * 5 + j) % len(WORDS)] for j in range(1 + i % 5)]
-        (speaker / f"utt{i:02d}.txt").write_text(" ".join(words).capitalize() + ("!" if i % 2 else ""), encoding="utf-8")
+        (speaker / f"utt{i:02d}.txt").write_text(
+            " ".join(words).capitalize() + ("!" if i % 2 else ""), encoding="utf-8"
+        )
     (folder / "orphan.txt").write_text("no audio beside me", encoding="utf-8")
     return folder
 
@@ -54,8 +57,12 @@ def corpus(tmp_path_factory) -> Path:
 def shards(corpus, tmp_path_factory) -> Path:
     """The corpus through the project's writer: 10 samples in 4 shards (3, 3, 3, 1)."""
     out = tmp_path_factory.mktemp("shards") / "shards"
-    shard_corpus(open_corpus(corpus), out, ShardOptions(val_fraction=0, test_fraction=0, samples_per_shard=3, workers=1),
-                 progress=False)
+    shard_corpus(
+        open_corpus(corpus),
+        out,
+        ShardOptions(val_fraction=0, test_fraction=0, samples_per_shard=3, workers=1),
+        progress=False,
+    )
     return out / "train"
 
 
@@ -95,6 +102,7 @@ def read_tsv(path: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ the scores
 
+
 def test_prints_one_json_line_of_scores_after_a_progress_bar(single, model, shards):
     result, scores, _ = single
     assert result.stdout.count("\n") == 1  # nothing else on stdout
@@ -104,17 +112,45 @@ def test_prints_one_json_line_of_scores_after_a_progress_bar(single, model, shar
     assert scores["audio_hours"] == pytest.approx(manifest["splits"]["train"]["seconds"] / 3600, abs=1e-6)
     assert scores["rtf"] == pytest.approx(scores["seconds"] / (scores["audio_hours"] * 3600), rel=1e-2)
     assert 0 < scores["wer"] and 0 < scores["cer"] and scores["loss"] > 0
-    assert {k: scores[k] for k in ("model", "data", "normalizer", "language", "precision", "world_size",
-                                    "skipped_samples", "rejected_inputs")} == {
-        "model": model, "data": str(shards), "normalizer": "default", "language": "br", "precision": "fp32",
-        "world_size": 1, "skipped_samples": 0, "rejected_inputs": 0}
+    assert {
+        k: scores[k]
+        for k in (
+            "model",
+            "data",
+            "normalizer",
+            "language",
+            "precision",
+            "world_size",
+            "skipped_samples",
+            "rejected_inputs",
+        )
+    } == {
+        "model": model,
+        "data": str(shards),
+        "normalizer": "default",
+        "language": "br",
+        "precision": "fp32",
+        "world_size": 1,
+        "skipped_samples": 0,
+        "rejected_inputs": 0,
+    }
 
 
-def test_two_ranks_under_the_deepspeed_launcher_reading_over_http_give_the_same_numbers(single, model, shards, tmp_path):
+def test_two_ranks_under_the_deepspeed_launcher_reading_over_http_give_the_same_numbers(
+    single, model, shards, tmp_path
+):
     tsv = tmp_path / "two-ranks.tsv"
     with serve_folder(shards.parent) as url:  # a real HTTP server; counts from its manifest.json
-        result = evaluate("--model", model, "--data", f"{url}/train/shard-{{000000..000003}}.tar", "--output", tsv,
-                          *FAST, launcher=[str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port())])
+        result = evaluate(
+            "--model",
+            model,
+            "--data",
+            f"{url}/train/shard-{{000000..000003}}.tar",
+            "--output",
+            tsv,
+            *FAST,
+            launcher=[str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port())],
+        )
     two_ranks = json_line(result)
     one_rank = single[1]
     # sample by sample: the same predictions, and they are words that differ between clips (not all empty)
@@ -130,8 +166,16 @@ def test_two_ranks_under_the_deepspeed_launcher_reading_over_http_give_the_same_
 def test_the_tsv_has_each_samples_wer_worst_first_and_a_markdown_report_beside_it(single):
     _, scores, tsv = single
     rows = read_tsv(tsv)
-    assert list(rows[0]) == ["key", "reference", "prediction", "wer", "errors", "reference_words", "raw_reference",
-                             "raw_prediction"]
+    assert list(rows[0]) == [
+        "key",
+        "reference",
+        "prediction",
+        "wer",
+        "errors",
+        "reference_words",
+        "raw_reference",
+        "raw_prediction",
+    ]
     assert len(rows) == 10
     total_edits = total_words = 0
     for row in rows:
@@ -166,33 +210,88 @@ def test_a_folder_of_wav_and_txt_pairs_scores_like_the_shards_written_from_it(si
 
 
 def test_evaluating_a_runs_best_reproduces_the_wer_the_trainer_logged(model, shards, tmp_path):
-    """Train (2 ranks, the CPU default: bf16, or fp32 without native bf16), read best/'s eval row from metrics.jsonl, then run the CLI on the
-    same shards with nothing but --model RUN --data (and the run's worker count): the rest comes from the run's
-    config.json. The model writes words, so an equal WER is not 1.0 = 1.0."""
+    """Train (2 ranks, the CPU default: bf16, or fp32 without native bf16), read best/'s eval row from
+    metrics.jsonl, then run the CLI on the same shards with nothing but --model RUN --data (and the run's worker
+    count): the rest comes from the run's config.json. The model writes words, so an equal WER is not 1.0 = 1.0."""
     out = tmp_path / "run"
-    command = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "launch/train.py",
-               "--deepspeed", "configs/ds_zero2.json", "--model", model, "--train-shards", str(shards), "--val-shards",
-               str(shards), "--output-dir", str(out), "--batch-size", "3", "--num-workers", "1", "--lr", "1e-4",
-               "--warmup-steps", "1", "--max-steps", "2", "--eval-every", "2", "--generation-max-length", "6"]
-    trained = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                             text=True, timeout=600)
+    command = [
+        str(DEEPSPEED),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "launch/train.py",
+        "--deepspeed",
+        "configs/ds_zero2.json",
+        "--model",
+        model,
+        "--train-shards",
+        str(shards),
+        "--val-shards",
+        str(shards),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "3",
+        "--num-workers",
+        "1",
+        "--lr",
+        "1e-4",
+        "--warmup-steps",
+        "1",
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--generation-max-length",
+        "6",
+    ]
+    trained = subprocess.run(
+        command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     (row,) = [r for r in read_metrics(out) if r["kind"] == "eval"]
     assert row["is_best"] and row["samples"] == 10 and row["cer"] not in (0.0, 1.0)
-    result = evaluate("--model", out, "--data", shards, "--num-workers", "1",
-                      launcher=[str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port())])
+    result = evaluate(
+        "--model",
+        out,
+        "--data",
+        shards,
+        "--num-workers",
+        "1",
+        launcher=[str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port())],
+    )
     cli = json_line(result)
     precision = cpu_precision_for_fp16()  # what the trainer made of the config's fp16 here
     assert f"--generation-max-length 6, --batch-size 3, --precision {precision}" in result.stderr
-    assert (cli["wer"], cli["cer"], cli["samples"], cli["precision"]) == (row["wer"], row["cer"], row["samples"], precision)
-    assert {name: cli[name] for name in ("wer_raw", "wer_normalized", "wer_whisper_basic")} == \
-        {name: row[name] for name in ("wer_raw", "wer_normalized", "wer_whisper_basic")}
+    assert (cli["wer"], cli["cer"], cli["samples"], cli["precision"]) == (
+        row["wer"],
+        row["cer"],
+        row["samples"],
+        precision,
+    )
+    assert {name: cli[name] for name in ("wer_raw", "wer_normalized", "wer_whisper_basic")} == {
+        name: row[name] for name in ("wer_raw", "wer_normalized", "wer_whisper_basic")
+    }
     assert cli["loss"] == pytest.approx(row["val_loss"], rel=1e-4)  # the same tokens, summed in another order
 
 
 def test_max_samples_and_fp16_falling_back_on_cpu_like_the_trainer(model, shards):
-    result = CliRunner().invoke(cli(), ["--model", model, "--data", str(shards), "--max-samples", "4",
-                                       "--generation-max-length", "4", "--num-workers", "0"])
+    result = CliRunner().invoke(
+        cli(),
+        [
+            "--model",
+            model,
+            "--data",
+            str(shards),
+            "--max-samples",
+            "4",
+            "--generation-max-length",
+            "4",
+            "--num-workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     precision = cpu_precision_for_fp16()  # bf16, or fp32 on a CPU without native bf16
@@ -202,14 +301,18 @@ def test_max_samples_and_fp16_falling_back_on_cpu_like_the_trainer(model, shards
 
 # ---------------------------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("change, fragments", [
-    ({"--data": "no/such/shards"}, ["--data no/such/shards: no such file or folder"]),
-    ({"--model": "runs/no-such-run/best"}, ["--model runs/no-such-run/best: no such model folder"]),
-    ({"--model": "TOKENIZERLESS"}, ["incomplete model folder, no tokenizer"]),
-    ({"--language": "klingon"}, ["--language: unknown language 'klingon'"]),
-    ({"--batch-size": "-4"}, ["--batch-size -4: must be at least 1"]),
-    ({"--language": "xx", "--batch-size": "0"}, ["--batch-size 0", "unknown language 'xx'"]),  # all at once
-])
+
+@pytest.mark.parametrize(
+    "change, fragments",
+    [
+        ({"--data": "no/such/shards"}, ["--data no/such/shards: no such file or folder"]),
+        ({"--model": "runs/no-such-run/best"}, ["--model runs/no-such-run/best: no such model folder"]),
+        ({"--model": "TOKENIZERLESS"}, ["incomplete model folder, no tokenizer"]),
+        ({"--language": "klingon"}, ["--language: unknown language 'klingon'"]),
+        ({"--batch-size": "-4"}, ["--batch-size -4: must be at least 1"]),
+        ({"--language": "xx", "--batch-size": "0"}, ["--batch-size 0", "unknown language 'xx'"]),  # all at once
+    ],
+)
 def test_bad_input_is_one_error_line_and_exit_code_2(model, shards, tmp_path, change, fragments):
     if change.get("--model") == "TOKENIZERLESS":
         without = tmp_path / "no-tokenizer"
@@ -236,13 +339,24 @@ def test_the_script_reports_every_problem_in_one_line_and_exits_2(tmp_path):
 
 # ------------------------------------------------------------------------------------ a run's own settings
 
+
 def test_a_run_folder_lends_its_settings_to_the_options_not_given(model, shards, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(model, run / "best")
-    options = {"language": "br", "text_normalizer": "default", "num_beams": 1, "generation_max_length": 5,
-               "eval_batch_size": None, "batch_size": 2, "precision": "fp32", "lr": 1e-3}
+    options = {
+        "language": "br",
+        "text_normalizer": "default",
+        "num_beams": 1,
+        "generation_max_length": 5,
+        "eval_batch_size": None,
+        "batch_size": 2,
+        "precision": "fp32",
+        "lr": 1e-3,
+    }
     (run / "config.json").write_text(json.dumps({"options": options}))
-    result = CliRunner().invoke(cli(), ["--model", str(run), "--data", str(shards), "--num-workers", "0", "--batch-size", "5"])
+    result = CliRunner().invoke(
+        cli(), ["--model", str(run), "--data", str(shards), "--num-workers", "0", "--batch-size", "5"]
+    )
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     assert scores["model"] == str(run / "best")  # the run folder means its best/

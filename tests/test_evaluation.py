@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import speech_like
+
 from wdsbr.collate import Collator
 from wdsbr.evaluation import EarlyStopping, gather, generate_kwargs, validation_step
 from wdsbr.model import load_model
@@ -43,24 +43,31 @@ def test_patience_zero_never_stops():
 
 
 def test_generate_kwargs_have_the_prompt_only_for_multilingual_models():
-    assert generate_kwargs("br", 1, 50) == {"num_beams": 1, "max_new_tokens": 50, "language": "br", "task": "transcribe"}
+    assert generate_kwargs("br", 1, 50) == {
+        "num_beams": 1,
+        "max_new_tokens": 50,
+        "language": "br",
+        "task": "transcribe",
+    }
     assert generate_kwargs(None, 2, 50) == {"num_beams": 2, "max_new_tokens": 50}
 
 
 def test_validation_step_returns_token_weighted_loss_and_decoded_text(tiny_whisper, tiny_processor):
     model = load_model(tiny_whisper).eval()
     tokenizer = tiny_processor.tokenizer
-    samples = [{"audio": speech_like(1.0, seed=i), "labels": tokenizer(text).input_ids, "key": str(i), "text": text}
-               for i, text in enumerate(["demat", "kenavo ar wech all"])]
+    samples = [
+        {"audio": speech_like(1.0, seed=i), "labels": tokenizer(text).input_ids, "key": str(i), "text": text}
+        for i, text in enumerate(["demat", "kenavo ar wech all"])
+    ]
     batch = Collator(80, model.config.decoder_start_token_id)(samples)
     loss_sum, tokens, predictions, references = validation_step(
-        model, batch, tokenizer, generate_kwargs("br", 1, 5), torch.float32, torch.device("cpu"))
+        model, batch, tokenizer, generate_kwargs("br", 1, 5), torch.float32, torch.device("cpu")
+    )
     assert tokens == int((batch["labels"] != -100).sum())
     expected = model(input_features=batch["input_features"], labels=batch["labels"]).loss.item() * tokens
     assert loss_sum.item() == pytest.approx(expected, rel=1e-5)
     assert references == ["demat", "kenavo ar wech all"]
     assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)
-
 
 
 def test_validation_never_decodes_timestamp_tokens(tiny_whisper, tiny_processor):
@@ -80,8 +87,10 @@ def test_validation_never_decodes_timestamp_tokens(tiny_whisper, tiny_processor)
             return scores
 
     features = Collator(80, model.config.decoder_start_token_id)(
-        [{"audio": speech_like(1.0), "labels": [1, 2], "key": "a", "text": "a"}])["input_features"]
+        [{"audio": speech_like(1.0), "labels": [1, 2], "key": "a", "text": "a"}]
+    )["input_features"]
     preferred = LogitsProcessorList([Prefer(), *no_timestamps(model)["logits_processor"]])
-    generated = model.generate(input_features=features, max_new_tokens=6, language="br", task="transcribe",
-                               logits_processor=preferred)
+    generated = model.generate(
+        input_features=features, max_new_tokens=6, language="br", task="transcribe", logits_processor=preferred
+    )
     assert generated.shape[1] > 1 and not (generated >= begin).any()

@@ -13,12 +13,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import build_wordy_whisper, speech_like
+
 from wdsbr.corpus import open_corpus
 from wdsbr.evaluation import generate_kwargs
-from wdsbr.export import (CT2_FILES, export_ct2, faster_whisper_max_new_tokens, load_ct2_tokenizer, load_faster_whisper,
-                          suppressed_tokens, transcribe_batch, transcribe_kwargs)
+from wdsbr.export import (
+    CT2_FILES,
+    export_ct2,
+    faster_whisper_max_new_tokens,
+    load_ct2_tokenizer,
+    load_faster_whisper,
+    suppressed_tokens,
+    transcribe_batch,
+    transcribe_kwargs,
+)
 from wdsbr.features import log_mel_spectrogram
 from wdsbr.model import build_tiny_whisper, load_model, load_processor, save_model_atomic
 from wdsbr.shards import ShardOptions, shard_corpus
@@ -57,12 +65,15 @@ def clips(n: int = 8) -> list[np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------ export
 
+
 def test_export_writes_every_file_faster_whisper_reads(gentle, gentle_ct2):
     files = {p.name for p in gentle_ct2.iterdir()}
     assert set(CT2_FILES) <= files
     assert (gentle_ct2 / "tokenizer.json").read_bytes() == (Path(gentle) / "tokenizer.json").read_bytes()
     assert json.loads((gentle_ct2 / "preprocessor_config.json").read_text())["feature_size"] == 80
-    config = json.loads((gentle_ct2 / "config.json").read_text())  # CTranslate2's: suppression kept from generation config
+    config = json.loads(
+        (gentle_ct2 / "config.json").read_text()
+    )  # CTranslate2's: suppression kept from generation config
     generation = json.loads((Path(gentle) / "generation_config.json").read_text())
     assert config["suppress_ids"] == generation["suppress_tokens"]
     assert config["suppress_ids_begin"] == generation["begin_suppress_tokens"]
@@ -76,8 +87,9 @@ def test_encoder_outputs_and_greedy_tokens_equal_transformers_in_float32(gentle,
     new_tokens = 8
     with torch.no_grad():
         encoded = model.model.encoder(features).last_hidden_state.numpy()
-        generated = model.generate(input_features=features, **generate_kwargs(None, 1, new_tokens),
-                                   return_dict_in_generate=True)["sequences"]
+        generated = model.generate(
+            input_features=features, **generate_kwargs(None, 1, new_tokens), return_dict_in_generate=True
+        )["sequences"]
     ct2 = ctranslate2.models.Whisper(str(gentle_ct2), device="cpu", compute_type="float32")
     view = ctranslate2.StorageView.from_array(features.numpy())
     np.testing.assert_allclose(np.array(ct2.encode(view)), encoded, atol=1e-4, rtol=1e-4)
@@ -108,12 +120,15 @@ def test_faster_whisper_reaches_the_same_limit_as_generate(gentle, gentle_ct2):
     model = load_model(gentle).eval()
     whisper = load_faster_whisper(gentle_ct2, "float32")
     for new_tokens in (5, 12):
-        segments, _ = whisper.transcribe(clips(1)[0], **transcribe_kwargs(None, 1, new_tokens, suppressed_tokens(gentle_ct2)))
+        segments, _ = whisper.transcribe(
+            clips(1)[0], **transcribe_kwargs(None, 1, new_tokens, suppressed_tokens(gentle_ct2))
+        )
         tokens = [t for segment in segments for t in segment.tokens]
         assert len(tokens) == new_tokens
         with torch.no_grad():
-            generated = model.generate(input_features=log_mel_spectrogram(clips(1), n_mels=80),
-                                       **generate_kwargs(None, 1, new_tokens))
+            generated = model.generate(
+                input_features=log_mel_spectrogram(clips(1), n_mels=80), **generate_kwargs(None, 1, new_tokens)
+            )
         assert len(generated[0]) == new_tokens
         assert tokens == generated[0].tolist()  # faster-whisper's own features (zero-padded log-mel) too, here
 
@@ -125,7 +140,10 @@ def test_a_128_mel_model_exports_and_transcribes(tmp_path):
     export_ct2(source, tmp_path / "ct2", "int8")
     whisper = load_faster_whisper(tmp_path / "ct2")
     assert whisper.feat_kwargs["feature_size"] == 128
-    assert len(transcribe_batch(whisper, clips(2), transcribe_kwargs(None, 1, 4, suppressed_tokens(tmp_path / "ct2")))) == 2
+    assert (
+        len(transcribe_batch(whisper, clips(2), transcribe_kwargs(None, 1, 4, suppressed_tokens(tmp_path / "ct2"))))
+        == 2
+    )
 
 
 def test_a_saved_best_model_has_preprocessor_config_and_keeps_alignment_heads(gentle, tmp_path):
@@ -157,6 +175,7 @@ def test_a_folder_from_the_reference_converter_gives_the_same_prompt(gentle_ct2,
 
 # --------------------------------------------------------------------------------------------------- CLIs
 
+
 def run(script: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, cwd=REPO)
 
@@ -169,8 +188,12 @@ def test_shards(tmp_path_factory) -> Path:
         sf.write(folder / f"spk{i % 2}" / f"utt{i}.wav", clip, 16_000)
         (folder / f"spk{i % 2}" / f"utt{i}.txt").write_text(["demat", "kenavo", "bara mor"][i % 3], encoding="utf-8")
     out = tmp_path_factory.mktemp("shards") / "shards"
-    shard_corpus(open_corpus(folder), out, ShardOptions(val_fraction=0, test_fraction=0, samples_per_shard=4, workers=1),
-                 progress=False)
+    shard_corpus(
+        open_corpus(folder),
+        out,
+        ShardOptions(val_fraction=0, test_fraction=0, samples_per_shard=4, workers=1),
+        progress=False,
+    )
     return out / "train"
 
 
@@ -187,7 +210,9 @@ def test_export_cli_then_evaluate_with_faster_whisper(tmp_path, test_shards):
     row = json.loads(scored.stdout.strip().splitlines()[-1])
     assert row["engine"] == "faster-whisper" and row["precision"] == "int8" and row["samples"] == 6
     assert row["loss"] is None and row["wer"] is not None and row["skipped_samples"] == 0
-    float32 = run(EVALUATE, "--model", tmp_path / "ct2", "--engine", "faster-whisper", "--compute-type", "float32", *common)
+    float32 = run(
+        EVALUATE, "--model", tmp_path / "ct2", "--engine", "faster-whisper", "--compute-type", "float32", *common
+    )
     assert json.loads(float32.stdout.strip().splitlines()[-1])["precision"] == "float32"
 
 
@@ -197,7 +222,10 @@ def test_export_bad_input_is_one_line_and_exit_2(tmp_path, gentle):
     (not_whisper / "config.json").write_text('{"model_type": "bert"}')
     (tmp_path / "taken").mkdir()
     for args, expected in (
-        (["--model", not_whisper, "--output", tmp_path / "out"], "not a Whisper model (config.json model_type is 'bert')"),
+        (
+            ["--model", not_whisper, "--output", tmp_path / "out"],
+            "not a Whisper model (config.json model_type is 'bert')",
+        ),
         (["--model", tmp_path / "missing", "--output", tmp_path / "out"], "no such model folder"),
         (["--model", gentle, "--output", tmp_path / "taken"], "already exists (pass --overwrite to replace it)"),
         (["--model", gentle, "--output", tmp_path / "out", "--quantization", "int3"], "--quantization int3: unknown"),
@@ -212,7 +240,13 @@ def test_export_bad_input_is_one_line_and_exit_2(tmp_path, gentle):
 def test_evaluate_faster_whisper_needs_an_exported_folder(gentle, test_shards):
     done = run(EVALUATE, "--model", gentle, "--engine", "faster-whisper", "--data", test_shards)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith(f"error: --model {gentle}: --engine faster-whisper needs a "
-                                                           "CTranslate2 folder (no model.bin); make one with python tools/export.py")
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: --model {gentle}: --engine faster-whisper needs a "
+            "CTranslate2 folder (no model.bin); make one with python tools/export.py"
+        )
+    )
     done = run(EVALUATE, "--model", gentle, "--compute-type", "int8", "--data", test_shards)
     assert done.returncode == 2 and "--compute-type int8: only for --engine faster-whisper" in done.stderr

@@ -95,8 +95,23 @@ def test_matches_hf_when_clip_ends_on_and_around_frame_boundaries(monkeypatch):
 
 
 @pytest.mark.parametrize("numpy_path", [True, False], ids=["hf-numpy", "hf-torch"])
-@pytest.mark.parametrize("lengths", [[1], [159], [160], [199, 160], [200, 1], [201], [360, 199], [3039], [3040, 3039],
-                                     [3041, 200], [48_000, 16_000, 3041]], ids=lambda lengths: f"longest-{max(lengths)}")
+@pytest.mark.parametrize(
+    "lengths",
+    [
+        [1],
+        [159],
+        [160],
+        [199, 160],
+        [200, 1],
+        [201],
+        [360, 199],
+        [3039],
+        [3040, 3039],
+        [3041, 200],
+        [48_000, 16_000, 3041],
+    ],
+    ids=lambda lengths: f"longest-{max(lengths)}",
+)
 def test_batches_whose_longest_clip_is_short_take_the_shortened_stft_and_match_hf(lengths, numpy_path, monkeypatch):
     """Each batch's longest clip decides how many frames are computed: here it ends on or around the hop (160),
     the half window (200) and a few frames, so the STFT runs on far fewer than 480000 samples (recorded below)."""
@@ -139,7 +154,7 @@ def test_clip_longer_than_30_s_uses_its_first_30_s(clips):
 
 
 def test_accepts_a_2d_tensor_torch_clips_and_float64_arrays(clips):
-    same_length = [clip[:SAMPLE_RATE * 3] for clip in clips[1:4]]
+    same_length = [clip[: SAMPLE_RATE * 3] for clip in clips[1:4]]
     expected = log_mel_spectrogram(same_length)
     torch.testing.assert_close(log_mel_spectrogram(torch.from_numpy(np.stack(same_length))), expected)
     torch.testing.assert_close(log_mel_spectrogram([torch.from_numpy(clip) for clip in same_length]), expected)

@@ -23,8 +23,15 @@ CUDA_ONLY = {"train_small_fp16", "train_large_fp16", "fp16_vs_bf16_loss", "gener
 def dry_run(tmp_path_factory) -> tuple[dict, Path]:
     """One dry run into a temporary results folder (the budget raised so a slow machine cannot skip parts)."""
     results = tmp_path_factory.mktemp("gpu-check")
-    command = [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--results-dir", str(results),
-               "--budget-seconds", "3600"]
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "gpu_check.py"),
+        "--dry-run",
+        "--results-dir",
+        str(results),
+        "--budget-seconds",
+        "3600",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}  # a CPU run even on a GPU machine
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -37,8 +44,9 @@ def test_the_dry_run_runs_every_part_without_an_error(dry_run):
     assert report["setup"]["status"] == "ok"
     assert list(report["parts"]) == [name for name, *_ in gpu_check.PARTS]
     statuses = {name: rows["status"] for name, rows in report["parts"].items()}
-    assert {name for name, status in statuses.items() if status == "error"} == set(), \
-        {name: rows.get("error") for name, rows in report["parts"].items()}
+    assert {name for name, status in statuses.items() if status == "error"} == set(), {
+        name: rows.get("error") for name, rows in report["parts"].items()
+    }
     assert {name for name, status in statuses.items() if status == "skipped: needs CUDA"} == CUDA_ONLY
     assert {name for name, status in statuses.items() if status == "ok"} == set(statuses) - CUDA_ONLY
 
@@ -67,8 +75,12 @@ def test_the_dry_run_measures_training_loader_features_and_generation(dry_run):
 def test_targets_are_listed_but_not_judged_without_a_gpu_and_the_markdown_has_them(dry_run):
     report, results = dry_run
     checks = {row["check"] for row in report["targets"]}
-    assert {"train small bf16 samples/s", "train large-v3 bf16 samples/s", "loader / trainer",
-            "generate small (dynamic) utterances/s"} <= checks
+    assert {
+        "train small bf16 samples/s",
+        "train large-v3 bf16 samples/s",
+        "loader / trainer",
+        "generate small (dynamic) utterances/s",
+    } <= checks
     assert all(row["pass"] is None for row in report["targets"])
     assert report["environment"]["cuda"] is None and report["environment"]["deepspeed"]
     markdown = (results / "gpu_check.md").read_text()
@@ -81,9 +93,13 @@ def test_the_micro_batch_is_the_largest_multiple_of_8_under_the_memory_fraction(
     gb = 1e9
     # 10 GB fixed + 1 GB a sample: 85 % of 100 GB leaves room for 75 samples -> 72
     assert gpu_check.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 100 * gb, 0, cap=256) == 72
-    assert gpu_check.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 100 * gb, 12 * gb, cap=256) == 56  # optimizer state to come
+    assert (
+        gpu_check.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 100 * gb, 12 * gb, cap=256) == 56
+    )  # optimizer state to come
     assert gpu_check.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 100 * gb, 0, cap=64) == 64
-    assert gpu_check.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 20 * gb, 0, cap=256) == 4  # never below the probe that ran
+    assert (
+        gpu_check.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 20 * gb, 0, cap=256) == 4
+    )  # never below the probe that ran
     assert gpu_check.micro_batch_for({4: 14 * gb, 8: 14 * gb}, 100 * gb, 0, cap=128) == 128  # memory does not grow
 
 

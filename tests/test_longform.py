@@ -48,18 +48,24 @@ def one_rank(wordy_whisper, recordings, tmp_path_factory) -> tuple[subprocess.Co
 
 # ------------------------------------------------------------------------------------------- the recordings
 
+
 def test_recordings_are_pairs_of_any_length_and_the_rest_is_named(recordings):
     found, rejected = list_recordings(recordings)
     assert [r.key for r in found] == ["rec0", "rec1", "show/rec2"]
     assert found[0].text == "demat deoc'h kenavo ar wech all 0"  # lines joined, whitespace collapsed
     assert sorted((Path(row["source"]).name, row["reason"]) for row in rejected) == [
-        ("empty.txt", "empty_transcript"), ("untranscribed.wav", "missing_transcript")]
+        ("empty.txt", "empty_transcript"),
+        ("untranscribed.wav", "missing_transcript"),
+    ]
 
 
 def test_an_ali_file_is_one_recording_with_its_segment_texts_joined(tmp_path):
     sf.write(tmp_path / "radio.wav", speech_like(40.0), 16_000)
-    (tmp_path / "radio.ali").write_text("# an interview\n{source: Radio Kerne}\nDemat deoc'h. {start: 0.5; end: 2.9}\n"
-                                        "Ha c'hwi ? {spk: Anna; start: 31.0; end: 33.2}\n", encoding="utf-8")
+    (tmp_path / "radio.ali").write_text(
+        "# an interview\n{source: Radio Kerne}\nDemat deoc'h. {start: 0.5; end: 2.9}\n"
+        "Ha c'hwi ? {spk: Anna; start: 31.0; end: 33.2}\n",
+        encoding="utf-8",
+    )
     (tmp_path / "lost.ali").write_text("Kenavo. {start: 1; end: 2}\n", encoding="utf-8")
     found, rejected = list_recordings(tmp_path)
     assert [(r.key, r.audio_path.name, r.text) for r in found] == [("radio", "radio.wav", "Demat deoc'h. Ha c'hwi ?")]
@@ -82,12 +88,17 @@ def test_ranks_share_the_recordings_exactly(recordings, world_size):
 
 
 def test_subtitles_srt_and_vtt():
-    segments = [{"start": 0.0, "end": 2.4, "text": "demat"}, {"start": 2.4, "end": 2.4, "text": ""},
-                {"start": 3661.5, "end": 3662.02, "text": "kenavo"}]
-    assert subtitles(segments, "srt") == ("1\n00:00:00,000 --> 00:00:02,400\ndemat\n\n"
-                                          "2\n01:01:01,500 --> 01:01:02,020\nkenavo\n")
-    assert subtitles(segments, "vtt") == ("WEBVTT\n\n00:00:00.000 --> 00:00:02.400\ndemat\n\n"
-                                          "01:01:01.500 --> 01:01:02.020\nkenavo\n")
+    segments = [
+        {"start": 0.0, "end": 2.4, "text": "demat"},
+        {"start": 2.4, "end": 2.4, "text": ""},
+        {"start": 3661.5, "end": 3662.02, "text": "kenavo"},
+    ]
+    assert subtitles(segments, "srt") == (
+        "1\n00:00:00,000 --> 00:00:02,400\ndemat\n\n2\n01:01:01,500 --> 01:01:02,020\nkenavo\n"
+    )
+    assert subtitles(segments, "vtt") == (
+        "WEBVTT\n\n00:00:00.000 --> 00:00:02.400\ndemat\n\n01:01:01.500 --> 01:01:02.020\nkenavo\n"
+    )
 
 
 def test_long_form_decoding_moves_the_window_through_the_whole_recording(wordy_whisper, recordings):
@@ -95,8 +106,9 @@ def test_long_form_decoding_moves_the_window_through_the_whole_recording(wordy_w
     0.02 s grid, and reach past the first 30 s."""
     processor, model = load_processor(wordy_whisper, "br"), load_model(wordy_whisper).eval()
     found, _ = list_recordings(recordings)
-    predictions, transcripts, unreadable = run_long_form(model, processor, found[:1], generate_kwargs("br", 1, 8),
-                                                         torch.float32, torch.device("cpu"))
+    predictions, transcripts, unreadable = run_long_form(
+        model, processor, found[:1], generate_kwargs("br", 1, 8), torch.float32, torch.device("cpu")
+    )
     assert not unreadable and transcripts[0].audio_seconds == pytest.approx(70.0)
     segments = transcripts[0].segments
     assert segments and predictions[0].prediction == transcripts[0].text
@@ -131,6 +143,7 @@ def test_temperature_fallback_resamples_looping_windows_the_same_way_every_time(
 
 # ---------------------------------------------------------------------------------------------- the CLI
 
+
 def test_evaluate_long_form_scores_every_recording_and_writes_subtitles(one_rank):
     result, row, tsv = one_rank
     assert row["samples"] == 3 and row["loss"] is None and row["rejected_inputs"] == 2
@@ -146,13 +159,26 @@ def test_evaluate_long_form_scores_every_recording_and_writes_subtitles(one_rank
 
 def test_two_ranks_give_the_same_numbers_as_one(one_rank, wordy_whisper, recordings, tmp_path):
     tsv = tmp_path / "two.tsv"
-    result = evaluate("--model", wordy_whisper, "--data", recordings, "--long-form", "--output", tsv, "--subtitles", "vtt",
-                      *FAST, launcher=[str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port())])
+    result = evaluate(
+        "--model",
+        wordy_whisper,
+        "--data",
+        recordings,
+        "--long-form",
+        "--output",
+        tsv,
+        "--subtitles",
+        "vtt",
+        *FAST,
+        launcher=[str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port())],
+    )
     two = json_line(result)
     one = one_rank[1]
     assert two["world_size"] == 2 and two["samples"] == one["samples"] == 3
     assert (two["wer"], two["cer"], two["audio_hours"]) == (one["wer"], one["cer"], one["audio_hours"])
-    assert sorted(tsv.read_text(encoding="utf-8").splitlines()) == sorted(one_rank[2].read_text(encoding="utf-8").splitlines())
+    assert sorted(tsv.read_text(encoding="utf-8").splitlines()) == sorted(
+        one_rank[2].read_text(encoding="utf-8").splitlines()
+    )
     assert len(list(tsv.with_suffix("").rglob("*.vtt"))) == 3
 
 
@@ -168,7 +194,6 @@ def test_long_form_on_a_missing_folder_is_one_line(wordy_whisper, tmp_path):
     assert "--long-form needs a folder" in result.stderr and "Traceback" not in result.stderr
 
 
-
 def test_conditioned_windows_fit_whisper_s_448_positions_when_the_text_before_them_is_long(wordy_whisper, tmp_path):
     """A window prompted with the text before it holds up to 227 prompt tokens (<|startofprev|>, 223 previous, 3
     start tokens): asking for 224 new tokens made generate() refuse the second window of a 70 s recording (exit 2,
@@ -177,18 +202,44 @@ def test_conditioned_windows_fit_whisper_s_448_positions_when_the_text_before_th
     folder.mkdir()
     sf.write(folder / "rec0.wav", speech_like(70.0, seed=0), 16_000)
     (folder / "rec0.txt").write_text("demat deoc'h\n", encoding="utf-8")
-    result = evaluate("--model", wordy_whisper, "--data", folder, "--long-form", "--condition-on-previous",
-                      "--output", tmp_path / "s.tsv", "--precision", "fp32", "--generation-max-length", "224",
-                      "--language", "br")
+    result = evaluate(
+        "--model",
+        wordy_whisper,
+        "--data",
+        folder,
+        "--long-form",
+        "--condition-on-previous",
+        "--output",
+        tmp_path / "s.tsv",
+        "--precision",
+        "fp32",
+        "--generation-max-length",
+        "224",
+        "--language",
+        "br",
+    )
     assert result.returncode == 0, result.stderr[-800:]
     assert "--condition-on-previous: at most 220 new tokens per window, not 224" in result.stderr
     assert json_line(result)["samples"] == 1
 
 
-def test_conditioning_on_the_previous_text_changes_what_later_windows_decode(one_rank, wordy_whisper, recordings, tmp_path):
+def test_conditioning_on_the_previous_text_changes_what_later_windows_decode(
+    one_rank, wordy_whisper, recordings, tmp_path
+):
     tsv = tmp_path / "conditioned.tsv"
-    row = json_line(evaluate("--model", wordy_whisper, "--data", recordings, "--long-form", "--output", tsv,
-                             "--condition-on-previous", *FAST))
+    row = json_line(
+        evaluate(
+            "--model",
+            wordy_whisper,
+            "--data",
+            recordings,
+            "--long-form",
+            "--output",
+            tsv,
+            "--condition-on-previous",
+            *FAST,
+        )
+    )
     assert row["condition_on_previous"] is True and one_rank[1]["condition_on_previous"] is False
 
     def predictions(path):

@@ -4,6 +4,7 @@ import json
 import math
 
 from conftest import read_metrics
+
 from wdsbr.metrics import MetricsLog
 
 

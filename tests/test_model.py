@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import speech_like
 from transformers import WhisperForConditionalGeneration
 
-from conftest import speech_like
 from wdsbr.model import build_tiny_whisper, language_code, load_model, load_processor, set_prompt
 
 
@@ -33,7 +33,9 @@ def test_unknown_language_is_a_clear_error(tiny_whisper, tiny_processor):
 def test_tiny_model_loads_generates_and_accepts_real_features(tiny_whisper, tiny_processor):
     model = load_model(tiny_whisper)
     assert isinstance(model, WhisperForConditionalGeneration)
-    features = tiny_processor.feature_extractor(speech_like(2.0), sampling_rate=16000, return_tensors="pt").input_features
+    features = tiny_processor.feature_extractor(
+        speech_like(2.0), sampling_rate=16000, return_tensors="pt"
+    ).input_features
     assert features.shape == (1, 80, 3000)
     with torch.no_grad():
         generated = model.generate(features, language="br", task="transcribe", max_new_tokens=5)

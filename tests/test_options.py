@@ -9,8 +9,15 @@ from click.testing import CliRunner
 
 from wdsbr.cli import command
 from wdsbr.engine import _FILLED, load_ds_config, resolve_ds_config
-from wdsbr.options import (DecodingOptions, EvaluateOptions, ModelOptions, OptimOptions, RuntimeOptions, TrainOptions,
-                           explicit_options)
+from wdsbr.options import (
+    DecodingOptions,
+    EvaluateOptions,
+    ModelOptions,
+    OptimOptions,
+    RuntimeOptions,
+    TrainOptions,
+    explicit_options,
+)
 
 
 def _parsed(options: type, args: list[str]) -> tuple[object, set[str]]:
@@ -53,24 +60,32 @@ def test_resume_restores_every_saved_option_but_the_jobs_own():
 
 
 def test_the_deepspeed_auto_values_come_from_the_options_that_declare_them():
-    assert _FILLED == {"train_micro_batch_size_per_gpu": ("micro_batch_size", "--batch-size"),
-                       "gradient_accumulation_steps": ("grad_accum_steps", "--grad-accum"),
-                       "optimizer.params.lr": ("lr", "--lr"),
-                       "optimizer.params.weight_decay": ("weight_decay", "--weight-decay"),
-                       "gradient_clipping": ("max_grad_norm", "--max-grad-norm")}
+    assert _FILLED == {
+        "train_micro_batch_size_per_gpu": ("micro_batch_size", "--batch-size"),
+        "gradient_accumulation_steps": ("grad_accum_steps", "--grad-accum"),
+        "optimizer.params.lr": ("lr", "--lr"),
+        "optimizer.params.weight_decay": ("weight_decay", "--weight-decay"),
+        "gradient_clipping": ("max_grad_norm", "--max-grad-norm"),
+    }
     opts, explicit = _parsed(TrainOptions, ["--batch-size", "3", "--grad-accum", "2", "--lr", "5e-5"])
     settings, given = opts.deepspeed_settings(explicit)
     assert given == {"micro_batch_size", "grad_accum_steps", "lr"}
-    config, effective, _ = resolve_ds_config(load_ds_config("configs/ds_zero2.json"), settings, given, world_size=2,
-                                             device_type="cpu", native_bf16=True)
+    config, effective, _ = resolve_ds_config(
+        load_ds_config("configs/ds_zero2.json"), settings, given, world_size=2, device_type="cpu", native_bf16=True
+    )
     assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (3, 2)
     assert config["train_batch_size"] == 12 and config["optimizer"]["params"]["lr"] == 5e-5
     assert effective["precision"] == "bf16"  # fp16, the default, on a CPU
 
 
-@pytest.mark.parametrize("args, message", [(["--metric", "bleu"], "'bleu' is not one of"),
-                                           (["--timestamps", "2"], "2.0 is not in the range 0<=x<=1"),
-                                           (["--batch-size", "many"], "'many' is not a valid integer")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--metric", "bleu"], "'bleu' is not one of"),
+        (["--timestamps", "2"], "2.0 is not in the range 0<=x<=1"),
+        (["--batch-size", "many"], "'many' is not a valid integer"),
+    ],
+)
 def test_a_bad_value_is_refused_by_its_declared_type(args, message):
     @command(TrainOptions.sections())
     @TrainOptions.click_options()

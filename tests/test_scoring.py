@@ -19,11 +19,12 @@ def anaouder():
 
 # --- corpus-level scores ----------------------------------------------------------------------------------
 
+
 def test_wer_and_cer_are_corpus_level_after_normalisation():
     results = [
-        Prediction("a", "Demat, Yann!", "demat yann"),          # 0 errors / 2 words once cleaned
-        Prediction("b", "C’hoant am eus", "c'hoant am"),       # 1 deletion / 3 words
-        Prediction("c", "Ur c'hi bras", "ur ki bras mat"),     # 1 substitution + 1 insertion / 3 words
+        Prediction("a", "Demat, Yann!", "demat yann"),  # 0 errors / 2 words once cleaned
+        Prediction("b", "C’hoant am eus", "c'hoant am"),  # 1 deletion / 3 words
+        Prediction("c", "Ur c'hi bras", "ur ki bras mat"),  # 1 substitution + 1 insertion / 3 words
     ]
     scores = score(results, clean_text)
     assert scores["wer"] == pytest.approx(3 / 8)  # total errors / total reference words, not a mean of rates
@@ -76,8 +77,10 @@ def test_scores_without_anaouder_say_numbers_were_not_spelled_out(monkeypatch):
     # default + clean-up: "c'hwi a zo 3 bugel" vs "... tri ...", "demat yann vari", "setu 2 vloaz" vs "setu daou bloaz"
     assert scores["wer_normalized"] == pytest.approx(3 / 11)
     assert scores["wer_raw"] == pytest.approx(9 / 10)
-    assert scores["normalizers"]["wer_normalized"] == \
-        "default + breton-scoring (numbers not spelled out: anaouder is not installed)"
+    assert (
+        scores["normalizers"]["wer_normalized"]
+        == "default + breton-scoring (numbers not spelled out: anaouder is not installed)"
+    )
 
 
 def test_scores_use_the_evaluation_prediction_type_and_skip_empty_references(anaouder):
@@ -99,16 +102,21 @@ def test_one_call_holds_the_trainers_own_scores_unchanged_and_every_labelled_num
 # --- per sample ---------------------------------------------------------------------------------------------
 
 SAMPLES = [
-    Prediction("a", "Demat, Yann!", "mat demat yan"),      # 1 insertion + 1 substitution / 2 words
+    Prediction("a", "Demat, Yann!", "mat demat yan"),  # 1 insertion + 1 substitution / 2 words
     Prediction("b", "C’hoant am eus", "c'hoant am eus"),  # perfect
-    Prediction("c", "Ur c'hi bras", "ur ki"),              # 1 substitution + 1 deletion / 3 words
-    Prediction("d", "?!", "noise"),                        # nothing left to score
+    Prediction("c", "Ur c'hi bras", "ur ki"),  # 1 substitution + 1 deletion / 3 words
+    Prediction("d", "?!", "noise"),  # nothing left to score
 ]
 
 
 def test_each_sample_is_scored_on_normalised_text_worst_first_and_adds_up_to_the_corpus_wer():
     samples, errors = score_samples(SAMPLES, clean_text)
-    assert [(s.key, s.errors, s.reference_words) for s in samples] == [("a", 2, 2), ("c", 2, 3), ("b", 0, 3), ("d", 0, 0)]
+    assert [(s.key, s.errors, s.reference_words) for s in samples] == [
+        ("a", 2, 2),
+        ("c", 2, 3),
+        ("b", 0, 3),
+        ("d", 0, 0),
+    ]
     assert [s.wer for s in samples[:3]] == [1.0, 2 / 3, 0.0] and math.isnan(samples[3].wer)
     assert (samples[0].reference, samples[0].raw_reference) == ("demat yann", "Demat, Yann!")
     assert sum(s.errors for s in samples) / sum(s.reference_words for s in samples) == score(SAMPLES, clean_text)["wer"]
@@ -120,6 +128,7 @@ def test_each_sample_is_scored_on_normalised_text_worst_first_and_adds_up_to_the
 
 # --- --text-normalizer ----------------------------------------------------------------------------------------
 
+
 def test_default_normalizer_is_clean_text():
     assert load_normalizer(None) is clean_text
     assert load_normalizer("default") is clean_text
@@ -129,11 +138,14 @@ def test_module_function_normalizer_is_imported():
     assert load_normalizer("string:capwords")("a b") == "A B"
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("no_colon", "module:function"),
-    ("no_such_module_xyz:f", "cannot import module"),
-    ("string:no_such_function", "no callable"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no_colon", "module:function"),
+        ("no_such_module_xyz:f", "cannot import module"),
+        ("string:no_such_function", "no callable"),
+    ],
+)
 def test_bad_normalizer_spec_is_one_clear_error(spec, message):
     with pytest.raises(ValueError, match=message):
         load_normalizer(spec)

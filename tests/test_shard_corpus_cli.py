@@ -21,8 +21,14 @@ TOKEN = "hf_cli_secret_token_123"
 
 def shard(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     environment = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO, env=environment,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def write_corpus(root: Path, count: int = 6) -> Path:
@@ -55,7 +61,9 @@ def test_help_groups_options_by_topic():
 def test_shards_a_folder_and_prints_a_summary(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     output = tmp_path / "shards"
-    result = shard(corpus, output, "--workers", "2", "--samples-per-shard", "2", "--val-fraction", "0.2", "--test-fraction", "0.2")
+    result = shard(
+        corpus, output, "--workers", "2", "--samples-per-shard", "2", "--val-fraction", "0.2", "--test-fraction", "0.2"
+    )
 
     assert result.returncode == 0, result.stderr
     assert "kept 6 of 7 inputs; rejected 1 (missing_audio 1)" in result.stdout
@@ -77,17 +85,38 @@ def test_shards_a_folder_and_prints_a_summary(tmp_path):
 
 def test_an_empty_split_the_options_ask_for_is_warned_about_and_unknown_speakers_are_said_so(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", count=6)  # two speakers, spk0 and spk1
-    result = shard(corpus, tmp_path / "by-speaker", "--workers", "1", "--no-progress", "--speaker-from-folder",
-                   "--val-fraction", "0.05", "--test-fraction", "0")
+    result = shard(
+        corpus,
+        tmp_path / "by-speaker",
+        "--workers",
+        "1",
+        "--no-progress",
+        "--speaker-from-folder",
+        "--val-fraction",
+        "0.05",
+        "--test-fraction",
+        "0",
+    )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "by-speaker" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["samples"] == 6  # both speakers hash to train
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
-    assert len(warnings) == 1 and "the validation split is empty although --val-fraction 0.05 asks for it" in warnings[0]
+    assert (
+        len(warnings) == 1 and "the validation split is empty although --val-fraction 0.05 asks for it" in warnings[0]
+    )
     assert "train shares 0 speakers" in result.stdout  # speakers are known here (folders)
 
-    result = shard(corpus, tmp_path / "no-speakers", "--workers", "1", "--no-progress", "--val-fraction", "0.3",
-                   "--test-fraction", "0.3")
+    result = shard(
+        corpus,
+        tmp_path / "no-speakers",
+        "--workers",
+        "1",
+        "--no-progress",
+        "--val-fraction",
+        "0.3",
+        "--test-fraction",
+        "0.3",
+    )
     assert result.returncode == 0, result.stderr
     assert "(speakers unknown)" in result.stdout and "0 speakers" not in result.stdout
 
@@ -108,14 +137,18 @@ def test_non_empty_output_is_refused_unless_overwrite(tmp_path):
     output = tmp_path / "shards"
     assert shard(corpus, output, "--workers", "1", "--no-progress").returncode == 0
     assert_one_line_error(shard(corpus, output, "--workers", "1"), str(output), "--overwrite")
-    result = shard(corpus, output, "--workers", "1", "--overwrite", "--no-progress", "--val-fraction", "0", "--test-fraction", "0")
+    result = shard(
+        corpus, output, "--workers", "1", "--overwrite", "--no-progress", "--val-fraction", "0", "--test-fraction", "0"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # no bar, no warning (no split asked for is empty)
 
 
 def test_bad_options_are_reported_together(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", count=1)
-    result = shard(corpus, tmp_path / "shards", "--val-fraction", "0.7", "--test-fraction", "0.5", "--samples-per-shard", "0")
+    result = shard(
+        corpus, tmp_path / "shards", "--val-fraction", "0.7", "--test-fraction", "0.5", "--samples-per-shard", "0"
+    )
     assert_one_line_error(result, "--val-fraction + --test-fraction", "--samples-per-shard 0")
 
 
@@ -127,7 +160,11 @@ def test_hf_dataset_with_a_token_that_never_appears_in_output(tmp_path):
         buffer = io.BytesIO()
         sf.write(buffer, np.full(12_000, 0.1, np.float32), 24_000, format="WAV")
         datasets.Dataset.from_dict(
-            {"audio": [{"bytes": buffer.getvalue(), "path": f"{split}.wav"}], "sentence": ["Demat"], "client_id": ["yann"]}
+            {
+                "audio": [{"bytes": buffer.getvalue(), "path": f"{split}.wav"}],
+                "sentence": ["Demat"],
+                "client_id": ["yann"],
+            }
         ).cast_column("audio", datasets.Audio()).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
     env = {"HF_HOME": str(tmp_path / "hf-home")}
 
@@ -155,15 +192,31 @@ def test_ali_windows_cuts_recordings_into_windows_of_max_seconds_with_their_segm
     root = tmp_path / "corpus"
     root.mkdir()
     sf.write(root / "show.wav", 0.2 * np.sin(np.arange(20 * 16_000) / 3).astype(np.float32), 16_000)
-    (root / "show.ali").write_text("".join(f"Frazenn {i}. {{start: {2 * i}; end: {2 * i + 1.5}}}\n" for i in range(9)),
-                                   encoding="utf-8")
-    result = shard(root, tmp_path / "shards", "--ali-windows", "--max-seconds", "7.5", "--val-fraction", "0",
-                   "--test-fraction", "0", "--no-progress")
+    (root / "show.ali").write_text(
+        "".join(f"Frazenn {i}. {{start: {2 * i}; end: {2 * i + 1.5}}}\n" for i in range(9)), encoding="utf-8"
+    )
+    result = shard(
+        root,
+        tmp_path / "shards",
+        "--ali-windows",
+        "--max-seconds",
+        "7.5",
+        "--val-fraction",
+        "0",
+        "--test-fraction",
+        "0",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     import webdataset as wds
 
     samples = list(wds.WebDataset(str(tmp_path / "shards" / "train" / "shard-000000.tar"), shardshuffle=False))
     windows = sorted((json.loads(s["json"])["start"], json.loads(s["json"])["segments"]) for s in samples)
     assert [start for start, _ in windows] == [0, 8, 16]  # 4 + 4 + 1 sentences: 7.5 s each at most
-    assert windows[1][1] == [[0, 1.5, "Frazenn 4."], [2, 3.5, "Frazenn 5."], [4, 5.5, "Frazenn 6."], [6, 7.5, "Frazenn 7."]]
+    assert windows[1][1] == [
+        [0, 1.5, "Frazenn 4."],
+        [2, 3.5, "Frazenn 5."],
+        [4, 5.5, "Frazenn 6."],
+        [6, 7.5, "Frazenn 7."],
+    ]
     assert_one_line_error(shard(tmp_path / "other", "--ali-windows", "--hf", "x"), "--ali-windows")

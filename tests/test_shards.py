@@ -20,8 +20,14 @@ from wdsbr.streams import read_manifest
 SPLITS = ("train", "validation", "test")
 
 
-def write_tone(path: Path, seconds: float = 0.5, sample_rate: int = 16_000, channels: int = 1, fmt: str | None = None,
-               frequency: float = 440.0) -> Path:
+def write_tone(
+    path: Path,
+    seconds: float = 0.5,
+    sample_rate: int = 16_000,
+    channels: int = 1,
+    fmt: str | None = None,
+    frequency: float = 440.0,
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(round(seconds * sample_rate))) / sample_rate
     tone = (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
@@ -110,7 +116,11 @@ def test_every_input_is_in_a_shard_or_rejected_with_its_reason(tmp_path):
     assert counts["found"] == 3 + 13 and counts["kept"] == 4 and counts["rejected"] == 12
     assert counts["kept"] + counts["rejected"] == counts["found"]
     assert counts["rejected_by_reason"]["too_long"] == 2 and sum(counts["rejected_by_reason"].values()) == 12
-    written = [json.loads(sample["json"])["source"] for split in SPLITS for sample in read_split(tmp_path / "out", manifest, split)]
+    written = [
+        json.loads(sample["json"])["source"]
+        for split in SPLITS
+        for sample in read_split(tmp_path / "out", manifest, split)
+    ]
     assert sorted(written) == ["bad/twin.flac", "spk0/utt000.wav", "spk1/utt001.wav", "spk2/utt002.wav"]
 
 
@@ -126,7 +136,11 @@ def test_sample_members_hold_16k_mono_pcm16_the_stripped_text_and_metadata(tmp_p
     info = sf.info(io.BytesIO(sample["flac"]))
     assert (info.samplerate, info.channels, info.subtype, info.format) == (16_000, 1, "PCM_16", "FLAC")
     assert sample["txt"].decode("utf-8") == "C’hoant am eus da gomz brezhoneg!"
-    assert json.loads(sample["json"]) == {"duration": 1.0, "source": "speaker-a/utt 001.é.wav", "sample_rate_in": 44_100}
+    assert json.loads(sample["json"]) == {
+        "duration": 1.0,
+        "source": "speaker-a/utt 001.é.wav",
+        "sample_rate_in": 44_100,
+    }
     assert manifest["sample_rate"] == 16_000 and manifest["audio_format"] == "flac"
 
 
@@ -170,8 +184,12 @@ def test_samples_per_shard_gives_several_shards_per_split_readable_by_webdataset
     for split in SPLITS:
         summary = manifest["splits"][split]
         assert len(summary["shards"]) >= 2
-        assert [shard["file"] for shard in summary["shards"]] == [f"{split}/shard-{i:06d}.tar" for i in range(len(summary["shards"]))]
-        assert sorted(p.name for p in (output / split).iterdir()) == [Path(shard["file"]).name for shard in summary["shards"]]
+        assert [shard["file"] for shard in summary["shards"]] == [
+            f"{split}/shard-{i:06d}.tar" for i in range(len(summary["shards"]))
+        ]
+        assert sorted(p.name for p in (output / split).iterdir()) == [
+            Path(shard["file"]).name for shard in summary["shards"]
+        ]
         for shard in summary["shards"]:
             path = output / shard["file"]
             assert shard["bytes"] == path.stat().st_size and 1 <= shard["samples"] <= 2
@@ -191,8 +209,14 @@ def test_samples_per_shard_gives_several_shards_per_split_readable_by_webdataset
 
 def test_max_shard_bytes_starts_a_new_shard_before_the_limit(tmp_path):
     write_pairs(tmp_path / "corpus", 8, seconds=0.5)
-    manifest = run(tmp_path / "corpus", tmp_path / "out", max_shard_bytes=60_000, audio_format="wav",  # ~17 kB a sample
-                   val_fraction=0.0, test_fraction=0.0)
+    manifest = run(
+        tmp_path / "corpus",
+        tmp_path / "out",
+        max_shard_bytes=60_000,
+        audio_format="wav",  # ~17 kB a sample
+        val_fraction=0.0,
+        test_fraction=0.0,
+    )
     shards = manifest["splits"]["train"]["shards"]
     assert [shard["samples"] for shard in shards] == [2, 2, 2, 2]
     assert all(shard["bytes"] <= 60_000 for shard in shards)
@@ -202,14 +226,31 @@ def test_manifest_layout(tmp_path):
     write_pairs(tmp_path / "corpus", 4)
     write_text(tmp_path / "corpus" / "lonely.txt", "Demat")
     manifest = run(tmp_path / "corpus", tmp_path / "out", seed=3)
-    assert list(manifest) == ["tool", "version", "created", "source", "sample_rate", "audio_format", "options", "splits",
-                              "overlap", "rejected", "counts", "run"]
+    assert list(manifest) == [
+        "tool",
+        "version",
+        "created",
+        "source",
+        "sample_rate",
+        "audio_format",
+        "options",
+        "splits",
+        "overlap",
+        "rejected",
+        "counts",
+        "run",
+    ]
     assert manifest["tool"] == "wdsbr shard_corpus"
     assert manifest["source"] == {"kind": "folder", "path": str((tmp_path / "corpus").resolve())}
     assert manifest["options"]["seed"] == 3 and manifest["options"]["max_seconds"] == 30.0
     assert list(manifest["splits"]) == list(SPLITS)
-    assert manifest["rejected"] == [{"source": "lonely.txt", "reason": "missing_audio",
-                                     "detail": "no .wav/.flac/.mp3/.ogg file named 'lonely' beside it"}]
+    assert manifest["rejected"] == [
+        {
+            "source": "lonely.txt",
+            "reason": "missing_audio",
+            "detail": "no .wav/.flac/.mp3/.ogg file named 'lonely' beside it",
+        }
+    ]
     assert manifest["counts"] == {"found": 5, "kept": 4, "rejected": 1, "rejected_by_reason": {"missing_audio": 1}}
     for split in SPLITS:
         assert set(manifest["splits"][split]) == {"shards", "samples", "seconds", "hours", "speakers"}
@@ -222,8 +263,12 @@ def test_output_is_byte_identical_across_runs_and_worker_counts(tmp_path):
     write_pairs(tmp_path / "corpus", 24, sample_rate=22_050)
     write_text(tmp_path / "corpus" / "junk.wav", b"not audio")
     write_text(tmp_path / "corpus" / "junk.txt", "Demat")
-    one = run(tmp_path / "corpus", tmp_path / "one", samples_per_shard=3, val_fraction=0.25, test_fraction=0.25, workers=1)
-    two = run(tmp_path / "corpus", tmp_path / "two", samples_per_shard=3, val_fraction=0.25, test_fraction=0.25, workers=2)
+    one = run(
+        tmp_path / "corpus", tmp_path / "one", samples_per_shard=3, val_fraction=0.25, test_fraction=0.25, workers=1
+    )
+    two = run(
+        tmp_path / "corpus", tmp_path / "two", samples_per_shard=3, val_fraction=0.25, test_fraction=0.25, workers=2
+    )
     assert two["run"]["workers"] == 2
     assert json.dumps(one["splits"]) == json.dumps(two["splits"])
     assert one["rejected"] == two["rejected"] and one["counts"] == two["counts"]
@@ -269,7 +314,9 @@ def test_common_voice_release_keeps_its_splits_and_metadata(tmp_path):
     header = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccents\tlocale\tsegment\n"
     layout = {"train.tsv": ["c1", "c2", "c3"], "dev.tsv": ["c4"], "test.tsv": ["c5", "gone"]}
     for tsv, clips in layout.items():
-        rows = "".join(f"spk-{clip}\tcommon_voice_br_{clip}.mp3\tDemat {clip}!\t3\t0\tthirties\t\tKerne\tbr\t\n" for clip in clips)
+        rows = "".join(
+            f"spk-{clip}\tcommon_voice_br_{clip}.mp3\tDemat {clip}!\t3\t0\tthirties\t\tKerne\tbr\t\n" for clip in clips
+        )
         write_text(root / tsv, header + rows)
         for clip in clips:
             if clip != "gone":
@@ -279,8 +326,13 @@ def test_common_voice_release_keeps_its_splits_and_metadata(tmp_path):
 
     assert manifest["source"]["kind"] == "common_voice"
     assert [manifest["splits"][split]["samples"] for split in SPLITS] == [3, 1, 1]
-    assert manifest["rejected"] == [{"source": "clips/common_voice_br_gone.mp3", "reason": "missing_file",
-                                     "detail": "test.tsv line 3: clips/common_voice_br_gone.mp3 does not exist"}]
+    assert manifest["rejected"] == [
+        {
+            "source": "clips/common_voice_br_gone.mp3",
+            "reason": "missing_file",
+            "detail": "test.tsv line 3: clips/common_voice_br_gone.mp3 does not exist",
+        }
+    ]
     (sample,) = read_split(output, manifest, "validation")
     assert sample["__key__"] == "common_voice_br_c4" and sample["txt"] == b"Demat c4!"
     metadata = json.loads(sample["json"])
@@ -324,8 +376,13 @@ def test_hf_dataset_is_decoded_by_us_and_keeps_its_splits(offline_hf, tmp_path):
     (sample,) = read_split(tmp_path / "out", manifest, "test")
     metadata = json.loads(sample["json"])
     assert sample["__key__"] == "e" and sample["txt"] == b"Demat e"
-    assert metadata == {"duration": 0.6, "source": f"{folder}:test:0", "speaker": "spk-e", "sample_rate_in": 48_000,
-                        "hf_audio_path": "clips/e.flac"}
+    assert metadata == {
+        "duration": 0.6,
+        "source": f"{folder}:test:0",
+        "speaker": "spk-e",
+        "sample_rate_in": 48_000,
+        "hf_audio_path": "clips/e.flac",
+    }
     assert manifest["source"]["kind"] == "hf" and manifest["source"]["name"] == str(folder)
     assert "hf_do_not_leak" not in (tmp_path / "out" / MANIFEST).read_text()
 
@@ -341,8 +398,13 @@ def test_non_empty_output_is_refused_without_overwrite_and_replaced_with_it(tmp_
     with pytest.raises(ShardError, match="not empty.*--overwrite"):
         run(tmp_path / "corpus", output)
     write_text(output / "notes.md", "mine")
-    manifest = shard_corpus(open_corpus(tmp_path / "corpus"), output,
-                            ShardOptions(workers=1, val_fraction=0.0, test_fraction=0.0), overwrite=True, progress=False)
+    manifest = shard_corpus(
+        open_corpus(tmp_path / "corpus"),
+        output,
+        ShardOptions(workers=1, val_fraction=0.0, test_fraction=0.0),
+        overwrite=True,
+        progress=False,
+    )
     assert [p.name for p in (output / "train").iterdir()] == ["shard-000000.tar"]  # old shards 1 and 2 are gone
     assert (output / "notes.md").read_text() == "mine" and manifest["counts"]["kept"] == 3
 
@@ -350,8 +412,13 @@ def test_non_empty_output_is_refused_without_overwrite_and_replaced_with_it(tmp_
 def test_an_output_that_would_replace_the_source_is_refused(tmp_path):
     write_pairs(tmp_path / "out" / "train", 2)
     with pytest.raises(ShardError, match="source"):
-        shard_corpus(open_corpus(tmp_path / "out" / "train"), tmp_path / "out", ShardOptions(workers=1), overwrite=True,
-                     progress=False)
+        shard_corpus(
+            open_corpus(tmp_path / "out" / "train"),
+            tmp_path / "out",
+            ShardOptions(workers=1),
+            overwrite=True,
+            progress=False,
+        )
     assert len(list((tmp_path / "out" / "train").rglob("*.wav"))) == 2
 
 
@@ -371,7 +438,9 @@ def test_a_run_that_keeps_nothing_is_an_error_but_its_manifest_says_why(tmp_path
 
 
 def test_check_options_reports_every_problem_at_once():
-    problems = check_options(ShardOptions(val_fraction=0.6, test_fraction=0.5, samples_per_shard=0, min_seconds=5, max_seconds=1))
+    problems = check_options(
+        ShardOptions(val_fraction=0.6, test_fraction=0.5, samples_per_shard=0, min_seconds=5, max_seconds=1)
+    )
     assert len(problems) == 3
     assert any("--val-fraction + --test-fraction" in p for p in problems)
     assert any("--samples-per-shard 0" in p for p in problems)

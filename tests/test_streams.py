@@ -11,12 +11,19 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import serve_folder, write_plain_shards, write_speech_corpus
+
 from wdsbr.corpus import open_corpus
 from wdsbr.shards import ShardOptions, shard_corpus
-from wdsbr.streams import (_seek_offset, count_samples, count_seconds, list_shards, read_shard_range, shard_counts,
-                           tar_count)
+from wdsbr.streams import (
+    _seek_offset,
+    count_samples,
+    count_seconds,
+    list_shards,
+    read_shard_range,
+    shard_counts,
+    tar_count,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +31,12 @@ def written(tmp_path_factory) -> Path:
     """The shard tool's output: 17 train samples in shards of 7, 7 and 3, and manifest.json."""
     root = tmp_path_factory.mktemp("streams")
     write_speech_corpus(root / "corpus", 17)
-    shard_corpus(open_corpus(root / "corpus"), root / "shards", ShardOptions(val_fraction=0.0, test_fraction=0.0,
-                 samples_per_shard=7, workers=1), progress=False)
+    shard_corpus(
+        open_corpus(root / "corpus"),
+        root / "shards",
+        ShardOptions(val_fraction=0.0, test_fraction=0.0, samples_per_shard=7, workers=1),
+        progress=False,
+    )
     return root / "shards"
 
 
@@ -45,6 +56,7 @@ class Problems(list):
 
 # ------------------------------------------------------------------------------------------------ shard lists
 
+
 def test_shards_from_folder_pattern_list_and_urls(written):
     train = written / "train"
     from_folder = list_shards(train)
@@ -52,8 +64,13 @@ def test_shards_from_folder_pattern_list_and_urls(written):
     assert list_shards(f"{train}/shard-{{000000..000002}}.tar") == from_folder
     assert list_shards([from_folder[0], str(train)]) == from_folder[:1] + from_folder
     assert list_shards(f"pipe:cat {train}/shard-{{000000..000001}}.tar") == [
-        f"pipe:cat {train}/shard-000000.tar", f"pipe:cat {train}/shard-000001.tar"]
-    assert list_shards("http://host:8000/train/shard-{000000..000002}.tar")[-1] == "http://host:8000/train/shard-000002.tar"
+        f"pipe:cat {train}/shard-000000.tar",
+        f"pipe:cat {train}/shard-000001.tar",
+    ]
+    assert (
+        list_shards("http://host:8000/train/shard-{000000..000002}.tar")[-1]
+        == "http://host:8000/train/shard-000002.tar"
+    )
 
 
 def test_a_spec_that_expands_to_nothing_is_an_error(tmp_path, written):
@@ -64,6 +81,7 @@ def test_a_spec_that_expands_to_nothing_is_an_error(tmp_path, written):
 
 
 # ------------------------------------------------------------------------------------------------- counts
+
 
 def test_counts_come_from_the_manifest_or_from_tar_headers(tmp_path, written, plain):
     assert shard_counts(list_shards(written / "train")) == [7, 7, 3]
@@ -84,8 +102,11 @@ def test_remote_counts_come_from_the_manifest_over_http_or_the_error_names_both_
     with serve_folder(written / "train") as url:  # the split folder alone: no manifest above it
         shards = [f"{url}/shard-000000.tar"]
         assert shard_counts(shards) is None
-        with pytest.raises(ValueError, match=r"serve http://127.0.0.1:\d+/manifest.json .* or pass the epoch size "
-                                             r"\(--epoch-samples\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"serve http://127.0.0.1:\d+/manifest.json .* or pass the epoch size "
+            r"\(--epoch-samples\)",
+        ):
             count_samples(shards)
     with pytest.raises(ValueError, match="a pipe: has none"):
         count_samples([f"pipe:cat {written}/train/shard-000000.tar"])
@@ -97,6 +118,7 @@ def test_a_tar_count_groups_members_by_key_like_webdataset(plain):
 
 
 # ------------------------------------------------------------------------------------------------ reading
+
 
 @pytest.mark.parametrize("first, stop", [(0, 5), (2, 5), (4, 5), (1, 3)])
 def test_a_range_read_by_seeking_equals_the_same_range_read_through(plain, first, stop):
@@ -145,7 +167,11 @@ def test_a_shard_shorter_than_its_count_and_a_truncated_one_are_reported_with_wh
     got = keys(read_shard_range(str(cut), 0, 5, on_problem=problems))
     assert 1 <= len(got) < 5
     [(reason, lost, detail)] = problems
-    assert reason == "corrupt_shard" and lost == 5 - len(got) and detail.startswith(f"{cut}: {len(got)} read of samples 0..4 (")
+    assert (
+        reason == "corrupt_shard"
+        and lost == 5 - len(got)
+        and detail.startswith(f"{cut}: {len(got)} read of samples 0..4 (")
+    )
 
 
 def test_an_unreadable_shard_is_reported_and_the_reader_goes_on(tmp_path, written):

@@ -7,8 +7,15 @@ from __future__ import annotations
 import pytest
 
 from wdsbr.model import build_tiny_whisper, load_processor
-from wdsbr.timestamps import (IGNORE_INDEX, MAX_PREVIOUS_TOKENS, timed_labels, timestamp_begin, timestamp_id,
-                              timestamp_prompt, with_previous_text)
+from wdsbr.timestamps import (
+    IGNORE_INDEX,
+    MAX_PREVIOUS_TOKENS,
+    timed_labels,
+    timestamp_begin,
+    timestamp_id,
+    timestamp_prompt,
+    with_previous_text,
+)
 
 SEGMENTS = [(0.0, 2.4, "demat deoc'h"), (2.6, 5.013, "kenavo"), (5.02, 29.985, "trugarez")]
 
@@ -18,8 +25,10 @@ def tokenizers(tmp_path_factory):
     """A multilingual and an English-only tiny tokenizer: their timestamp tokens have different ids."""
     multilingual = build_tiny_whisper(tmp_path_factory.mktemp("multi"))
     english = build_tiny_whisper(tmp_path_factory.mktemp("english"), multilingual=False)
-    return {"multilingual": load_processor(str(multilingual), "br").tokenizer,
-            "english": load_processor(str(english), None).tokenizer}
+    return {
+        "multilingual": load_processor(str(multilingual), "br").tokenizer,
+        "english": load_processor(str(english), None).tokenizer,
+    }
 
 
 @pytest.mark.parametrize("kind", ["multilingual", "english"])
@@ -47,8 +56,8 @@ def test_timed_labels_read_back_by_transformers(tokenizers, kind):
     labels = timed_labels(tokenizer, prompt, SEGMENTS)
     no_timestamps = tokenizer.convert_tokens_to_ids("<|notimestamps|>")
     assert no_timestamps in prompt and no_timestamps not in labels
-    assert labels[:len(prompt) - 1] == timestamp_prompt(prompt, tokenizer) and labels[-1] == tokenizer.eos_token_id
-    body = labels[len(prompt) - 1:-1]
+    assert labels[: len(prompt) - 1] == timestamp_prompt(prompt, tokenizer) and labels[-1] == tokenizer.eos_token_id
+    body = labels[len(prompt) - 1 : -1]
     tokens = tokenizer.convert_ids_to_tokens(body)
     stamps = [token for token in tokens if token.startswith("<|") and token.endswith("|>")]
     assert stamps == ["<|0.00|>", "<|2.40|>", "<|2.60|>", "<|5.02|>", "<|5.02|>", "<|29.98|>"]
@@ -63,11 +72,14 @@ def test_a_tokenizer_without_named_timestamp_tokens_still_gets_them_after_notime
     assert timestamp_begin(tokenizer) == tokenizer.convert_tokens_to_ids("<|notimestamps|>") + 1
 
 
-@pytest.mark.parametrize("segments, problem", [
-    ([(0.0, 31.0, "a")], "not inside the 30 s window"),
-    ([(2.0, 1.0, "a")], "not inside the 30 s window"),
-    ([(0.0, 2.0, "a"), (1.5, 3.0, "b")], "before the previous one ends"),
-])
+@pytest.mark.parametrize(
+    "segments, problem",
+    [
+        ([(0.0, 31.0, "a")], "not inside the 30 s window"),
+        ([(2.0, 1.0, "a")], "not inside the 30 s window"),
+        ([(0.0, 2.0, "a"), (1.5, 3.0, "b")], "before the previous one ends"),
+    ],
+)
 def test_segments_out_of_order_or_outside_the_window_are_refused(tokenizers, segments, problem):
     tokenizer = tokenizers["multilingual"]
     with pytest.raises(ValueError, match=problem):
@@ -88,7 +100,7 @@ def test_previous_text_is_input_but_never_in_the_loss(tokenizers):
     previous = tokenizer.encode(" me a gomz brezhoneg", add_special_tokens=False)
     inputs, targets = with_previous_text(labels, previous, tokenizer)
     assert inputs[0] == tokenizer.convert_tokens_to_ids("<|startofprev|>")
-    assert inputs[1:1 + len(previous)] == previous and inputs[1 + len(previous):] == labels[:-1]
+    assert inputs[1 : 1 + len(previous)] == previous and inputs[1 + len(previous) :] == labels[:-1]
     assert len(targets) == len(inputs)
     masked = 1 + len(previous)  # the positions predicting the previous text and <|startoftranscript|>
     assert targets[:masked] == [IGNORE_INDEX] * masked
@@ -100,6 +112,6 @@ def test_previous_text_keeps_its_last_tokens_within_the_limits(tokenizers):
     labels = timed_labels(tokenizer, list(tokenizer.prefix_tokens), SEGMENTS)
     long_previous = list(range(10, 10 + 400))
     inputs, _ = with_previous_text(labels, long_previous, tokenizer)
-    assert inputs[1:1 + MAX_PREVIOUS_TOKENS] == long_previous[-MAX_PREVIOUS_TOKENS:]
+    assert inputs[1 : 1 + MAX_PREVIOUS_TOKENS] == long_previous[-MAX_PREVIOUS_TOKENS:]
     inputs, targets = with_previous_text(labels, long_previous, tokenizer, max_label_tokens=len(labels) + 5)
     assert inputs[1:6] == long_previous[-5:] and len(inputs) == len(labels) + 5

@@ -14,21 +14,30 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import pytest
+import soundfile as sf
 import torch
 from click.testing import CliRunner
+from conftest import free_port, read_metrics, serve_folder, speech_like, write_speech_corpus
 from safetensors.torch import load_file
 
-from conftest import free_port, read_metrics, serve_folder, speech_like, write_speech_corpus
 from wdsbr.corpus import open_corpus
 from wdsbr.engine import cpu_precision_for_fp16
 from wdsbr.shards import ShardOptions, shard_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
-TRAIN_ROW = {"step", "loss", "lr", "grad_norm", "loss_scale", "step_seconds", "samples_per_s", "audio_seconds_per_s",
-             "skipped_samples"}
+TRAIN_ROW = {
+    "step",
+    "loss",
+    "lr",
+    "grad_norm",
+    "loss_scale",
+    "step_seconds",
+    "samples_per_s",
+    "audio_seconds_per_s",
+    "skipped_samples",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +46,26 @@ def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train-data")
     for split, n, seed in (("train", 24, 0), ("validation", 8, 100)):
         write_speech_corpus(root / "corpus" / split, n, seed=seed)
-    shard_corpus(open_corpus(root / "corpus"), root / "shards", ShardOptions(samples_per_shard=6, workers=1),
-                 progress=False)
+    shard_corpus(
+        open_corpus(root / "corpus"), root / "shards", ShardOptions(samples_per_shard=6, workers=1), progress=False
+    )
     return root / "shards"
 
 
 def launch(output: Path, *args: str, ranks: int = 2) -> subprocess.CompletedProcess:
-    command = [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(free_port()), "launch/train.py",
-               "--deepspeed", "configs/ds_zero2.json", "--output-dir", str(output), *args]
+    command = [
+        DEEPSPEED,
+        "--num_gpus",
+        str(ranks),
+        "--master_port",
+        str(free_port()),
+        "launch/train.py",
+        "--deepspeed",
+        "configs/ds_zero2.json",
+        "--output-dir",
+        str(output),
+        *args,
+    ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -52,10 +73,31 @@ def launch(output: Path, *args: str, ranks: int = 2) -> subprocess.CompletedProc
 
 
 def run_training(shards: Path, model: str, output: Path, *args: str, ranks: int = 2) -> subprocess.CompletedProcess:
-    return launch(output, "--model", model, "--train-shards", str(shards / "train"), "--val-shards",
-                  str(shards / "validation"), "--batch-size", "3", "--num-workers", "1", "--shuffle-buffer", "8",
-                  "--lr", "1e-3", "--warmup-steps", "2", "--log-every", "2", "--generation-max-length", "8", *args,
-                  ranks=ranks)
+    return launch(
+        output,
+        "--model",
+        model,
+        "--train-shards",
+        str(shards / "train"),
+        "--val-shards",
+        str(shards / "validation"),
+        "--batch-size",
+        "3",
+        "--num-workers",
+        "1",
+        "--shuffle-buffer",
+        "8",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "2",
+        "--log-every",
+        "2",
+        "--generation-max-length",
+        "8",
+        *args,
+        ranks=ranks,
+    )
 
 
 def rows(output: Path, kind: str) -> list[dict]:
@@ -74,9 +116,28 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
         sf.write(recordings / f"rec{i}.wav", speech_like(seconds, seed=i), 16_000)
         (recordings / f"rec{i}.txt").write_text(f"demat {i}", encoding="utf-8")
     sf.write(recordings / "untranscribed.wav", speech_like(1.0), 16_000)
-    result = run_training(shards, tiny_whisper, out, "--max-steps", "40", "--eval-every", "2", "--metric", "loss",
-                          "--min-delta", "100", "--patience", "2", "--grad-accum", "2", "--pack", "--export", "ct2",
-                          "--val-long-form", str(recordings))
+    result = run_training(
+        shards,
+        tiny_whisper,
+        out,
+        "--max-steps",
+        "40",
+        "--eval-every",
+        "2",
+        "--metric",
+        "loss",
+        "--min-delta",
+        "100",
+        "--patience",
+        "2",
+        "--grad-accum",
+        "2",
+        "--pack",
+        "--export",
+        "ct2",
+        "--val-long-form",
+        str(recordings),
+    )
     precision = cpu_precision_for_fp16()  # the config's fp16 on CPU: bf16, or fp32 without native bf16
     assert f"fp16 is not supported on CPU: training in {precision} instead" in result.stdout
     assert [(r["step"], r["is_best"]) for r in rows(out, "eval")] == [(2, True), (4, False), (6, False)]
@@ -84,13 +145,20 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
     assert "untranscribed.wav: missing_transcript" in result.stdout  # named, left out
     summary = rows(out, "summary")[-1]
     assert (summary["step"], summary["stopped_early"], summary["best_step"]) == (6, True, 2)
-    assert "stopped early at step 6: loss did not improve for 2 evaluations (best " in result.stdout  # said, not inferred
+    assert (
+        "stopped early at step 6: loss did not improve for 2 evaluations (best " in result.stdout
+    )  # said, not inferred
     assert summary["total_seconds"] >= summary["train_seconds"] > 0
     # checkpoints: the last two evaluations, DeepSpeed's `latest` points at the final one
     checkpoints = out / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000004", "step-00000006"]
     assert (checkpoints / "latest").read_text().strip() == "step-00000006"
-    assert json.loads((checkpoints / "step-00000006" / "trainer_state.json").read_text())["early_stopping"]["bad_evaluations"] == 2
+    assert (
+        json.loads((checkpoints / "step-00000006" / "trainer_state.json").read_text())["early_stopping"][
+            "bad_evaluations"
+        ]
+        == 2
+    )
     # training rows carry every field, every rank's samples are counted, and the loss goes down
     train = rows(out, "train")
     assert [r["step"] for r in train] == [2, 4, 6] and all(TRAIN_ROW <= set(r) for r in train)
@@ -98,13 +166,26 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
     assert train[0]["samples_per_s"] > 0 and train[0]["skipped_samples"] == 0
     assert all(r["packing_factor"] > 2 and r["speech_seconds_per_s"] < r["audio_seconds_per_s"] for r in train)
     config = json.loads((out / "config.json").read_text())
-    assert config["deepspeed"]["bf16"]["enabled"] is (precision == "bf16") and config["deepspeed"]["train_batch_size"] == 3 * 2 * 2
+    assert (
+        config["deepspeed"]["bf16"]["enabled"] is (precision == "bf16")
+        and config["deepspeed"]["train_batch_size"] == 3 * 2 * 2
+    )
 
     best = out / "best"
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-            "preprocessor_config.json"} <= {p.name for p in best.iterdir()}
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+    } <= {p.name for p in best.iterdir()}
     export = json.loads((out / "summary.json").read_text())["export"]
-    assert (export["format"], export["engine"], export["samples"], export["skipped_samples"]) == ("ct2", "faster-whisper", 8, 0)
+    assert (export["format"], export["engine"], export["samples"], export["skipped_samples"]) == (
+        "ct2",
+        "faster-whisper",
+        8,
+        0,
+    )
     assert 0 <= export["wer"] and (out / "best-ct2" / "model.bin").is_file() and export["path"] == str(out / "best-ct2")
     assert "## faster-whisper (CTranslate2)" in (best / "README.md").read_text()
     generation = json.loads((best / "generation_config.json").read_text())
@@ -118,8 +199,25 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
 def test_resume_continues_exactly_where_an_interrupted_run_stopped(shards, tiny_whisper, tmp_path):
     # with augmentation, timestamps and previous text on: drawn for (seed, epoch, key), the resumed job sees the
     # same masked, sped-up batches with the same windows labelled with timestamps and prompted
-    common = ("--max-steps", "8", "--eval-every", "4", "--metric", "loss", "--patience", "0", "--seed", "3",
-              "--spec-augment", "--speed-perturb", "0.9,1.1", "--timestamps", "0.5", "--prev-text", "0.5")
+    common = (
+        "--max-steps",
+        "8",
+        "--eval-every",
+        "4",
+        "--metric",
+        "loss",
+        "--patience",
+        "0",
+        "--seed",
+        "3",
+        "--spec-augment",
+        "--speed-perturb",
+        "0.9,1.1",
+        "--timestamps",
+        "0.5",
+        "--prev-text",
+        "0.5",
+    )
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     run_training(shards, tiny_whisper, straight, *common)
     run_training(shards, tiny_whisper, interrupted, *common, "--stop-after-steps", "4")
@@ -128,15 +226,20 @@ def test_resume_continues_exactly_where_an_interrupted_run_stopped(shards, tiny_
     assert "resumed from step 4 (epoch 1, batch 0)" in resumed.stdout
 
     def key_numbers(output: Path) -> list[tuple]:
-        return [(r["kind"], r["step"], r.get("loss"), r.get("val_loss"), r.get("wer")) for r in read_metrics(output)
-                if r["kind"] != "summary" and r["step"] > 4]
+        return [
+            (r["kind"], r["step"], r.get("loss"), r.get("val_loss"), r.get("wer"))
+            for r in read_metrics(output)
+            if r["kind"] != "summary" and r["step"] > 4
+        ]
 
     # Same seed, same data order (the stream is a function of seed, epoch, rank, worker), DeepSpeed restores
     # fp32 master weights, Adam moments, scheduler and step, and CPU kernels are deterministic: the numbers
     # after the interruption are identical; 1e-6 only absorbs float formatting.
     for got, want in zip(key_numbers(interrupted), key_numbers(straight), strict=True):
         assert got[:2] == want[:2]
-        np.testing.assert_allclose([x for x in got[2:] if x is not None], [x for x in want[2:] if x is not None], atol=1e-6)
+        np.testing.assert_allclose(
+            [x for x in got[2:] if x is not None], [x for x in want[2:] if x is not None], atol=1e-6
+        )
     assert rows(interrupted, "summary")[-1]["step"] == rows(straight, "summary")[-1]["step"] == 8
     final = [load_file(out / "best" / "model.safetensors") for out in (interrupted, straight)]
     assert final[0].keys() == final[1].keys()
@@ -152,10 +255,13 @@ def test_validation_on_two_ranks_over_http_scores_exactly_what_one_rank_does_loc
     one, two = tmp_path / "one", tmp_path / "two"
     run_training(shards, wordy_whisper, one, *common, ranks=1)
     with serve_folder(shards) as url:
-        over_http = [f"{url}/{split}/shard-{{000000..{len(list((shards / split).glob('*.tar'))) - 1:06d}}}.tar"
-                     for split in ("train", "validation")]
-        run_training(shards, wordy_whisper, two, *common, "--train-shards", over_http[0], "--val-shards", over_http[1],
-                     ranks=2)
+        over_http = [
+            f"{url}/{split}/shard-{{000000..{len(list((shards / split).glob('*.tar'))) - 1:06d}}}.tar"
+            for split in ("train", "validation")
+        ]
+        run_training(
+            shards, wordy_whisper, two, *common, "--train-shards", over_http[0], "--val-shards", over_http[1], ranks=2
+        )
     assert json.loads((two / "config.json").read_text())["options"]["train_shards"].startswith("http://127.0.0.1:")
     (a,), (b,) = rows(one, "eval"), rows(two, "eval")
     assert a["cer"] not in (0.0, 1.0)  # real predictions: neither all empty nor all right
@@ -165,6 +271,7 @@ def test_validation_on_two_ranks_over_http_scores_exactly_what_one_rank_does_loc
 
 
 # ------------------------------------------------------------------------------------- configuration errors
+
 
 def _train_cli():
     spec = importlib.util.spec_from_file_location("train_cli", ROOT / "launch" / "train.py")
@@ -180,26 +287,43 @@ def bad_json(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--train-shards", "/nonexistent/train"], "--train-shards: /nonexistent/train: shard not found"),
-    (["--train-shards", "http://127.0.0.1:9/train/shard-000000.tar"],  # nothing listens on port 9: no manifest
-     "--train-shards: http://127.0.0.1:9/train/shard-000000.tar: no sample counts for remote shards: serve "
-     "http://127.0.0.1:9/manifest.json beside the split folders (tools/shard_corpus.py writes it) or pass the epoch "
-     "size (--epoch-samples)"),
-    (["--language", "klingon"], "--language: unknown language 'klingon'"),
-    (["--speed-perturb", "fast"], "--speed-perturb: 'fast': give speed factors separated by commas, e.g. 0.9,1.0,1.1"),
-    (["--deepspeed", "{bad_json}"], "broken.json: not valid JSON"),
-    (["--batch-size", "-2"], "--batch-size -2: must be at least 1"),
-    (["--batch-size", "0", "--model", "openai/whisper-small"], "--batch-size 0: must be at least 1"),  # no hub call
-    (["--resume", "--output-dir", "{tmp}/nothing"], "--resume: no checkpoint to resume"),
-    (["--model", "{tmp}"], "--model:"),
-    (["--metric", "long_wer"], "--metric long_wer: needs --val-long-form DATA, the long recordings to score"),
-    (["--val-long-form", "{tmp}"], "no recording to transcribe (no audio + .txt pairs, no .ali files)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--train-shards", "/nonexistent/train"], "--train-shards: /nonexistent/train: shard not found"),
+        (
+            ["--train-shards", "http://127.0.0.1:9/train/shard-000000.tar"],  # nothing listens on port 9: no manifest
+            "--train-shards: http://127.0.0.1:9/train/shard-000000.tar: no sample counts for remote shards: serve "
+            "http://127.0.0.1:9/manifest.json beside the split folders (tools/shard_corpus.py writes it) or pass the "
+            "epoch "
+            "size (--epoch-samples)",
+        ),
+        (["--language", "klingon"], "--language: unknown language 'klingon'"),
+        (
+            ["--speed-perturb", "fast"],
+            "--speed-perturb: 'fast': give speed factors separated by commas, e.g. 0.9,1.0,1.1",
+        ),
+        (["--deepspeed", "{bad_json}"], "broken.json: not valid JSON"),
+        (["--batch-size", "-2"], "--batch-size -2: must be at least 1"),
+        (["--batch-size", "0", "--model", "openai/whisper-small"], "--batch-size 0: must be at least 1"),  # no hub call
+        (["--resume", "--output-dir", "{tmp}/nothing"], "--resume: no checkpoint to resume"),
+        (["--model", "{tmp}"], "--model:"),
+        (["--metric", "long_wer"], "--metric long_wer: needs --val-long-form DATA, the long recordings to score"),
+        (["--val-long-form", "{tmp}"], "no recording to transcribe (no audio + .txt pairs, no .ali files)"),
+    ],
+)
 def test_bad_configuration_is_one_clear_line_and_exit_2(shards, tiny_whisper, tmp_path, bad_json, args, message):
     args = [a.format(bad_json=bad_json, tmp=tmp_path) for a in args]
-    base = ["--model", tiny_whisper, "--train-shards", str(shards / "train"), "--val-shards", str(shards / "validation"),
-            "--output-dir", str(tmp_path / "run")]
+    base = [
+        "--model",
+        tiny_whisper,
+        "--train-shards",
+        str(shards / "train"),
+        "--val-shards",
+        str(shards / "validation"),
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
     result = CliRunner().invoke(_train_cli(), base + args)
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -212,16 +336,38 @@ def test_bad_configuration_is_one_clear_line_and_exit_2(shards, tiny_whisper, tm
 
 def test_a_hub_model_that_cannot_be_reached_fails_fast_with_one_line(shards, tmp_path):
     """No cache, HF_HUB_OFFLINE unset, and the hub's endpoint refusing connections: transformers would retry for
-    minutes; the check says what was tried and how to point --model at a local folder (the timeout only stops a hang)."""
+    minutes; the check says what was tried and how to point --model at a local folder (the timeout only stops a
+    hang)."""
     env = {name: value for name, value in os.environ.items() if name not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf-home"))
-    for script, data in (("launch/train.py", ["--train-shards", str(shards / "train"), "--val-shards", str(shards / "validation"),
-                                              "--output-dir", str(tmp_path / "run")]),
-                         ("launch/evaluate.py", ["--data", str(shards / "validation")])):
-        result = subprocess.run([sys.executable, script, "--model", "openai/whisper-small", *data], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=120)
+    for script, data in (
+        (
+            "launch/train.py",
+            [
+                "--train-shards",
+                str(shards / "train"),
+                "--val-shards",
+                str(shards / "validation"),
+                "--output-dir",
+                str(tmp_path / "run"),
+            ],
+        ),
+        ("launch/evaluate.py", ["--data", str(shards / "validation")]),
+    ):
+        result = subprocess.run(
+            [sys.executable, script, "--model", "openai/whisper-small", *data],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
-        for fragment in ("openai/whisper-small: not a local folder, not in the Hugging Face cache", str(tmp_path / "hf-home"),
-                         "127.0.0.1:9 cannot be reached", "point --model at a local folder"):
+        for fragment in (
+            "openai/whisper-small: not a local folder, not in the Hugging Face cache",
+            str(tmp_path / "hf-home"),
+            "127.0.0.1:9 cannot be reached",
+            "point --model at a local folder",
+        ):
             assert fragment in lines[0], lines[0]

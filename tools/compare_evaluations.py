@@ -1,6 +1,7 @@
 """Compare evaluations of the same test clips: a few transcripts side by side, then one line of WER and CER each.
 
-    python launch/evaluate.py --model ~/.cache/wdsbr/base --data shards/test --output runs/zs/preds.tsv > runs/zs/scores.json
+    BASE=~/.cache/wdsbr/base  # tools/fetch_pretrained.py base ~/.cache/wdsbr/base
+    python launch/evaluate.py --model $BASE --data shards/test --output runs/zs/preds.tsv > runs/zs/scores.json
     python launch/evaluate.py --model runs/br/best --data shards/test --output runs/ft/preds.tsv > runs/ft/scores.json
     python tools/compare_evaluations.py zero-shot=runs/zs fine-tuned=runs/ft --examples 3
 

@@ -35,11 +35,18 @@ from wdsbr.options import QUANTIZATIONS
 
 @command()
 @click.option("--model", required=True, help="A Whisper save_pretrained folder (runs/NAME/best).")
-@click.option("--to", "target", type=click.Choice(["ct2"]), default="ct2", show_default=True,
-              help="Target format: ct2 = CTranslate2 (faster-whisper, WhisperX).")
+@click.option(
+    "--to",
+    "target",
+    type=click.Choice(["ct2"]),
+    default="ct2",
+    show_default=True,
+    help="Target format: ct2 = CTranslate2 (faster-whisper, WhisperX).",
+)
 @click.option("--output", required=True, help="The folder to write (its parent must exist or be creatable).")
-@click.option("--quantization", default="float32", show_default=True,
-              help=f"CTranslate2 weight type: {', '.join(QUANTIZATIONS)}.")
+@click.option(
+    "--quantization", default="float32", show_default=True, help=f"CTranslate2 weight type: {', '.join(QUANTIZATIONS)}."
+)
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(model, target, output, quantization, overwrite, debug):

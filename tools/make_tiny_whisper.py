@@ -26,10 +26,19 @@ from wdsbr.cli import command, run
 
 @command()
 @click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--texts", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Folder whose *.txt transcripts (any depth) train the tiny BPE; default: a few built-in sentences.")
-@click.option("--n-mels", type=click.Choice(["80", "128"]), default="80", show_default=True,
-              help="Mel bins: 80 like whisper-small, 128 like whisper-large-v3.")
+@click.option(
+    "--texts",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Folder whose *.txt transcripts (any depth) train the tiny BPE; default: a few built-in sentences.",
+)
+@click.option(
+    "--n-mels",
+    type=click.Choice(["80", "128"]),
+    default="80",
+    show_default=True,
+    help="Mel bins: 80 like whisper-small, 128 like whisper-large-v3.",
+)
 @click.option("--d-model", type=int, default=64, show_default=True, help="Hidden size.")
 @click.option("--layers", type=int, default=2, show_default=True, help="Encoder and decoder layers each.")
 @click.option("--english-only", is_flag=True, help="Build an English-only (*.en style) model: no language tokens.")
@@ -43,8 +52,9 @@ def main(output_dir, texts, n_mels, d_model, layers, english_only, seed):
             raise click.ClickException(f"{texts}: no non-empty .txt transcripts found")
     from wdsbr.model import build_tiny_whisper  # torch and transformers: only once the options are read
 
-    folder = build_tiny_whisper(output_dir, lines, n_mels=int(n_mels), d_model=d_model, layers=layers,
-                                multilingual=not english_only, seed=seed)
+    folder = build_tiny_whisper(
+        output_dir, lines, n_mels=int(n_mels), d_model=d_model, layers=layers, multilingual=not english_only, seed=seed
+    )
     click.echo(f"tiny Whisper written to {folder}")
 
 

@@ -28,8 +28,12 @@ from wdsbr.cli import command, run
 @click.option("--language", default="br", show_default=True, help="Whisper language code or name.")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Samples in the batch.")
 @click.option("--num-workers", type=int, default=0, show_default=True, help="DataLoader workers.")
-@click.option("--text-normalizer", default="default", show_default=True,
-              help="'default' (wdsbr.text.clean_text) or module:function.")
+@click.option(
+    "--text-normalizer",
+    default="default",
+    show_default=True,
+    help="'default' (wdsbr.text.clean_text) or module:function.",
+)
 def main(model, shards, language, batch_size, num_workers, text_normalizer):
     from wdsbr.data import LoaderOptions, make_train_loader  # torch and transformers: only once the options are read
     from wdsbr.model import load_processor
@@ -37,16 +41,27 @@ def main(model, shards, language, batch_size, num_workers, text_normalizer):
 
     processor = load_processor(model, language=language)  # a bad model, shard or language: one line (cli.Command)
     tokenizer = processor.tokenizer
-    loader = make_train_loader(shards, LoaderOptions(tokenizer, list(tokenizer.prefix_tokens),
-                                                     n_mels=processor.feature_extractor.feature_size,
-                                                     micro_batch_size=batch_size, num_workers=num_workers,
-                                                     normalize=load_normalizer(text_normalizer)))
+    loader = make_train_loader(
+        shards,
+        LoaderOptions(
+            tokenizer,
+            list(tokenizer.prefix_tokens),
+            n_mels=processor.feature_extractor.feature_size,
+            micro_batch_size=batch_size,
+            num_workers=num_workers,
+            normalize=load_normalizer(text_normalizer),
+        ),
+    )
     batch = next(iter(loader))
     features, labels = batch["input_features"], batch["labels"]
     first = labels[0][labels[0] != -100].tolist()
-    click.echo(f"input_features {tuple(features.shape)} {features.dtype}  min {features.min():.3f} max {features.max():.3f}")
+    click.echo(
+        f"input_features {tuple(features.shape)} {features.dtype}  min {features.min():.3f} max {features.max():.3f}"
+    )
     click.echo(f"labels         {tuple(labels.shape)} {labels.dtype}  (-100 = padding)")
-    click.echo(f"audio          {batch['audio_seconds']:.1f} s in {len(batch['keys'])} clips: {', '.join(batch['keys'])}")
+    click.echo(
+        f"audio          {batch['audio_seconds']:.1f} s in {len(batch['keys'])} clips: {', '.join(batch['keys'])}"
+    )
     click.echo(f"first sample   {batch['texts'][0]!r}")
     click.echo(f"  its labels   {tokenizer.decode(first)!r}")
     click.echo(f"batches/epoch  {loader.batches_per_rank} on 1 rank;  skipped {loader.skip_counter.as_dict() or 0}")

@@ -23,6 +23,8 @@ def check_dependencies(*extra: str) -> None:
         return
     venv = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"
     where = "" if venv.is_file() else " (it does not exist yet)"
-    sys.stderr.write(f"error: {sys.executable} has no {', '.join(missing)}: `make setup` installs them into .venv{where}; "
-                     f"then run the tools with {venv} (or `source .venv/bin/activate`)\n")
+    sys.stderr.write(
+        f"error: {sys.executable} has no {', '.join(missing)}: `make setup` installs them into .venv{where}; "
+        f"then run the tools with {venv} (or `source .venv/bin/activate`)\n"
+    )
     sys.exit(1)

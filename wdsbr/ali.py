@@ -36,9 +36,26 @@ from wdsbr.audio import AudioError, EmptyAudioError
 # anaouder's find_associated_audiofile looks for these, in this order (flac added: libsndfile reads it)
 RECORDING_EXTENSIONS = ("wav", "mp3", "m4a", "ogg", "mp4", "mkv", "flac")
 # Metadata keys anaouder knows; any other "key: value" is ignored (or read as the deprecated "name:m" speaker form).
-VALID_KEYS = {"source", "source-audio", "audio-source", "audio-path", "author", "authors", "licence",
-              "modifications", "transcription", "tags", "parser", "speaker", "spk", "gender", "lang", "accent",
-              "start", "end"}
+VALID_KEYS = {
+    "source",
+    "source-audio",
+    "audio-source",
+    "audio-path",
+    "author",
+    "authors",
+    "licence",
+    "modifications",
+    "transcription",
+    "tags",
+    "parser",
+    "speaker",
+    "spk",
+    "gender",
+    "lang",
+    "accent",
+    "start",
+    "end",
+}
 UNKNOWN = "unknown"  # anaouder's speaker and gender before any is given
 _METADATA = re.compile(r"{\s*(.+?)\s*}")
 _DEPRECATED_SPEAKER = re.compile(r"([-\'\w]+):*([mf])*")
@@ -158,7 +175,9 @@ def parse_ali(path: str | Path) -> AliFile:
     return ali
 
 
-def read_segment(path: str | Path, start: float, end: float, *, tolerance_seconds: float = 0.01) -> tuple[np.ndarray, int, float]:
+def read_segment(
+    path: str | Path, start: float, end: float, *, tolerance_seconds: float = 0.01
+) -> tuple[np.ndarray, int, float]:
     """Decode [start, end) seconds of a recording: (float32 mono samples, native rate, recording seconds).
 
     Only the segment is decoded (seek), so an hour-long recording costs what its sentence costs. An `end` up to
@@ -170,7 +189,9 @@ def read_segment(path: str | Path, start: float, end: float, *, tolerance_second
             rate, frames = audio.samplerate, audio.frames
             first, last = int(round(start * rate)), int(round(end * rate))
             if last > frames + tolerance_seconds * rate:
-                raise SegmentPastEnd(f"segment {start:g}-{end:g} s ends past the recording's end ({frames / rate:.3f} s)")
+                raise SegmentPastEnd(
+                    f"segment {start:g}-{end:g} s ends past the recording's end ({frames / rate:.3f} s)"
+                )
             last = min(last, frames)
             preroll = 0 if audio.format in _EXACT_SEEK_FORMATS else min(first, int(PREROLL_SECONDS * rate))
             audio.seek(first - preroll)

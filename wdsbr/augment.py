@@ -25,7 +25,6 @@ from wdsbr.audio import SAMPLE_RATE, resample
 from wdsbr.features import HOP_LENGTH
 
 
-
 def stable_seed(*parts: int | str) -> int:
     """A 64-bit seed that depends on nothing but `parts` (Python's hash() is salted per process): the data order,
     packing, timestamps, previous text and augmentation of a run are drawn from these."""
@@ -62,16 +61,22 @@ class SpecAugment:
     mask_feature_length: int = 10
     mask_feature_min_masks: int = 1
 
-    def __call__(self, features: torch.Tensor, audio_samples: list[int], keys: list[str], seed: int, epoch: int) -> torch.Tensor:
+    def __call__(
+        self, features: torch.Tensor, audio_samples: list[int], keys: list[str], seed: int, epoch: int
+    ) -> torch.Tensor:
         """Mask a batch [B, n_mels, frames] in place: sample b's masks depend on (seed, epoch, keys[b]) only, and
         fall inside its first ceil(audio_samples[b] / 160) frames."""
         n_mels, n_frames = features.shape[1], features.shape[2]
         for row, (samples, key) in enumerate(zip(audio_samples, keys)):
             rng = rng_for(seed, epoch, key, "spec-augment")
             speech_frames = min(n_frames, math.ceil(samples / HOP_LENGTH))
-            for start, end in _spans(rng, speech_frames, self.mask_time_prob, self.mask_time_length, self.mask_time_min_masks):
+            for start, end in _spans(
+                rng, speech_frames, self.mask_time_prob, self.mask_time_length, self.mask_time_min_masks
+            ):
                 features[row, :, start:end] = 0.0
-            for start, end in _spans(rng, n_mels, self.mask_feature_prob, self.mask_feature_length, self.mask_feature_min_masks):
+            for start, end in _spans(
+                rng, n_mels, self.mask_feature_prob, self.mask_feature_length, self.mask_feature_min_masks
+            ):
                 features[row, start:end, :speech_frames] = 0.0
         return features
 
@@ -87,8 +92,9 @@ def parse_speeds(spec: str) -> tuple[float, ...]:
     return speeds
 
 
-def speed_perturb(audio: np.ndarray, key: str, speeds: tuple[float, ...], seed: int, epoch: int,
-                  max_seconds: float) -> tuple[np.ndarray, float]:
+def speed_perturb(
+    audio: np.ndarray, key: str, speeds: tuple[float, ...], seed: int, epoch: int, max_seconds: float
+) -> tuple[np.ndarray, float]:
     """The clip at a speed drawn from `speeds` for (seed, epoch, key); returns (audio, factor). Factors that would
     make it longer than `max_seconds` are left out of the draw (1.0 when none is left)."""
     fitting = [speed for speed in speeds if len(audio) / speed <= max_seconds * SAMPLE_RATE] or [1.0]

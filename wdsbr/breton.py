@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
-from typing import Callable
 
 from wdsbr.text import clean_text, unify_marks
 
@@ -33,7 +33,7 @@ class MissingAnaouder(ImportError):
     """anaouder (or a module its text part needs) is not installed; the message names the install command."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _anaouder_text():
     """`anaouder.text`, imported once. Its import prints "Missing dictionary file ..." for two optional
     dictionaries its wheel does not ship; that noise is swallowed, any real failure is raised."""
@@ -114,4 +114,3 @@ def scoring_cleanup(text: str, *, verbalize_numbers: bool) -> str:
     if verbalize_numbers and _DIGIT.search(text):
         text = verbalize(text, autocorrect=False)
     return clean_text(_SCORING_SPLITS.sub(" ", text))
-

@@ -35,8 +35,11 @@ class Command(click.Command):
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         if not self.sections:
             return super().format_options(ctx, formatter)
-        records = {"help" if "--help" in param.opts else param.name: param.get_help_record(ctx)  # click names it oddly
-                   for param in self.get_params(ctx) if isinstance(param, click.Option)}
+        records = {
+            "help" if "--help" in param.opts else param.name: param.get_help_record(ctx)  # click names it oddly
+            for param in self.get_params(ctx)
+            if isinstance(param, click.Option)
+        }
         placed = {name for names in self.sections.values() for name in names}
         for title, names in {**self.sections, "Other": [name for name in records if name not in placed]}.items():
             rows = [records[name] for name in names if records.get(name)]
@@ -75,11 +78,14 @@ def run(command: click.Command) -> None:
 # `wdsbr-shard`, `wdsbr-train`, `wdsbr-evaluate` run the documented scripts of the checkout this package is
 # installed from (`pip install -e .`, what `make setup` does), so they work from any folder and any shell.
 
+
 def _run_script(relative: str) -> None:
     script = Path(__file__).resolve().parents[1] / relative
     if not script.is_file():
-        sys.stderr.write(f"error: {relative} is not beside the installed package: install wdsbr from its checkout "
-                         "with `pip install -e .` (make setup does)\n")
+        sys.stderr.write(
+            f"error: {relative} is not beside the installed package: install wdsbr from its checkout "
+            "with `pip install -e .` (make setup does)\n"
+        )
         sys.exit(1)
     sys.argv[0] = str(script)
     runpy.run_path(str(script), run_name="__main__")

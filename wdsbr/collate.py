@@ -63,8 +63,13 @@ class Collator:
         else:
             inputs = {"input_features": log_mel_spectrogram(audio, n_mels=self.n_mels)}
             if self.spec_augment is not None:
-                self.spec_augment(inputs["input_features"], [len(a) for a in audio], [s["key"] for s in samples],
-                                  self.seed, self.epoch)
+                self.spec_augment(
+                    inputs["input_features"],
+                    [len(a) for a in audio],
+                    [s["key"] for s in samples],
+                    self.seed,
+                    self.epoch,
+                )
         if any("decoder_input_ids" in s for s in samples):  # --prev-text: prompts the model cannot make from labels
             inputs["decoder_input_ids"] = decoder_inputs(samples, self.decoder_start_token_id)
         return {

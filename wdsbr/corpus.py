@@ -67,7 +67,9 @@ __all__ = [
 def detect_kind(path: Path) -> str:
     """`tsv` for a .tsv file, `common_voice` for a folder with clips/ and train/dev/test.tsv, else `folder`."""
     if not path.exists():
-        raise CorpusError(f"{path}: no such file or folder (expected a corpus folder, a Common Voice release or a .tsv)")
+        raise CorpusError(
+            f"{path}: no such file or folder (expected a corpus folder, a Common Voice release or a .tsv)"
+        )
     if path.is_file():
         if path.suffix.lower() == ".tsv":
             return "tsv"
@@ -77,8 +79,15 @@ def detect_kind(path: Path) -> str:
     return "folder"
 
 
-def open_corpus(path: str | Path, *, exclude: str | Path | None = None, speaker_from_folder: bool = False,
-                cv_train: str = "train", ali: bool = False, ali_windows: float | None = None) -> Corpus:
+def open_corpus(
+    path: str | Path,
+    *,
+    exclude: str | Path | None = None,
+    speaker_from_folder: bool = False,
+    cv_train: str = "train",
+    ali: bool = False,
+    ali_windows: float | None = None,
+) -> Corpus:
     """List a folder, Common Voice release, TSV manifest or folder of .ali alignments (kind detected); `exclude`
     is a folder to skip (the output).
 
@@ -96,7 +105,9 @@ def open_corpus(path: str | Path, *, exclude: str | Path | None = None, speaker_
     if cv_train not in CV_TRAIN_SOURCES:
         raise CorpusError(f"--cv-train {cv_train!r}: expected one of {', '.join(CV_TRAIN_SOURCES)}")
     if cv_train != "train" and kind != "common_voice":
-        raise CorpusError(f"--cv-train {cv_train}: {path} is not a Common Voice release folder (clips/ + dev.tsv, test.tsv)")
+        raise CorpusError(
+            f"--cv-train {cv_train}: {path} is not a Common Voice release folder (clips/ + dev.tsv, test.tsv)"
+        )
     has_ali = kind == "folder" and any(p.suffix.lower() == ".ali" for p in _walk_files(root, excluded))
     if ali and not has_ali:
         raise CorpusError(f"--ali: {path} is not a folder of .ali alignments (no .ali file in it)")
@@ -110,8 +121,9 @@ def open_corpus(path: str | Path, *, exclude: str | Path | None = None, speaker_
     elif kind == "common_voice":
         entries = list_common_voice(root, train_from=cv_train, info=description)
     elif kind == "ali":
-        entries = list_ali(root, exclude=excluded, speaker_from_folder=speaker_from_folder, info=description,
-                           windows=ali_windows)
+        entries = list_ali(
+            root, exclude=excluded, speaker_from_folder=speaker_from_folder, info=description, windows=ali_windows
+        )
         if ali_windows:
             description["ali_windows"] = ali_windows
     else:

@@ -36,8 +36,9 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,15 +51,23 @@ from wdsbr.streams import count_samples, count_seconds, list_shards, read_shard_
 from wdsbr.text import clean_text
 from wdsbr.timestamps import check_segments, timed_labels, with_previous_text
 
-
 log = logging.getLogger(__name__)
 
 MAX_SECONDS = WINDOW_SECONDS  # longer audio would be truncated away from its transcript
 PACK_GAP_SECONDS = 0.3  # silence between packed utterances (--pack)
 PACK_FILL = 0.9  # a greedy pack of short clips fills about this much of the window: sizes a packed epoch
 AUDIO_FIELDS = ("flac", "wav", "mp3", "ogg")
-SKIP_REASONS = ("unreadable_shard", "corrupt_shard", "short_shard", "missing_field", "bad_audio", "too_long_audio",
-                "empty_text", "too_long_text", "bad_segments")
+SKIP_REASONS = (
+    "unreadable_shard",
+    "corrupt_shard",
+    "short_shard",
+    "missing_field",
+    "bad_audio",
+    "too_long_audio",
+    "empty_text",
+    "too_long_text",
+    "bad_segments",
+)
 
 
 class SkipCounter:
@@ -81,6 +90,7 @@ class SkipCounter:
 
 
 # ---------------------------------------------------------------------------------------------- readers
+
 
 def _reader_slot(rank: int, world_size: int, rotation: int = 0) -> tuple[int, int, int]:
     """(slot, n_slots, logical worker) of the calling DataLoader worker. `rotation` renumbers workers so that
@@ -113,22 +123,35 @@ def _pieces(counts: Sequence[int], order: Sequence[int], start: int, stop: int) 
         position += take
 
 
-def reader_lengths(batches_per_rank: int, world_size: int, num_workers: int, micro_batch_size: int,
-                   samples: int | None = None) -> list[int]:
+def reader_lengths(
+    batches_per_rank: int, world_size: int, num_workers: int, micro_batch_size: int, samples: int | None = None
+) -> list[int]:
     """Samples each reader (slot = rank × workers + worker) reads from the epoch's sequence: its batch quota ×
     micro-batch, so ranges add up to world_size × batches × micro-batch (the last few wrap around to the start:
     the epoch's repeats). With `samples` (packing: quotas are windows of unknown size), the N utterances are
     shared in proportion to the quotas instead, without repeats."""
     workers = max(1, num_workers)
-    quotas = [_worker_quota(batches_per_rank, workers, logical) for _ in range(world_size) for logical in range(workers)]
+    quotas = [
+        _worker_quota(batches_per_rank, workers, logical) for _ in range(world_size) for logical in range(workers)
+    ]
     if samples is None:
         return [quota * micro_batch_size for quota in quotas]
     ends = [samples * done // sum(quotas) for done in itertools.accumulate(quotas)]
     return [end - start for start, end in zip([0] + ends, ends)]
 
 
-def _planned_train_samples(shards: list[str], counts: list[int], lengths: list[int], seed: int, epoch: int, rank: int,
-                           world_size: int, rotation: int, bufsize: int, on_problem) -> Iterator[dict]:
+def _planned_train_samples(
+    shards: list[str],
+    counts: list[int],
+    lengths: list[int],
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    rotation: int,
+    bufsize: int,
+    on_problem,
+) -> Iterator[dict]:
     """This reader's raw samples for an epoch: its contiguous range of the epoch's sequence (the shards in a
     seeded order, each sample once; positions past N wrap around and are marked `__repeat__`), through a
     shuffle buffer flushed at the range's end; then, only if skipped samples left the reader short of its
@@ -159,8 +182,9 @@ def _planned_train_samples(shards: list[str], counts: list[int], lengths: list[i
             raise RuntimeError(f"training shards yield no readable samples (tried all {len(shards)}, from {shards[0]})")
 
 
-def _exact_eval_samples(shards: list[str], counts: list[int] | None, rank: int, world_size: int,
-                        on_problem) -> Iterator[dict]:
+def _exact_eval_samples(
+    shards: list[str], counts: list[int] | None, rank: int, world_size: int, on_problem
+) -> Iterator[dict]:
     """Every sample to exactly one reader: with counts, contiguous ranges of equal length (± 1) of the shards
     in order; without (a remote shard with no manifest), whole shards to readers, or every n-th sample of all
     shards when they are fewer than readers (problems then counted by the first reader only)."""
@@ -184,6 +208,7 @@ def _exact_eval_samples(shards: list[str], counts: list[int] | None, rank: int, 
 
 # ------------------------------------------------------------------------------------------ sample stages
 
+
 def _count_problem(counter: SkipCounter, exact: bool, reason: str, samples: int, detail: str) -> None:
     """Samples a shard could not give (unreadable, truncated, shorter than its count) are counted and named.
     With estimated counts (`exact` False: a remote shard without manifest), a shard that ends before its
@@ -194,15 +219,24 @@ def _count_problem(counter: SkipCounter, exact: bool, reason: str, samples: int,
         counter.add(reason, detail, samples)
 
 
-def _decode(samples: Iterable[dict], counter: SkipCounter, max_seconds: float = MAX_SECONDS,
-            speeds: tuple[float, ...] | None = None, seed: int = 0, epoch: int = 0) -> Iterator[dict]:
+def _decode(
+    samples: Iterable[dict],
+    counter: SkipCounter,
+    max_seconds: float = MAX_SECONDS,
+    speeds: tuple[float, ...] | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+) -> Iterator[dict]:
     """Raw tar members -> {key, audio (16 kHz float32), text (raw transcript), meta}; with `speeds`, each clip
     at a speed drawn for (seed, epoch, key) (`wdsbr.augment.speed_perturb`)."""
     for sample in samples:
         key = sample.get("__key__", "?")
         audio_field = next((f for f in AUDIO_FIELDS if f in sample), None)
         if audio_field is None or "txt" not in sample:
-            counter.add("missing_field", f"{key} in {sample.get('__url__')}: has {sorted(k for k in sample if not k.startswith('__'))}")
+            counter.add(
+                "missing_field",
+                f"{key} in {sample.get('__url__')}: has {sorted(k for k in sample if not k.startswith('__'))}",
+            )
             continue
         try:
             audio = load_audio(sample[audio_field])
@@ -219,12 +253,21 @@ def _decode(samples: Iterable[dict], counter: SkipCounter, max_seconds: float = 
             audio, _ = speed_perturb(audio, key, speeds, seed, epoch, max_seconds)
             if meta.get("segments") and len(audio) != before:  # a window's segments move with its speech
                 stretch = len(audio) / before
-                meta = {**meta, "segments": [[start * stretch, end * stretch, text] for start, end, text in meta["segments"]]}
+                meta = {
+                    **meta,
+                    "segments": [[start * stretch, end * stretch, text] for start, end, text in meta["segments"]],
+                }
         yield {"key": key, "audio": audio, "text": text, "meta": meta, "repeat": sample.get("__repeat__", False)}
 
 
-def _tokenize(samples: Iterable[dict], counter: SkipCounter, tokenizer, prompt_ids: list[int],
-              normalize: Callable[[str], str], max_label_tokens: int) -> Iterator[dict]:
+def _tokenize(
+    samples: Iterable[dict],
+    counter: SkipCounter,
+    tokenizer,
+    prompt_ids: list[int],
+    normalize: Callable[[str], str],
+    max_label_tokens: int,
+) -> Iterator[dict]:
     """Clean the transcript and build labels: prompt (<|startoftranscript|><|br|><|transcribe|><|notimestamps|>)
     + text tokens + <|endoftext|>. Labels the decoder cannot hold are skipped, not truncated."""
     for sample in samples:
@@ -250,8 +293,15 @@ def _tokenize(samples: Iterable[dict], counter: SkipCounter, tokenizer, prompt_i
         yield {**sample, "labels": labels, "cleaned": cleaned, "previous": previous, **timing}
 
 
-def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_tokens: int,
-          max_seconds: float = MAX_SECONDS, gap_seconds: float = PACK_GAP_SECONDS, fraction: float = 1.0) -> Iterator[dict]:
+def _pack(
+    samples: Iterable[dict],
+    tokenizer,
+    prompt_ids: list[int],
+    max_label_tokens: int,
+    max_seconds: float = MAX_SECONDS,
+    gap_seconds: float = PACK_GAP_SECONDS,
+    fraction: float = 1.0,
+) -> Iterator[dict]:
     """Concatenate consecutive utterances of the (shuffled) stream into one window of at most `max_seconds`,
     `gap_seconds` of silence between them, with their cleaned transcripts joined by a space as one label
     sequence within the decoder's limit. Greedy and in stream order: an utterance is never split, never
@@ -273,11 +323,18 @@ def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_t
             inside = s.get("segments") or [(0.0, len(s["audio"]) / SAMPLE_RATE, s["cleaned"])]
             segments += [(offset + start, offset + end, text) for start, end, text in inside]
             offset += (len(s["audio"]) + len(gap)) / SAMPLE_RATE
-        return {"key": "+".join(s["key"] for s in group), "audio": np.concatenate(pieces), "segments": segments,
-                "text": " ".join(s["text"] for s in group), "cleaned": " ".join(s["cleaned"] for s in group),
-                "labels": labels, "utterances": len(group), "previous": group[0].get("previous", ""),
-                "speech_seconds": sum(len(s["audio"]) for s in group) / SAMPLE_RATE,
-                "repeat": any(s.get("repeat") for s in group)}
+        return {
+            "key": "+".join(s["key"] for s in group),
+            "audio": np.concatenate(pieces),
+            "segments": segments,
+            "text": " ".join(s["text"] for s in group),
+            "cleaned": " ".join(s["cleaned"] for s in group),
+            "labels": labels,
+            "utterances": len(group),
+            "previous": group[0].get("previous", ""),
+            "speech_seconds": sum(len(s["audio"]) for s in group) / SAMPLE_RATE,
+            "repeat": any(s.get("repeat") for s in group),
+        }
 
     def packs(sample: dict) -> bool:
         return fraction >= 1.0 or stable_seed(sample["key"]) / 2**64 < fraction
@@ -300,12 +357,19 @@ def _pack(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_t
         yield window(group, group_labels)
 
 
-def _timestamp(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_label_tokens: int, fraction: float,
-               seed: int, epoch: int) -> Iterator[dict]:
+def _timestamp(
+    samples: Iterable[dict],
+    tokenizer,
+    prompt_ids: list[int],
+    max_label_tokens: int,
+    fraction: float,
+    seed: int,
+    epoch: int,
+) -> Iterator[dict]:
     """--timestamps: a share `fraction` of windows, drawn for (seed, epoch, key), get Whisper's timestamped labels
     (`wdsbr.timestamps.timed_labels`) from the utterances' known places in the window: a recording's window's
-    segments (KEY.json, --ali-windows), a packed window's, or a single clip from its start to its end. A window whose timed labels would not fit the decoder keeps its
-    plain ones (`timestamps` False)."""
+    segments (KEY.json, --ali-windows), a packed window's, or a single clip from its start to its end. A window
+    whose timed labels would not fit the decoder keeps its plain ones (`timestamps` False)."""
     for sample in samples:
         timed = None
         if fraction > 0 and rng_for(seed, epoch, sample["key"], "timestamps").random() < fraction:
@@ -314,8 +378,9 @@ def _timestamp(samples: Iterable[dict], tokenizer, prompt_ids: list[int], max_la
         yield {**sample, "labels": timed or sample["labels"], "timestamps": timed is not None}
 
 
-def _previous_text(samples: Iterable[dict], tokenizer, max_label_tokens: int, fraction: float, seed: int,
-                   epoch: int) -> Iterator[dict]:
+def _previous_text(
+    samples: Iterable[dict], tokenizer, max_label_tokens: int, fraction: float, seed: int, epoch: int
+) -> Iterator[dict]:
     """--prev-text: a share `fraction` of windows, drawn for (seed, epoch, key), are conditioned on the text
     before them, `<|startofprev|> previous <|startoftranscript|> …` (`wdsbr.timestamps.with_previous_text`), the
     previous text out of the loss. The text before a window is its recording's (`previous_text` in KEY.json,
@@ -328,8 +393,12 @@ def _previous_text(samples: Iterable[dict], tokenizer, max_label_tokens: int, fr
         previous = sample.get("previous") or before
         before = sample["cleaned"]
         if previous and rng_for(seed, epoch, sample["key"], "prev-text").random() < fraction:
-            inputs, labels = with_previous_text(sample["labels"], tokenizer.encode(" " + previous, add_special_tokens=False),
-                                                tokenizer, max_label_tokens)
+            inputs, labels = with_previous_text(
+                sample["labels"],
+                tokenizer.encode(" " + previous, add_special_tokens=False),
+                tokenizer,
+                max_label_tokens,
+            )
             yield {**sample, "decoder_input_ids": inputs, "labels": labels}
         else:
             yield sample
@@ -355,11 +424,16 @@ def _take_batches(batches: Iterable[list], rank: int, world_size: int, rotation:
 
 # ------------------------------------------------------------------------------------------------ loaders
 
-@functools.lru_cache(maxsize=None)  # once per process, not every epoch
+
+@functools.cache  # once per process, not every epoch
 def _warn_estimated(first_shard: str, epoch_samples: int, n_shards: int) -> None:
-    log.warning("%s: no per-shard sample counts (no manifest.json for these shards): assuming --epoch-samples %d "
-                "spread evenly over %d shards; an epoch is one exact pass only with real counts", first_shard,
-                epoch_samples, n_shards)
+    log.warning(
+        "%s: no per-shard sample counts (no manifest.json for these shards): assuming --epoch-samples %d "
+        "spread evenly over %d shards; an epoch is one exact pass only with real counts",
+        first_shard,
+        epoch_samples,
+        n_shards,
+    )
 
 
 def batches_per_epoch(epoch_samples: int, micro_batch_size: int, world_size: int) -> int:
@@ -421,10 +495,15 @@ def _worker_context():
 
 def _loader(pipeline: wds.DataPipeline, num_workers: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
-        pipeline, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=2 if num_workers else None, persistent_workers=False,
+        pipeline,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=2 if num_workers else None,
+        persistent_workers=False,
         worker_init_fn=functools.partial(_init_worker, os.getpid()) if num_workers else None,
-        multiprocessing_context=_worker_context() if num_workers else None)
+        multiprocessing_context=_worker_context() if num_workers else None,
+    )
 
 
 @dataclass
@@ -456,8 +535,9 @@ class LoaderOptions:
     keep_audio: bool = False
 
 
-def make_train_loader(shards, options: LoaderOptions, *, epoch: int = 0,
-                      start_batch: int = 0) -> torch.utils.data.DataLoader:
+def make_train_loader(
+    shards, options: LoaderOptions, *, epoch: int = 0, start_batch: int = 0
+) -> torch.utils.data.DataLoader:
     """The training stream of one epoch on this rank: exactly `batches_per_epoch(...)` batches, of which the
     first `start_batch` are skipped (already consumed by the run being resumed). Every sample of the shards is
     in exactly one batch of the epoch, but for the last `world_size × micro_batch − 1` at most, which repeat the
@@ -484,7 +564,10 @@ def make_train_loader(shards, options: LoaderOptions, *, epoch: int = 0,
     if counts is None:
         if not epoch_samples:
             count_samples(shards)  # raises, naming the manifest and --epoch-samples
-        counts, exact = [epoch_samples * (i + 1) // len(shards) - epoch_samples * i // len(shards) for i in range(len(shards))], False
+        counts, exact = (
+            [epoch_samples * (i + 1) // len(shards) - epoch_samples * i // len(shards) for i in range(len(shards))],
+            False,
+        )
         _warn_estimated(shards[0], epoch_samples, len(shards))
     if not sum(counts):
         raise ValueError(f"{shards[0]}: the training shards hold no samples")
@@ -497,37 +580,100 @@ def make_train_loader(shards, options: LoaderOptions, *, epoch: int = 0,
     batches_per_rank = batches_per_epoch(epoch_samples, o.micro_batch_size, o.world_size)
     if not 0 <= start_batch < batches_per_rank:
         raise ValueError(f"start_batch {start_batch} is outside the epoch's {batches_per_rank} batches")
-    lengths = reader_lengths(batches_per_rank, o.world_size, o.num_workers, o.micro_batch_size, sum(counts) if o.pack else None)
+    lengths = reader_lengths(
+        batches_per_rank, o.world_size, o.num_workers, o.micro_batch_size, sum(counts) if o.pack else None
+    )
     speeds = parse_speeds(o.speed_perturb) if isinstance(o.speed_perturb, str) else o.speed_perturb
     spec_augment = SpecAugment() if o.spec_augment is True else o.spec_augment or None
     counter = o.skip_counter or SkipCounter()
     pipeline = wds.DataPipeline(
         # this reader's contiguous range of the epoch's shard sequence (entering a shard mid-way by seeking over
         # tar headers), shuffled as raw bytes (before the costly decode); unreadable samples counted and named
-        functools.partial(_planned_train_samples, shards, counts, lengths, o.seed, epoch, o.rank, o.world_size, start_batch,
-                          o.shuffle_buffer, functools.partial(_count_problem, counter, exact)),
+        functools.partial(
+            _planned_train_samples,
+            shards,
+            counts,
+            lengths,
+            o.seed,
+            epoch,
+            o.rank,
+            o.world_size,
+            start_batch,
+            o.shuffle_buffer,
+            functools.partial(_count_problem, counter, exact),
+        ),
         # decode audio to 16 kHz, drop and count bad samples; --speed-perturb: resample each clip to its speed
         functools.partial(_decode, counter=counter, speeds=speeds, seed=o.seed, epoch=epoch),
         # clean text, add the Whisper prompt, drop and count labels that are too long
-        functools.partial(_tokenize, counter=counter, tokenizer=o.tokenizer, prompt_ids=o.prompt_ids,
-                          normalize=o.normalize, max_label_tokens=o.max_label_tokens),
+        functools.partial(
+            _tokenize,
+            counter=counter,
+            tokenizer=o.tokenizer,
+            prompt_ids=o.prompt_ids,
+            normalize=o.normalize,
+            max_label_tokens=o.max_label_tokens,
+        ),
         # --pack: consecutive utterances share one 30 s window and one label sequence
-        *([functools.partial(_pack, tokenizer=o.tokenizer, prompt_ids=o.prompt_ids, max_label_tokens=o.max_label_tokens,
-                             fraction=o.pack)] if o.pack else []),
+        *(
+            [
+                functools.partial(
+                    _pack,
+                    tokenizer=o.tokenizer,
+                    prompt_ids=o.prompt_ids,
+                    max_label_tokens=o.max_label_tokens,
+                    fraction=o.pack,
+                )
+            ]
+            if o.pack
+            else []
+        ),
         # --timestamps: a share of windows labelled <|0.00|> text <|2.40|> … from where their utterances lie
-        *([functools.partial(_timestamp, tokenizer=o.tokenizer, prompt_ids=o.prompt_ids, max_label_tokens=o.max_label_tokens,
-                             fraction=o.timestamps, seed=o.seed, epoch=epoch)] if o.timestamps else []),
+        *(
+            [
+                functools.partial(
+                    _timestamp,
+                    tokenizer=o.tokenizer,
+                    prompt_ids=o.prompt_ids,
+                    max_label_tokens=o.max_label_tokens,
+                    fraction=o.timestamps,
+                    seed=o.seed,
+                    epoch=epoch,
+                )
+            ]
+            if o.timestamps
+            else []
+        ),
         # --prev-text: a share of windows prompted with <|startofprev|> and the text before them, out of the loss
-        *([functools.partial(_previous_text, tokenizer=o.tokenizer, max_label_tokens=o.max_label_tokens,
-                             fraction=o.prev_text, seed=o.seed, epoch=epoch)] if o.prev_text else []),
+        *(
+            [
+                functools.partial(
+                    _previous_text,
+                    tokenizer=o.tokenizer,
+                    max_label_tokens=o.max_label_tokens,
+                    fraction=o.prev_text,
+                    seed=o.seed,
+                    epoch=epoch,
+                )
+            ]
+            if o.prev_text
+            else []
+        ),
         # group into micro-batches of decoded samples (features are computed after the resume skip)
         wds.batched(o.micro_batch_size, collation_fn=None, partial=False),
         # exactly this worker's share of the epoch
-        functools.partial(_take_batches, rank=o.rank, world_size=o.world_size, rotation=start_batch,
-                          batches_per_rank=batches_per_rank),
+        functools.partial(
+            _take_batches, rank=o.rank, world_size=o.world_size, rotation=start_batch, batches_per_rank=batches_per_rank
+        ),
         # log-mel features + padded labels; --spec-augment: time and frequency masks inside each clip's frames
-        wds.map(Collator(o.n_mels, o.decoder_start_token_id if o.decoder_start_token_id is not None else o.prompt_ids[0],
-                         spec_augment=spec_augment, seed=o.seed, epoch=epoch)),
+        wds.map(
+            Collator(
+                o.n_mels,
+                o.decoder_start_token_id if o.decoder_start_token_id is not None else o.prompt_ids[0],
+                spec_augment=spec_augment,
+                seed=o.seed,
+                epoch=epoch,
+            )
+        ),
     )
     loader = _loader(pipeline, o.num_workers)
     loader.batches_per_rank = batches_per_rank  # for progress bars and epoch bookkeeping
@@ -543,17 +689,35 @@ def make_eval_loader(shards, options: LoaderOptions) -> torch.utils.data.DataLoa
     counter = o.skip_counter or SkipCounter()
     pipeline = wds.DataPipeline(
         # this reader's exact share of the samples, in shard order; unreadable samples counted and named
-        functools.partial(_exact_eval_samples, shards, shard_counts(shards), o.rank, o.world_size,
-                          functools.partial(_count_problem, counter, True)),
+        functools.partial(
+            _exact_eval_samples,
+            shards,
+            shard_counts(shards),
+            o.rank,
+            o.world_size,
+            functools.partial(_count_problem, counter, True),
+        ),
         # decode audio to 16 kHz, drop and count bad samples
         functools.partial(_decode, counter=counter),
         # clean text, add the Whisper prompt (for the validation loss)
-        functools.partial(_tokenize, counter=counter, tokenizer=o.tokenizer, prompt_ids=o.prompt_ids,
-                          normalize=o.normalize, max_label_tokens=o.max_label_tokens),
+        functools.partial(
+            _tokenize,
+            counter=counter,
+            tokenizer=o.tokenizer,
+            prompt_ids=o.prompt_ids,
+            normalize=o.normalize,
+            max_label_tokens=o.max_label_tokens,
+        ),
         # micro-batches, the last one partial
-        wds.batched(o.micro_batch_size, collation_fn=Collator(
-            o.n_mels, o.decoder_start_token_id if o.decoder_start_token_id is not None else o.prompt_ids[0],
-            keep_audio=o.keep_audio), partial=True),
+        wds.batched(
+            o.micro_batch_size,
+            collation_fn=Collator(
+                o.n_mels,
+                o.decoder_start_token_id if o.decoder_start_token_id is not None else o.prompt_ids[0],
+                keep_audio=o.keep_audio,
+            ),
+            partial=True,
+        ),
     )
     loader = _loader(pipeline, o.num_workers)
     loader.skip_counter = counter

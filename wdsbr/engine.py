@@ -27,10 +27,14 @@ AUTO = "auto"
 SCHEDULERS = {"linear": "WarmupDecayLR", "cosine": "WarmupCosineLR"}
 CHECKPOINT_PREFIX = "step-"
 FP16_ON_CPU = "fp16 is not supported on CPU: training in bf16 instead (--precision fp32 for full precision)"
-NO_FUSED_ADAM = ("DeepSpeed's FusedAdam is not prebuilt and cannot be built here (no CUDA toolkit: nvcc under "
-                 "CUDA_HOME): torch's AdamW instead")
-FP16_ON_CPU_WITHOUT_BF16 = ("fp16 is not supported on CPU: training in fp32 instead (this CPU has no native bf16, "
-                            "AVX-512 BF16 or AMX, and emulated bf16 runs many times slower than fp32)")
+NO_FUSED_ADAM = (
+    "DeepSpeed's FusedAdam is not prebuilt and cannot be built here (no CUDA toolkit: nvcc under "
+    "CUDA_HOME): torch's AdamW instead"
+)
+FP16_ON_CPU_WITHOUT_BF16 = (
+    "fp16 is not supported on CPU: training in fp32 instead (this CPU has no native bf16, "
+    "AVX-512 BF16 or AMX, and emulated bf16 runs many times slower than fp32)"
+)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -74,7 +78,9 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
     try:
         config = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"--deepspeed {path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+        raise ConfigError(
+            f"--deepspeed {path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
     if not isinstance(config, dict):
         raise ConfigError(f"--deepspeed {path}: expected a JSON object at the top level")
     return config
@@ -102,9 +108,16 @@ _FILLED = TrainOptions.deepspeed_fills()
 _FLAG = TrainOptions.deepspeed_flags()
 
 
-def resolve_ds_config(config: dict[str, Any], settings: dict[str, Any], explicit: set[str], *, world_size: int,
-                      device_type: str, native_bf16: bool | None = None,
-                      fused_adam: bool | None = None) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+def resolve_ds_config(
+    config: dict[str, Any],
+    settings: dict[str, Any],
+    explicit: set[str],
+    *,
+    world_size: int,
+    device_type: str,
+    native_bf16: bool | None = None,
+    fused_adam: bool | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Fill the JSON's "auto" values from `settings` (the CLI values; `explicit` names those the user typed).
     fp16 on CPU becomes bf16, or fp32 on a CPU without native bf16 (`native_bf16`; None: this CPU's). Adam is
     torch's on CPU, and on a GPU where DeepSpeed's FusedAdam cannot be had (`fused_adam`; None: asked here).
@@ -118,8 +131,10 @@ def resolve_ds_config(config: dict[str, Any], settings: dict[str, Any], explicit
         if fixed == AUTO:
             _set(config, path, settings[name])
         elif name in explicit and fixed != settings[name]:
-            problems.append(f"the DeepSpeed config fixes {path}={fixed} but {option} {settings[name]} contradicts it: "
-                            f"drop {option} or set \"{path}\": \"auto\" in the JSON")
+            problems.append(
+                f"the DeepSpeed config fixes {path}={fixed} but {option} {settings[name]} contradicts it: "
+                f'drop {option} or set "{path}": "auto" in the JSON'
+            )
         else:
             effective[name] = fixed
 
@@ -136,22 +151,34 @@ def resolve_ds_config(config: dict[str, Any], settings: dict[str, Any], explicit
     if not problems:
         fixed_global = _get(config, "train_batch_size", AUTO)
         if fixed_global != AUTO and fixed_global != micro * accum * world_size:
-            problems.append(f"the DeepSpeed config fixes train_batch_size={fixed_global}, which is not "
-                            f"{_FLAG['micro_batch_size']} {micro} × {_FLAG['grad_accum_steps']} {accum} × {world_size} ranks = {micro * accum * world_size}: "
-                            f"set it to \"auto\" or choose a batch size that divides it")
+            problems.append(
+                f"the DeepSpeed config fixes train_batch_size={fixed_global}, which is not "
+                f"{_FLAG['micro_batch_size']} {micro} × {_FLAG['grad_accum_steps']} {accum} × {world_size} ranks = "
+                f"{micro * accum * world_size}: "
+                f'set it to "auto" or choose a batch size that divides it'
+            )
         config["train_batch_size"] = micro * accum * world_size
     effective["global_batch_size"] = micro * accum * world_size
 
     # Precision: the JSON may fix it; fp16 falls back to bf16 where the device cannot do it (CPU), to fp32 where
     # the CPU has no native bf16 either.
     fixed = {name: _get(config, f"{name}.enabled", AUTO) for name in ("fp16", "bf16")}
-    json_precision = ("fp16" if fixed["fp16"] is True else "bf16" if fixed["bf16"] is True
-                      else "fp32" if fixed["fp16"] is False and fixed["bf16"] is False else None)
+    json_precision = (
+        "fp16"
+        if fixed["fp16"] is True
+        else "bf16"
+        if fixed["bf16"] is True
+        else "fp32"
+        if fixed["fp16"] is False and fixed["bf16"] is False
+        else None
+    )
     precision = settings["precision"]
     if json_precision is not None:
         if "precision" in explicit and precision != json_precision:
-            problems.append(f"the DeepSpeed config enables {json_precision} but {_FLAG['precision']} {precision} contradicts it: "
-                            f"drop {_FLAG['precision']} or set fp16.enabled and bf16.enabled to \"auto\"")
+            problems.append(
+                f"the DeepSpeed config enables {json_precision} but {_FLAG['precision']} {precision} contradicts it: "
+                f'drop {_FLAG["precision"]} or set fp16.enabled and bf16.enabled to "auto"'
+            )
         precision = json_precision
     if precision == "fp16" and device_type == "cpu":
         precision = cpu_precision_for_fp16(native_bf16)
@@ -162,7 +189,9 @@ def resolve_ds_config(config: dict[str, Any], settings: dict[str, Any], explicit
 
     # Optimizer: DeepSpeed's fused AdamW needs a compiled CUDA op; on CPU, or on a GPU machine that can neither
     # load a prebuilt one nor build it (no CUDA toolkit), use torch's.
-    if _get(config, "optimizer.type", "").lower() in ("adam", "adamw") and not _get(config, "optimizer.params.torch_adam", False):
+    if _get(config, "optimizer.type", "").lower() in ("adam", "adamw") and not _get(
+        config, "optimizer.params.torch_adam", False
+    ):
         if device_type == "cpu":
             _set(config, "optimizer.params.torch_adam", True)
         elif not (fused_adam_buildable() if fused_adam is None else fused_adam):
@@ -184,17 +213,29 @@ def _resolve_scheduler(config: dict, effective: dict, explicit: set[str], proble
     if fixed_type == AUTO:
         config["scheduler"]["type"] = wanted
     elif "lr_schedule" in explicit and fixed_type != wanted:
-        problems.append(f"the DeepSpeed config fixes scheduler.type={fixed_type} but --lr-schedule "
-                        f"{effective['lr_schedule']} asks for {wanted}: drop the option or set the type to \"auto\"")
+        problems.append(
+            f"the DeepSpeed config fixes scheduler.type={fixed_type} but --lr-schedule "
+            f'{effective["lr_schedule"]} asks for {wanted}: drop the option or set the type to "auto"'
+        )
         return
     scheduler_type = config["scheduler"]["type"]
     warmup = max(1, int(effective["warmup_steps"]))  # DeepSpeed wants a positive warm-up
     if scheduler_type == "WarmupCosineLR":
-        filled = {"total_num_steps": effective["max_steps"], "warmup_num_steps": warmup, "warmup_min_ratio": 0.0,
-                  "cos_min_ratio": 0.0, "warmup_type": "linear"}
+        filled = {
+            "total_num_steps": effective["max_steps"],
+            "warmup_num_steps": warmup,
+            "warmup_min_ratio": 0.0,
+            "cos_min_ratio": 0.0,
+            "warmup_type": "linear",
+        }
     else:
-        filled = {"total_num_steps": effective["max_steps"], "warmup_num_steps": warmup, "warmup_min_lr": 0.0,
-                  "warmup_max_lr": effective["lr"], "warmup_type": "linear"}
+        filled = {
+            "total_num_steps": effective["max_steps"],
+            "warmup_num_steps": warmup,
+            "warmup_min_lr": 0.0,
+            "warmup_max_lr": effective["lr"],
+            "warmup_type": "linear",
+        }
     params = config["scheduler"].get("params", AUTO)
     if params == AUTO:
         config["scheduler"]["params"] = filled
@@ -205,6 +246,7 @@ def _resolve_scheduler(config: dict, effective: dict, explicit: set[str], proble
 
 
 # ------------------------------------------------------------------------------------------------- engine
+
 
 class _KnownNoise(logging.Filter):
     """DeepSpeed warnings that say nothing about the run: its own scheduler asks itself for a learning rate while
@@ -229,8 +271,7 @@ def init_distributed(timeout_minutes: float = 30.0) -> None:
     logger.setLevel(logging.WARNING)  # DeepSpeed's INFO lines drown the run's own output
     logger.addFilter(_KnownNoise())
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes),
-                               verbose=False)
+    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes), verbose=False)
 
 
 def _cpu_comm_op_built() -> bool:
@@ -257,9 +298,11 @@ def build_engine(model: torch.nn.Module, ds_config: dict[str, Any]):
     parameters = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameters, config=ds_config)
     if type(engine.checkpoint_engine) is not TorchCheckpointEngine:  # never resume through a loader we did not check
-        raise ConfigError(f"DeepSpeed's checkpoint engine is {type(engine.checkpoint_engine).__name__}, not the "
-                          "TorchCheckpointEngine wdsbr makes load weights only: remove checkpoint-engine settings from "
-                          "the DeepSpeed config, or use a DeepSpeed version where the engine is TorchCheckpointEngine")
+        raise ConfigError(
+            f"DeepSpeed's checkpoint engine is {type(engine.checkpoint_engine).__name__}, not the "
+            "TorchCheckpointEngine wdsbr makes load weights only: remove checkpoint-engine settings from "
+            "the DeepSpeed config, or use a DeepSpeed version where the engine is TorchCheckpointEngine"
+        )
     # DeepSpeed's own loads with weights_only=False
     engine.checkpoint_engine = _weights_only_checkpoint_engine(TorchCheckpointEngine)(engine._config)
     return engine
@@ -303,8 +346,11 @@ def training_step(engine, batch: dict) -> torch.Tensor | None:
     count. Deciding together costs one scalar all-reduce per micro-batch."""
     features = batch["input_features"].to(engine.device, dtype=compute_dtype(engine), non_blocking=True)
     labels = batch["labels"].to(engine.device, non_blocking=True)
-    prompted = {"decoder_input_ids": batch["decoder_input_ids"].to(engine.device, non_blocking=True)} \
-        if "decoder_input_ids" in batch else {}  # --prev-text: inputs the model cannot shift from the labels
+    prompted = (
+        {"decoder_input_ids": batch["decoder_input_ids"].to(engine.device, non_blocking=True)}
+        if "decoder_input_ids" in batch
+        else {}
+    )  # --prev-text: inputs the model cannot shift from the labels
     loss = engine(input_features=features, labels=labels, **prompted).loss
     finite = torch.isfinite(loss.detach()).float()
     if torch.distributed.is_initialized():
@@ -325,6 +371,7 @@ def loss_scale(engine) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
+
 
 def checkpoint_tag(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
@@ -403,13 +450,17 @@ def load_checkpoint(engine, checkpoint_dir: str | Path) -> dict:
     for problem in problems:
         logging.getLogger(__name__).warning("--resume: skipping a damaged checkpoint: %s", problem)
     if tag is None:
-        raise ConfigError(f"--resume: no intact checkpoint in {checkpoint_dir}: " + ("; ".join(problems) or "none found"))
+        raise ConfigError(
+            f"--resume: no intact checkpoint in {checkpoint_dir}: " + ("; ".join(problems) or "none found")
+        )
     try:
         _, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
     except pickle.UnpicklingError as error:  # weights_only refused a global: the file holds more than weights
         refused = getattr(error, "wdsbr_path", checkpoint_dir / tag)
-        raise ConfigError(f"--resume: {refused}: refused, it holds a pickle that is not only weights (nothing of it was "
-                          f"run; {str(error).strip().splitlines()[-1][:200]})") from None
+        raise ConfigError(
+            f"--resume: {refused}: refused, it holds a pickle that is not only weights (nothing of it was "
+            f"run; {str(error).strip().splitlines()[-1][:200]})"
+        ) from None
     if not client_state or "trainer_state" not in client_state:
         raise ConfigError(f"--resume: {checkpoint_dir / tag} has no trainer state")
     return client_state["trainer_state"]
@@ -418,5 +469,10 @@ def load_checkpoint(engine, checkpoint_dir: str | Path) -> dict:
 def environment_summary() -> dict[str, Any]:
     import deepspeed
 
-    return {"deepspeed": deepspeed.__version__, "torch": torch.__version__, "device": device_type(),
-            "world_size": dist.world_size(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {
+        "deepspeed": deepspeed.__version__,
+        "torch": torch.__version__,
+        "device": device_type(),
+        "world_size": dist.world_size(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }

@@ -19,7 +19,6 @@ from wdsbr import dist
 from wdsbr.scoring import Prediction
 
 
-
 def generate_kwargs(language: str | None, num_beams: int, max_new_tokens: int) -> dict[str, Any]:
     """generate() arguments: the Breton (or other) transcribe prompt; none for English-only checkpoints."""
     kwargs: dict[str, Any] = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
@@ -37,7 +36,7 @@ class NoTimestamps(LogitsProcessor):
         self.timestamp_begin = timestamp_begin
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores[:, self.timestamp_begin:] = -math.inf
+        scores[:, self.timestamp_begin :] = -math.inf
         return scores
 
 
@@ -49,8 +48,9 @@ def no_timestamps(model) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def validation_step(model, batch: dict, tokenizer, gen_kwargs: dict, dtype: torch.dtype,
-                    device: torch.device) -> tuple[torch.Tensor, int, list[str], list[str]]:
+def validation_step(
+    model, batch: dict, tokenizer, gen_kwargs: dict, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, int, list[str], list[str]]:
     """Loss on the labels (teacher forcing) and free-running predictions for one batch.
 
     Returns (summed token loss, label token count, predictions, references) so losses average exactly
@@ -64,8 +64,9 @@ def validation_step(model, batch: dict, tokenizer, gen_kwargs: dict, dtype: torc
     return loss, tokens, [p.strip() for p in predictions], list(batch["texts"])
 
 
-def run_validation(model, loader, tokenizer, gen_kwargs: dict, dtype: torch.dtype,
-                   device: torch.device) -> tuple[list[Prediction], float, int, float]:
+def run_validation(
+    model, loader, tokenizer, gen_kwargs: dict, dtype: torch.dtype, device: torch.device
+) -> tuple[list[Prediction], float, int, float]:
     """This rank's share of the validation set: (predictions, loss sum, token count, seconds)."""
     was_training = model.training
     model.eval()
@@ -124,7 +125,7 @@ class EarlyStopping:
         return asdict(self)
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "EarlyStopping":
+    def from_state_dict(cls, state: dict) -> EarlyStopping:
         return cls(**state)
 
 

@@ -33,9 +33,18 @@ from wdsbr.scoring import Prediction, load_normalizer, score_all
 CT2_FILES = ("model.bin", "config.json", "vocabulary.json", "tokenizer.json", "preprocessor_config.json")
 # copied from the source when present: the two above, and what transformers needs to load the processor from the
 # exported folder (launch/evaluate.py --engine faster-whisper tokenizes the references with it, as for transformers)
-COPIED = ("tokenizer.json", "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json",
-          "added_tokens.json", "vocab.json", "merges.txt", "normalizer.json", "processor_config.json",
-          "generation_config.json")
+COPIED = (
+    "tokenizer.json",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "normalizer.json",
+    "processor_config.json",
+    "generation_config.json",
+)
 
 
 def require_export_extra() -> None:
@@ -61,7 +70,9 @@ def check_whisper_folder(model: str | Path) -> Path:
         raise ValueError(f"{config}: not valid JSON ({error})") from error
     if model_type != "whisper":
         raise ValueError(f"{path}: not a Whisper model (config.json model_type is {model_type!r})")
-    if not any((path / name).is_file() for name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")):
+    if not any(
+        (path / name).is_file() for name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+    ):
         raise ValueError(f"{path}: no weights (model.safetensors or pytorch_model.bin)")
     if not (path / "tokenizer.json").is_file() and not (path / "vocab.json").is_file():
         raise ValueError(f"{path}: no tokenizer (save the WhisperProcessor beside the model)")
@@ -85,7 +96,9 @@ def check_export(model: str | Path, output: str | Path, quantization: str, overw
     return problems
 
 
-def export_ct2(model: str | Path, output: str | Path, quantization: str = "float32", *, overwrite: bool = False) -> dict:
+def export_ct2(
+    model: str | Path, output: str | Path, quantization: str = "float32", *, overwrite: bool = False
+) -> dict:
     """Convert `model` to a CTranslate2 folder `output` that faster-whisper loads; returns what was written and
     any warning (a generation config without alignment_heads: CTranslate2 then guesses them)."""
     import transformers
@@ -108,8 +121,10 @@ def export_ct2(model: str | Path, output: str | Path, quantization: str = "float
     except OSError:
         generation = None
     if generation is None or not getattr(generation, "alignment_heads", None):
-        warnings.append(f"{model}: generation_config.json has no alignment_heads; CTranslate2 uses the last half of the "
-                        "decoder's heads, so word timestamps are guesses (train from a base model that has them)")
+        warnings.append(
+            f"{model}: generation_config.json has no alignment_heads; CTranslate2 uses the last half of the "
+            "decoder's heads, so word timestamps are guesses (train from a base model that has them)"
+        )
     try:
         copied = [name for name in COPIED if (model / name).is_file()]
         converter = ctranslate2.converters.TransformersConverter(str(model), copy_files=copied)
@@ -120,8 +135,12 @@ def export_ct2(model: str | Path, output: str | Path, quantization: str = "float
             from transformers import WhisperTokenizerFast
 
             WhisperTokenizerFast.from_pretrained(model).backend_tokenizer.save(str(temporary / "tokenizer.json"))
-        (temporary / "wdsbr_export.json").write_text(json.dumps(
-            {"source": str(model), "quantization": quantization, "ctranslate2": ctranslate2.__version__}, indent=2) + "\n")
+        (temporary / "wdsbr_export.json").write_text(
+            json.dumps(
+                {"source": str(model), "quantization": quantization, "ctranslate2": ctranslate2.__version__}, indent=2
+            )
+            + "\n"
+        )
     except Exception as error:  # the converter raises plain Exceptions (unsupported layer, full disk): one line
         shutil.rmtree(temporary, ignore_errors=True)
         raise OSError(f"could not convert {model} to CTranslate2: {error}") from error
@@ -130,8 +149,12 @@ def export_ct2(model: str | Path, output: str | Path, quantization: str = "float
     if output.exists():
         shutil.rmtree(output)
     temporary.rename(output)
-    return {"output": str(output), "quantization": quantization, "files": sorted(p.name for p in output.iterdir()),
-            "warnings": warnings}
+    return {
+        "output": str(output),
+        "quantization": quantization,
+        "files": sorted(p.name for p in output.iterdir()),
+        "warnings": warnings,
+    }
 
 
 def is_ct2_folder(path: str | Path) -> bool:
@@ -147,8 +170,10 @@ def load_ct2_tokenizer(path: str | Path, language: str | None):
     if (Path(path) / "tokenizer_config.json").is_file():  # without it transformers loads a generic tokenizer
         return load_processor(str(path), language).tokenizer
     if not (Path(path) / "tokenizer.json").is_file():
-        raise ValueError(f"{path}: no tokenizer.json beside model.bin (export with tools/export.py, or convert with "
-                         "ct2-transformers-converter --copy_files tokenizer.json)")
+        raise ValueError(
+            f"{path}: no tokenizer.json beside model.bin (export with tools/export.py, or convert with "
+            "ct2-transformers-converter --copy_files tokenizer.json)"
+        )
     tokenizer = WhisperTokenizerFast(tokenizer_file=str(Path(path) / "tokenizer.json"))
     set_prompt(tokenizer, str(path), language, GenerationConfig(is_multilingual=len(tokenizer) >= 51865))
     return tokenizer
@@ -169,11 +194,18 @@ def load_faster_whisper(path: str | Path, compute_type: str = "default", device=
     from faster_whisper import WhisperModel
 
     if not is_ct2_folder(path):
-        raise ValueError(f"{path}: not a CTranslate2 model folder (no model.bin); make one with "
-                         f"python tools/export.py --model {path} --to ct2 --output {Path(path).name}-ct2")
+        raise ValueError(
+            f"{path}: not a CTranslate2 model folder (no model.bin); make one with "
+            f"python tools/export.py --model {path} --to ct2 --output {Path(path).name}-ct2"
+        )
     kind = getattr(device, "type", "cpu")
-    return WhisperModel(str(path), device=kind, device_index=(device.index or 0) if kind == "cuda" else 0,
-                        compute_type=compute_type, cpu_threads=threads)
+    return WhisperModel(
+        str(path),
+        device=kind,
+        device_index=(device.index or 0) if kind == "cuda" else 0,
+        compute_type=compute_type,
+        cpu_threads=threads,
+    )
 
 
 CT2_MAX_LENGTH = 448  # faster-whisper's limit on prompt + new tokens
@@ -184,7 +216,9 @@ def faster_whisper_max_new_tokens(language: str | None, max_new_tokens: int) -> 
     generate() does. CTranslate2 stops a Whisper decode at min(max_length / 2, max_length - prompt) tokens
     (CTranslate2#1856) and faster-whisper passes max_length = prompt + max_new_tokens, so asking for N gives about
     N / 2; asking for 2N - prompt gives N. The cap: 224 new tokens (448 / 2)."""
-    prompt = 4 if language is not None else 2  # <|sot|><|lang|><|transcribe|><|notimestamps|>, or <|sot|><|notimestamps|>
+    prompt = (
+        4 if language is not None else 2
+    )  # <|sot|><|lang|><|transcribe|><|notimestamps|>, or <|sot|><|notimestamps|>
     return min(2 * max_new_tokens, CT2_MAX_LENGTH) - prompt
 
 
@@ -200,24 +234,47 @@ def transcribe_kwargs(language: str | None, num_beams: int, max_new_tokens: int,
     compression-ratio and log-prob thresholds; a no-speech rule that blanks a window; timestamps on; the previous
     window's text as a prompt; its own suppressed tokens (-1) instead of the model's (`suppress`, from
     suppressed_tokens); and a new-token limit that means half (faster_whisper_max_new_tokens)."""
-    return dict(language=language, task="transcribe", beam_size=num_beams, best_of=1, temperature=0.0,
-                compression_ratio_threshold=None, log_prob_threshold=None, no_speech_threshold=None,
-                condition_on_previous_text=False, without_timestamps=True, suppress_blank=True, suppress_tokens=list(suppress),
-                max_new_tokens=faster_whisper_max_new_tokens(language, max_new_tokens), vad_filter=False,
-                word_timestamps=False)
+    return dict(
+        language=language,
+        task="transcribe",
+        beam_size=num_beams,
+        best_of=1,
+        temperature=0.0,
+        compression_ratio_threshold=None,
+        log_prob_threshold=None,
+        no_speech_threshold=None,
+        condition_on_previous_text=False,
+        without_timestamps=True,
+        suppress_blank=True,
+        suppress_tokens=list(suppress),
+        max_new_tokens=faster_whisper_max_new_tokens(language, max_new_tokens),
+        vad_filter=False,
+        word_timestamps=False,
+    )
 
 
-def open_for_scoring(path: str | Path, language: str | None, num_beams: int, max_new_tokens: int,
-                     compute_type: str = "default", device=None, threads: int = 0) -> dict[str, Any]:
+def open_for_scoring(
+    path: str | Path,
+    language: str | None,
+    num_beams: int,
+    max_new_tokens: int,
+    compute_type: str = "default",
+    device=None,
+    threads: int = 0,
+) -> dict[str, Any]:
     """What scoring a CTranslate2 folder needs, for evaluate.py --engine faster-whisper and --export ct2 alike:
     the model, the references' tokenizer, the language it decodes (None for an English-only model), its mel bins
     and the transcribe() arguments."""
     tokenizer = load_ct2_tokenizer(path, language)
     whisper = load_faster_whisper(path, compute_type, device, threads)
     language = language if whisper.model.is_multilingual else None
-    return {"model": whisper, "tokenizer": tokenizer, "language": language,
-            "n_mels": whisper.feat_kwargs.get("feature_size", 80),
-            "kwargs": transcribe_kwargs(language, num_beams, max_new_tokens, suppressed_tokens(path))}
+    return {
+        "model": whisper,
+        "tokenizer": tokenizer,
+        "language": language,
+        "n_mels": whisper.feat_kwargs.get("feature_size", 80),
+        "kwargs": transcribe_kwargs(language, num_beams, max_new_tokens, suppressed_tokens(path)),
+    }
 
 
 def transcribe_batch(model, audio: list[np.ndarray], kwargs: dict[str, Any]) -> list[str]:
@@ -240,18 +297,48 @@ def run_faster_whisper(model, loader, kwargs: dict[str, Any]) -> tuple[list[Pred
     return results, time.perf_counter() - start
 
 
-def export_and_score(best: str | Path, output: str | Path, shards: str, *, language: str | None, normalizer: str,
-                     num_beams: int, max_new_tokens: int, batch_size: int, num_workers: int,
-                     quantization: str = "float32") -> dict:
+def export_and_score(
+    best: str | Path,
+    output: str | Path,
+    shards: str,
+    *,
+    language: str | None,
+    normalizer: str,
+    num_beams: int,
+    max_new_tokens: int,
+    batch_size: int,
+    num_workers: int,
+    quantization: str = "float32",
+) -> dict:
     """The end of `launch/train.py --export ct2` (rank 0): best/ converted into `output` as tools/export.py does,
     then `shards` (the validation set) transcribed by faster-whisper as `evaluate.py --engine faster-whisper`
     does, so summary.json holds the WER of what will be deployed beside the transformers one."""
     report = export_ct2(best, output, quantization, overwrite=True)
     engine = open_for_scoring(output, language, num_beams, max_new_tokens)
     tokenizer = engine["tokenizer"]
-    loader = make_eval_loader(shards, LoaderOptions(tokenizer, list(tokenizer.prefix_tokens), n_mels=engine["n_mels"], micro_batch_size=batch_size, num_workers=num_workers, normalize=load_normalizer(normalizer), keep_audio=True))
+    loader = make_eval_loader(
+        shards,
+        LoaderOptions(
+            tokenizer,
+            list(tokenizer.prefix_tokens),
+            n_mels=engine["n_mels"],
+            micro_batch_size=batch_size,
+            num_workers=num_workers,
+            normalize=load_normalizer(normalizer),
+            keep_audio=True,
+        ),
+    )
     results, seconds = run_faster_whisper(engine["model"], loader, engine["kwargs"])
     scores = score_all(results, normalizer)
-    return {"format": "ct2", "path": str(output), "quantization": quantization, "engine": "faster-whisper",
-            "wer": scores["wer"], "cer": scores["cer"], "samples": scores["samples"], "seconds": round(seconds, 3),
-            "skipped_samples": loader.skip_counter.total(), "warnings": report["warnings"]}
+    return {
+        "format": "ct2",
+        "path": str(output),
+        "quantization": quantization,
+        "engine": "faster-whisper",
+        "wer": scores["wer"],
+        "cer": scores["cer"],
+        "samples": scores["samples"],
+        "seconds": round(seconds, 3),
+        "skipped_samples": loader.skip_counter.total(),
+        "warnings": report["warnings"],
+    }

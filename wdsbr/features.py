@@ -30,7 +30,7 @@ N_FRAMES = CHUNK_SAMPLES // HOP_LENGTH  # 3000
 LOG_FLOOR = -10.0  # log10 of the 1e-10 clamp: the value of every all-zero frame
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mel_filters(n_mels: int, device: torch.device) -> torch.Tensor:
     """[n_mels, N_FFT // 2 + 1] float32, the same bank as WhisperFeatureExtractor.mel_filters (transposed)."""
     filters = mel_filter_bank(
@@ -45,7 +45,7 @@ def _mel_filters(n_mels: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(filters.T.copy()).to(device=device, dtype=torch.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hann_window(device: torch.device) -> torch.Tensor:
     return torch.hann_window(N_FFT, periodic=True, dtype=torch.float32, device=device)
 

@@ -65,26 +65,42 @@ def list_recordings(folder: str | Path) -> tuple[list[Recording], list[dict[str,
                 continue
             text = " ".join(s.text for s in ali.sentences if s.text)
             if ali.audio_path is None or not ali.audio_path.is_file():
-                rejected.append({"source": str(path), "reason": "missing_audio",
-                                 "detail": f"no recording {ali.audio_path or path.with_suffix('.wav')}"})
+                rejected.append(
+                    {
+                        "source": str(path),
+                        "reason": "missing_audio",
+                        "detail": f"no recording {ali.audio_path or path.with_suffix('.wav')}",
+                    }
+                )
             elif not text:
                 rejected.append({"source": str(path), "reason": "empty_transcript", "detail": "no aligned sentence"})
             else:
-                recordings.append(Recording(str(path.relative_to(folder).with_suffix("")), ali.audio_path, text, str(path)))
+                recordings.append(
+                    Recording(str(path.relative_to(folder).with_suffix("")), ali.audio_path, text, str(path))
+                )
     else:
         for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
             transcript = path.with_suffix(".txt")
             text = transcript.read_text(encoding="utf-8").strip() if transcript.is_file() else None
             if text is None:
-                rejected.append({"source": str(path), "reason": "missing_transcript", "detail": f"no {transcript.name} beside it"})
+                rejected.append(
+                    {"source": str(path), "reason": "missing_transcript", "detail": f"no {transcript.name} beside it"}
+                )
             elif not text:
-                rejected.append({"source": str(transcript), "reason": "empty_transcript", "detail": "the file is empty"})
+                rejected.append(
+                    {"source": str(transcript), "reason": "empty_transcript", "detail": "the file is empty"}
+                )
             else:
-                recordings.append(Recording(str(path.relative_to(folder).with_suffix("")), path, " ".join(text.split()),
-                                            str(transcript)))
+                recordings.append(
+                    Recording(
+                        str(path.relative_to(folder).with_suffix("")), path, " ".join(text.split()), str(transcript)
+                    )
+                )
     if not recordings:
         found = "; ".join(f"{row['source']}: {row['reason']}" for row in rejected[:3])
-        raise FileNotFoundError(f"{folder}: no recording to transcribe ({found or 'no audio + .txt pairs, no .ali files'})")
+        raise FileNotFoundError(
+            f"{folder}: no recording to transcribe ({found or 'no audio + .txt pairs, no .ali files'})"
+        )
     return recordings, rejected
 
 
@@ -104,8 +120,11 @@ def fit_after_previous_text(max_new_tokens: int, max_target_positions: int) -> i
 # Whisper's own long-form heuristics, as transformers' documentation gives them for generate(): the compression
 # ratio is of the window's token ids (transformers' measure, so 1.35, not OpenAI's 2.4 on text bytes).
 # no_speech_threshold is left out: it drops a window judged silent, a deletion the scorer would charge.
-TEMPERATURE_FALLBACK: dict[str, Any] = {"temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
-                                        "compression_ratio_threshold": 1.35, "logprob_threshold": -1.0}
+TEMPERATURE_FALLBACK: dict[str, Any] = {
+    "temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+    "compression_ratio_threshold": 1.35,
+    "logprob_threshold": -1.0,
+}
 
 
 def recording_seed(key: str) -> int:
@@ -115,25 +134,45 @@ def recording_seed(key: str) -> int:
 
 
 @torch.no_grad()
-def transcribe_long(model, feature_extractor, tokenizer, audio, gen_kwargs: dict[str, Any], dtype: torch.dtype,
-                    device: torch.device) -> tuple[str, list[dict[str, Any]]]:
+def transcribe_long(
+    model, feature_extractor, tokenizer, audio, gen_kwargs: dict[str, Any], dtype: torch.dtype, device: torch.device
+) -> tuple[str, list[dict[str, Any]]]:
     """One recording (16 kHz mono float samples) → (text, timed segments) by sequential long-form generate()."""
     long = len(audio) > feature_extractor.n_samples
-    inputs = feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True,
-                               **({"truncation": False, "padding": "longest"} if long else {}))
+    inputs = feature_extractor(
+        audio,
+        sampling_rate=SAMPLE_RATE,
+        return_tensors="pt",
+        return_attention_mask=True,
+        **({"truncation": False, "padding": "longest"} if long else {}),
+    )
     features = inputs["input_features"].to(device, dtype)
-    output = model.generate(features, attention_mask=inputs["attention_mask"].to(device), return_timestamps=True,
-                            return_segments=True, **gen_kwargs)
+    output = model.generate(
+        features,
+        attention_mask=inputs["attention_mask"].to(device),
+        return_timestamps=True,
+        return_segments=True,
+        **gen_kwargs,
+    )
     segments = []
     for segment in output["segments"][0]:
         text = tokenizer.decode(segment["tokens"], skip_special_tokens=True).strip()
-        segments.append({"start": round(float(segment["start"]), 2), "end": round(float(segment["end"]), 2), "text": text})
+        segments.append(
+            {"start": round(float(segment["start"]), 2), "end": round(float(segment["end"]), 2), "text": text}
+        )
     text = " ".join(tokenizer.decode(output["sequences"][0], skip_special_tokens=True).split())
     return text, segments
 
 
-def run_long_form(model, processor, recordings: list[Recording], gen_kwargs: dict[str, Any], dtype: torch.dtype,
-                  device: torch.device, on_done=None) -> tuple[list[Prediction], list[Transcript], list[dict[str, str]]]:
+def run_long_form(
+    model,
+    processor,
+    recordings: list[Recording],
+    gen_kwargs: dict[str, Any],
+    dtype: torch.dtype,
+    device: torch.device,
+    on_done=None,
+) -> tuple[list[Prediction], list[Transcript], list[dict[str, str]]]:
     """Transcribe `recordings` one by one: (predictions for the scorer, transcripts with segments, recordings that
     could not be decoded, as rejection rows). `on_done(transcript)` after each."""
     predictions, transcripts, rejected = [], [], []
@@ -148,8 +187,9 @@ def run_long_form(model, processor, recordings: list[Recording], gen_kwargs: dic
         # state (dropout, augmentation) is the same after a validation as without one.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(recording_seed(recording.key))
-            text, segments = transcribe_long(model, processor.feature_extractor, processor.tokenizer, audio, gen_kwargs,
-                                             dtype, device)
+            text, segments = transcribe_long(
+                model, processor.feature_extractor, processor.tokenizer, audio, gen_kwargs, dtype, device
+            )
         transcript = Transcript(recording.key, text, segments, len(audio) / SAMPLE_RATE, time.perf_counter() - start)
         predictions.append(Prediction(recording.key, recording.text, text))
         transcripts.append(transcript)

@@ -50,7 +50,12 @@ class MetricsLog:
         self._file.flush()
         if self._writer is not None and "step" in row:
             for name, value in row.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "step" and math.isfinite(value):
+                if (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and name != "step"
+                    and math.isfinite(value)
+                ):
                     self._writer.add_scalar(f"{kind}/{name}", value, row["step"])
 
     def close(self) -> None:
@@ -63,7 +68,13 @@ class MetricsLog:
 def progress_bar(total_steps: int, initial_step: int) -> tqdm:
     """Rank 0's bar: steps, loss, samples/s and tqdm's ETA; disabled elsewhere."""
     interactive = sys.stderr.isatty()  # in a log file (Slurm, nohup) redraw every 30 s, not every step
-    return tqdm(total=total_steps, initial=initial_step, desc="train", unit="step", file=sys.stderr,
-                disable=not dist.is_main(), dynamic_ncols=True, mininterval=0.1 if interactive else 30.0)
-
-
+    return tqdm(
+        total=total_steps,
+        initial=initial_step,
+        desc="train",
+        unit="step",
+        file=sys.stderr,
+        disable=not dist.is_main(),
+        dynamic_ncols=True,
+        mininterval=0.1 if interactive else 30.0,
+    )

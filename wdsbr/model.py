@@ -14,10 +14,9 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
+import transformers
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
-
-import transformers
 from transformers import (
     GenerationConfig,
     WhisperConfig,
@@ -33,7 +32,12 @@ HUB_TIMEOUT_SECONDS = 5.0  # one short look at the hub before transformers' own 
 # A local model folder needs all of these (any one name of each) to load as model + processor.
 MODEL_FILES = {
     "config.json": ("config.json",),
-    "weights": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"),
+    "weights": (
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+    ),
     "tokenizer": ("tokenizer.json", "vocab.json"),
     "feature extractor config": ("preprocessor_config.json", "processor_config.json"),
 }
@@ -54,7 +58,9 @@ def language_code(language: str) -> str:
     code = language.lower()
     code = TO_LANGUAGE_CODE.get(code, code)
     if code not in LANGUAGES:
-        raise ValueError(f"unknown language {language!r}: Whisper knows codes like br, cy, fr, en (see LANGUAGES in transformers)")
+        raise ValueError(
+            f"unknown language {language!r}: Whisper knows codes like br, cy, fr, en (see LANGUAGES in transformers)"
+        )
     return code
 
 
@@ -74,8 +80,10 @@ def check_model(model: str, language: str | None, *, load: bool = True) -> None:
     if path.is_dir():
         missing = [what for what, names in MODEL_FILES.items() if not any((path / name).is_file() for name in names)]
         if missing:
-            raise FileNotFoundError(f"{model}: incomplete model folder, no {' and no '.join(missing)} "
-                                    "(save the model and its WhisperProcessor together with save_pretrained)")
+            raise FileNotFoundError(
+                f"{model}: incomplete model folder, no {' and no '.join(missing)} "
+                "(save the model and its WhisperProcessor together with save_pretrained)"
+            )
     elif path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise FileNotFoundError(f"{model}: no such model folder")
     if not load:
@@ -83,14 +91,18 @@ def check_model(model: str, language: str | None, *, load: bool = True) -> None:
     if not path.is_dir() and not isinstance(try_to_load_from_cache(model, "preprocessor_config.json"), str):
         problem = hub_problem()
         if problem:
-            raise FileNotFoundError(f"{model}: not a local folder, not in the Hugging Face cache "
-                                    f"({hub_constants.HF_HUB_CACHE}), and {problem}: download it where there is network "
-                                    f"(huggingface-cli download {model}) or point --model at a local folder")
+            raise FileNotFoundError(
+                f"{model}: not a local folder, not in the Hugging Face cache "
+                f"({hub_constants.HF_HUB_CACHE}), and {problem}: download it where there is network "
+                f"(huggingface-cli download {model}) or point --model at a local folder"
+            )
     try:
         load_processor(model, language)
     except OSError as error:
-        raise FileNotFoundError(f"{model}: not a local folder, and not loadable from the Hugging Face hub "
-                                f"({str(error).splitlines()[0].split('. ')[0]})") from None
+        raise FileNotFoundError(
+            f"{model}: not a local folder, and not loadable from the Hugging Face hub "
+            f"({str(error).splitlines()[0].split('. ')[0]})"
+        ) from None
 
 
 def hub_problem(timeout: float = HUB_TIMEOUT_SECONDS) -> str | None:
@@ -119,12 +131,18 @@ def load_processor(model_name_or_path: str, language: str | None = "br", **hub_k
     """Feature extractor + tokenizer, with the tokenizer's prefix set to <|lang|><|transcribe|><|notimestamps|>
     (no language or task token for English-only checkpoints)."""
     processor = WhisperProcessor.from_pretrained(model_name_or_path, **hub_kwargs)
-    set_prompt(processor.tokenizer, model_name_or_path, language, _load_generation_config(model_name_or_path, **hub_kwargs))
+    set_prompt(
+        processor.tokenizer, model_name_or_path, language, _load_generation_config(model_name_or_path, **hub_kwargs)
+    )
     return processor
 
 
-def set_prompt(tokenizer: WhisperTokenizer, model_name_or_path: str, language: str | None,
-               generation_config: GenerationConfig | None = None) -> list[int]:
+def set_prompt(
+    tokenizer: WhisperTokenizer,
+    model_name_or_path: str,
+    language: str | None,
+    generation_config: GenerationConfig | None = None,
+) -> list[int]:
     """Set the tokenizer's prefix tokens for training labels; returns them (starting with <|startoftranscript|>)."""
     if is_multilingual(model_name_or_path, generation_config):
         code = language_code(language) if language else None
@@ -147,9 +165,18 @@ def load_model(model_name_or_path: str, **hub_kwargs) -> WhisperForConditionalGe
     return WhisperForConditionalGeneration.from_pretrained(model_name_or_path, **hub_kwargs)
 
 
-def build_tiny_whisper(output_dir: str | Path, texts: list[str] | None = None, *, n_mels: int = 80,
-                       d_model: int = 64, layers: int = 2, heads: int = 4, vocab_size: int = 400,
-                       multilingual: bool = True, seed: int = 0) -> Path:
+def build_tiny_whisper(
+    output_dir: str | Path,
+    texts: list[str] | None = None,
+    *,
+    n_mels: int = 80,
+    d_model: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    vocab_size: int = 400,
+    multilingual: bool = True,
+    seed: int = 0,
+) -> Path:
     """Write a tiny randomly-initialised Whisper (model, tokenizer, feature extractor, generation config) to
     `output_dir`, loadable with `from_pretrained`. The tokenizer is a byte-level BPE trained on `texts` plus
     Whisper's special tokens in their real order, so prompts, generate() and pipeline() behave as with a real
@@ -162,8 +189,12 @@ def build_tiny_whisper(output_dir: str | Path, texts: list[str] | None = None, *
     texts = texts or _DEFAULT_TEXTS
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    bpe.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        ),
+    )
     state = json.loads(bpe.to_str())["model"]
     vocab, merges = state["vocab"], [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     vocab = {token: i for i, token in enumerate(sorted(vocab, key=vocab.get))}
@@ -171,34 +202,73 @@ def build_tiny_whisper(output_dir: str | Path, texts: list[str] | None = None, *
     specials = ["<|endoftext|>", "<|startoftranscript|>"]
     if multilingual:
         specials += [f"<|{code}|>" for code in LANGUAGES]
-    specials += ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    specials += [
+        "<|translate|>",
+        "<|transcribe|>",
+        "<|startoflm|>",
+        "<|startofprev|>",
+        "<|nospeech|>",
+        "<|notimestamps|>",
+    ]
     specials += [f"<|{i * 0.02:.2f}|>" for i in range(_N_TIMESTAMPS)]
     for token in specials:  # appended in order: ids are contiguous like the real vocabulary's
         vocab[token] = len(vocab)
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, unk_token="<|endoftext|>",
-                                 bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer = WhisperTokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
     tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
     ids = tokenizer.convert_tokens_to_ids
     eot, sot = ids("<|endoftext|>"), ids("<|startoftranscript|>")
 
     config = WhisperConfig(
-        vocab_size=len(vocab), num_mel_bins=n_mels, d_model=d_model,
-        encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
-        encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model, max_source_positions=1500, max_target_positions=448,
-        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
-        suppress_tokens=[], begin_suppress_tokens=[ids("Ġ"), eot],
+        vocab_size=len(vocab),
+        num_mel_bins=n_mels,
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=4 * d_model,
+        decoder_ffn_dim=4 * d_model,
+        max_source_positions=1500,
+        max_target_positions=448,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        decoder_start_token_id=sot,
+        suppress_tokens=[],
+        begin_suppress_tokens=[ids("Ġ"), eot],
     )
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config)
     # an English-only one has no lang_to_id/task_to_id, as openai/whisper-tiny.en: with an empty lang_to_id,
     # generate() would "detect" a language and put token 0 in the prompt
-    languages = dict(task_to_id={"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
-                     lang_to_id={f"<|{code}|>": ids(f"<|{code}|>") for code in LANGUAGES}) if multilingual else {}
+    languages = (
+        dict(
+            task_to_id={"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
+            lang_to_id={f"<|{code}|>": ids(f"<|{code}|>") for code in LANGUAGES},
+        )
+        if multilingual
+        else {}
+    )
     generation = GenerationConfig(
-        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
-        max_length=448, suppress_tokens=[], begin_suppress_tokens=[ids("Ġ"), eot],
-        no_timestamps_token_id=ids("<|notimestamps|>"), is_multilingual=multilingual, **languages,
-        prev_sot_token_id=ids("<|startofprev|>"), forced_decoder_ids=None,
+        decoder_start_token_id=sot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        max_length=448,
+        suppress_tokens=[],
+        begin_suppress_tokens=[ids("Ġ"), eot],
+        no_timestamps_token_id=ids("<|notimestamps|>"),
+        is_multilingual=multilingual,
+        **languages,
+        prev_sot_token_id=ids("<|startofprev|>"),
+        forced_decoder_ids=None,
     )
     model.generation_config = generation
     model.save_pretrained(output_dir)
@@ -209,14 +279,25 @@ def build_tiny_whisper(output_dir: str | Path, texts: list[str] | None = None, *
 
 # Enough Breton to give the tiny BPE real subwords when no corpus text is given.
 _DEFAULT_TEXTS = [
-    "demat deoc'h", "c'hoant am eus da zebriñ", "ur c'hi bras a zo er gêr", "war-lerc'h ar glav e teu an heol",
-    "me a gomz brezhoneg", "kenavo ar wech all", "trugarez vras", "pegeit e vo ar vaez", "an den yaouank",
-    "bez' ez eus tri bugel e-barzh ar skol", "un ti bihan gant ur jardin", "petra eo da anv", "mont a ran d'ar gêr",
+    "demat deoc'h",
+    "c'hoant am eus da zebriñ",
+    "ur c'hi bras a zo er gêr",
+    "war-lerc'h ar glav e teu an heol",
+    "me a gomz brezhoneg",
+    "kenavo ar wech all",
+    "trugarez vras",
+    "pegeit e vo ar vaez",
+    "an den yaouank",
+    "bez' ez eus tri bugel e-barzh ar skol",
+    "un ti bihan gant ur jardin",
+    "petra eo da anv",
+    "mont a ran d'ar gêr",
 ]
 
 
-def save_model_atomic(model: WhisperForConditionalGeneration, processor: WhisperProcessor, output_dir: str | Path,
-                      language: str | None) -> Path:
+def save_model_atomic(
+    model: WhisperForConditionalGeneration, processor: WhisperProcessor, output_dir: str | Path, language: str | None
+) -> Path:
     """Write a complete Hugging Face model folder (fp32 safetensors, processor, generation config with the
     language and task) to a temporary sibling, then rename it into place: a crash or a full disk never leaves
     a half-written `output_dir`, and the previous one stays until the new one is complete."""

@@ -14,8 +14,9 @@ import json
 import math
 import re
 import shlex
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from wdsbr.streams import read_manifest
 
@@ -74,9 +75,18 @@ def write_model_card(
     config = language if evaluated_on.startswith("mozilla-foundation/common_voice") else None
 
     results = [
-        EvalResult(task_type="automatic-speech-recognition", task_name="Speech Recognition",
-                   dataset_type=evaluated_on, dataset_name=evaluated_on, dataset_config=config, dataset_split=eval_split,
-                   metric_type=metric_type, metric_name=name, metric_value=value, metric_args={"normalizer": label})
+        EvalResult(
+            task_type="automatic-speech-recognition",
+            task_name="Speech Recognition",
+            dataset_type=evaluated_on,
+            dataset_name=evaluated_on,
+            dataset_config=config,
+            dataset_split=eval_split,
+            metric_type=metric_type,
+            metric_name=name,
+            metric_value=value,
+            metric_args={"normalizer": label},
+        )
         for _, metric_type, name, label, value in rows
     ]
     data = ModelCardData(
@@ -84,8 +94,14 @@ def write_model_card(
         license=license,
         library_name="transformers",
         pipeline_tag="automatic-speech-recognition",
-        tags=["whisper", "automatic-speech-recognition", *(["breton"] if language == "br" else []), "wdsbr", "deepspeed",
-              "webdataset"],
+        tags=[
+            "whisper",
+            "automatic-speech-recognition",
+            *(["breton"] if language == "br" else []),
+            "wdsbr",
+            "deepspeed",
+            "webdataset",
+        ],
         base_model=hub_base,
         datasets=[name for name in datasets if is_hub_id(name)] or None,
         metrics=sorted({metric_type for _, metric_type, *_ in rows}) or None,
@@ -93,8 +109,20 @@ def write_model_card(
         eval_results=results or None,
         wdsbr={"command": command, "text_normalizer": normalizer, "hours": hours_by_split, "datasets": datasets},
     )
-    body = _body(model_name, base_model, hub_base, language, datasets, hours_by_split, rows, normalizer, command,
-                 evaluated_on, eval_split, folder) + _deployment(export, language, scores)
+    body = _body(
+        model_name,
+        base_model,
+        hub_base,
+        language,
+        datasets,
+        hours_by_split,
+        rows,
+        normalizer,
+        command,
+        evaluated_on,
+        eval_split,
+        folder,
+    ) + _deployment(export, language, scores)
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     path = folder / "README.md"
     folder.mkdir(parents=True, exist_ok=True)
@@ -156,9 +184,12 @@ def training_command(argv: Iterable[str], launcher: str = "deepspeed") -> str:
     """The command a user types to train again: the launcher, the script and its options, without the
     `--local_rank` the launcher adds."""
     argv = list(argv)
-    kept = [arg for index, arg in enumerate(argv)
-            if not arg.startswith(("--local_rank", "--local-rank"))
-            and not (index > 0 and argv[index - 1] in ("--local_rank", "--local-rank"))]
+    kept = [
+        arg
+        for index, arg in enumerate(argv)
+        if not arg.startswith(("--local_rank", "--local-rank"))
+        and not (index > 0 and argv[index - 1] in ("--local_rank", "--local-rank"))
+    ]
     return shlex.join([launcher, *kept])
 
 
@@ -167,45 +198,100 @@ def _deployment(export: Mapping[str, Any] | None, language: str, scores: Mapping
     if not export:
         return ""
     transformers_wer = f"{100 * scores['wer']:.2f} % with transformers, " if scores.get("wer") is not None else ""
-    return "\n".join([
-        "## faster-whisper (CTranslate2)", "",
-        f"`{Path(export['path']).name}/` beside this folder ({export['quantization']}): validation WER "
-        f"{transformers_wer}{100 * export['wer']:.2f} % with faster-whisper (greedy, as validation decodes, on "
-        f"{export['samples']} samples).", "",
-        "```python", "from faster_whisper import WhisperModel", "",
-        f'model = WhisperModel("{export["path"]}")',
-        f'segments, info = model.transcribe("recording.wav", language="{language}")', "```", ""])
+    return "\n".join(
+        [
+            "## faster-whisper (CTranslate2)",
+            "",
+            f"`{Path(export['path']).name}/` beside this folder ({export['quantization']}): validation WER "
+            f"{transformers_wer}{100 * export['wer']:.2f} % with faster-whisper (greedy, as validation decodes, on "
+            f"{export['samples']} samples).",
+            "",
+            "```python",
+            "from faster_whisper import WhisperModel",
+            "",
+            f'model = WhisperModel("{export["path"]}")',
+            f'segments, info = model.transcribe("recording.wav", language="{language}")',
+            "```",
+            "",
+        ]
+    )
 
 
-def _body(model_name: str, base_model: str, hub_base: str | None, language: str, datasets: list[str],
-          hours: dict[str, float], rows: list, normalizer: str, command: str, evaluated_on: str, eval_split: str,
-          folder: Path) -> str:
+def _body(
+    model_name: str,
+    base_model: str,
+    hub_base: str | None,
+    language: str,
+    datasets: list[str],
+    hours: dict[str, float],
+    rows: list,
+    normalizer: str,
+    command: str,
+    evaluated_on: str,
+    eval_split: str,
+    folder: Path,
+) -> str:
     """The Markdown under the metadata: results table, data, normaliser, command, usage."""
-    base = f"`{base_model}`" if not hub_base else f"[{hub_base}](https://huggingface.co/{hub_base})" + (
-        "" if hub_base == base_model else f" (its weights, from `{base_model}`)")
-    lines = [f"# {model_name}", "",
-             f"Whisper fine-tuned for {'Breton' if language == 'br' else language} (`{language}`) speech recognition from "
-             f"{base} with wdsbr (WebDataset shards, DeepSpeed ZeRO-2).", ""]
+    base = (
+        f"`{base_model}`"
+        if not hub_base
+        else f"[{hub_base}](https://huggingface.co/{hub_base})"
+        + ("" if hub_base == base_model else f" (its weights, from `{base_model}`)")
+    )
+    lines = [
+        f"# {model_name}",
+        "",
+        f"Whisper fine-tuned for {'Breton' if language == 'br' else language} (`{language}`) speech recognition from "
+        f"{base} with wdsbr (WebDataset shards, DeepSpeed ZeRO-2).",
+        "",
+    ]
     if rows:
-        lines += [f"## Results on {evaluated_on} ({eval_split})", "",
-                  "WER and CER in %, corpus-level (total errors / total reference words or characters). Each is only "
-                  "comparable with numbers made by the same text normaliser.", "",
-                  "| metric | value | text normaliser |", "|---|---:|---|"]
+        lines += [
+            f"## Results on {evaluated_on} ({eval_split})",
+            "",
+            "WER and CER in %, corpus-level (total errors / total reference words or characters). Each is only "
+            "comparable with numbers made by the same text normaliser.",
+            "",
+            "| metric | value | text normaliser |",
+            "|---|---:|---|",
+        ]
         lines += [f"| {metric_type.upper()} | {value:.2f} | {label} |" for _, metric_type, _, label, value in rows]
         lines.append("")
     lines += ["## Training data", ""]
     lines += [f"- {name}" for name in datasets] or ["- (not recorded)"]
     if hours:
-        lines += ["", "| split | hours |", "|---|---:|"] + [f"| {split} | {value:.2f} |" for split, value in hours.items()]
-    lines += ["", "## Text normalisation", "",
-              f"Labels and scores used `--text-normalizer {normalizer}`"
-              + (": the Breton community's normaliser (anaouder): numbers, ordinals, times and percentages spelled "
-                 "out, lower case, punctuation removed." if normalizer == "breton" else
-                 ": Unicode NFC, apostrophe variants to `'`, lower case, punctuation removed except apostrophes and "
-                 "hyphens inside a word." if normalizer in ("default", "clean_text") else "."),
-              "", "## Training command", "", "```bash", command, "```", "",
-              "## Usage", "", "```python", "from transformers import pipeline", "",
-              f'asr = pipeline("automatic-speech-recognition", model="{folder}")  # or this model\'s Hub id',
-              f'print(asr("recording.wav", generate_kwargs={{"language": "{language}", "task": "transcribe"}})["text"])',
-              "```", ""]
+        lines += ["", "| split | hours |", "|---|---:|"] + [
+            f"| {split} | {value:.2f} |" for split, value in hours.items()
+        ]
+    lines += [
+        "",
+        "## Text normalisation",
+        "",
+        f"Labels and scores used `--text-normalizer {normalizer}`"
+        + (
+            ": the Breton community's normaliser (anaouder): numbers, ordinals, times and percentages spelled "
+            "out, lower case, punctuation removed."
+            if normalizer == "breton"
+            else ": Unicode NFC, apostrophe variants to `'`, lower case, punctuation removed except apostrophes and "
+            "hyphens inside a word."
+            if normalizer in ("default", "clean_text")
+            else "."
+        ),
+        "",
+        "## Training command",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'asr = pipeline("automatic-speech-recognition", model="{folder}")  # or this model\'s Hub id',
+        f'print(asr("recording.wav", generate_kwargs={{"language": "{language}", "task": "transcribe"}})["text"])',
+        "```",
+        "",
+    ]
     return "\n".join(lines)

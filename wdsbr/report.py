@@ -28,8 +28,21 @@ def write_tsv(samples: list[SampleScore], path: str | Path) -> Path:
     lines = ["\t".join(TSV_COLUMNS)]
     for s in samples:
         wer = "" if math.isnan(s.wer) else f"{s.wer:.6f}"
-        lines.append("\t".join(_cell(v) for v in (s.key, s.reference, s.prediction, wer, s.errors, s.reference_words,
-                                                   s.raw_reference, s.raw_prediction)))
+        lines.append(
+            "\t".join(
+                _cell(v)
+                for v in (
+                    s.key,
+                    s.reference,
+                    s.prediction,
+                    wer,
+                    s.errors,
+                    s.reference_words,
+                    s.raw_reference,
+                    s.raw_prediction,
+                )
+            )
+        )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -40,8 +53,16 @@ def _md(text: Any) -> str:
     return text if text.strip() else "—"
 
 
-def write_markdown(samples: list[SampleScore], errors: WordErrors, metrics: dict[str, Any], path: str | Path, *,
-                   worst: int = 20, top: int = 20, rejected: list[dict] | None = None) -> Path:
+def write_markdown(
+    samples: list[SampleScore],
+    errors: WordErrors,
+    metrics: dict[str, Any],
+    path: str | Path,
+    *,
+    worst: int = 20,
+    top: int = 20,
+    rejected: list[dict] | None = None,
+) -> Path:
     """The report next to the TSV: the metrics, the `worst` samples, the `top` most frequent word substitutions
     (and deletions, insertions), and the inputs a folder run had to reject."""
     path = Path(path)
@@ -51,28 +72,43 @@ def write_markdown(samples: list[SampleScore], errors: WordErrors, metrics: dict
 
     lines = [f"# Evaluation of `{metrics.get('model')}` on `{metrics.get('data')}`", ""]
     shown = ("wer", "cer", "samples", "audio_hours", "seconds", "rtf", "skipped_samples", "rejected_inputs")
-    lines += ["| " + " | ".join(shown) + " |", "|" + "---:|" * len(shown),
-              "| " + " | ".join(number(metrics.get(name)) for name in shown) + " |", ""]
+    lines += [
+        "| " + " | ".join(shown) + " |",
+        "|" + "---:|" * len(shown),
+        "| " + " | ".join(number(metrics.get(name)) for name in shown) + " |",
+        "",
+    ]
     settings = ("normalizer", "language", "precision", "num_beams", "batch_size", "world_size")
     lines += [", ".join(f"{name} `{metrics.get(name)}`" for name in settings if name in metrics) + ".", ""]
 
-    lines += [f"## The {min(worst, len(samples))} worst samples", "",
-              "WER on the normalised text (what was scored); the full list is the TSV beside this file.", "",
-              "| key | WER | errors / words | reference | prediction |", "|---|---:|---:|---|---|"]
+    lines += [
+        f"## The {min(worst, len(samples))} worst samples",
+        "",
+        "WER on the normalised text (what was scored); the full list is the TSV beside this file.",
+        "",
+        "| key | WER | errors / words | reference | prediction |",
+        "|---|---:|---:|---|---|",
+    ]
     for s in samples[:worst]:
-        lines.append(f"| {_md(s.key)} | {number(None if math.isnan(s.wer) else s.wer)} | {s.errors} / {s.reference_words} "
-                     f"| {_md(s.reference)} | {_md(s.prediction)} |")
+        lines.append(
+            f"| {_md(s.key)} | {number(None if math.isnan(s.wer) else s.wer)} | {s.errors} / {s.reference_words} "
+            f"| {_md(s.reference)} | {_md(s.prediction)} |"
+        )
     lines.append("")
 
     lines += ["## Most frequent word substitutions", ""]
     if errors.substitutions:
         lines += ["| count | reference | prediction |", "|---:|---|---|"]
-        lines += [f"| {count} | {_md(ref)} | {_md(hyp)} |" for (ref, hyp), count in errors.substitutions.most_common(top)]
+        lines += [
+            f"| {count} | {_md(ref)} | {_md(hyp)} |" for (ref, hyp), count in errors.substitutions.most_common(top)
+        ]
     else:
         lines.append("None.")
     lines.append("")
-    for title, counter in (("deletions (reference words missing)", errors.deletions),
-                           ("insertions (words added)", errors.insertions)):
+    for title, counter in (
+        ("deletions (reference words missing)", errors.deletions),
+        ("insertions (words added)", errors.insertions),
+    ):
         lines += [f"## Most frequent {title}", ""]
         lines.append(", ".join(f"{_md(word)} ×{count}" for word, count in counter.most_common(top)) or "None.")
         lines.append("")

@@ -23,8 +23,9 @@ from __future__ import annotations
 import importlib
 import math
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import jiwer
 from transformers.models.whisper.english_normalizer import BasicTextNormalizer
@@ -60,7 +61,9 @@ def load_normalizer(spec: str | None) -> Callable[[str], str]:
     if spec in NORMALIZERS:
         return NORMALIZERS[spec]()
     if ":" not in spec:
-        raise ValueError(f"--text-normalizer {spec!r}: expected 'default', 'breton' or 'module:function' (e.g. mypkg.text:normalise)")
+        raise ValueError(
+            f"--text-normalizer {spec!r}: expected 'default', 'breton' or 'module:function' (e.g. mypkg.text:normalise)"
+        )
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -83,9 +86,14 @@ def score(results: Iterable[Prediction], normalize: Callable[[str], str]) -> dic
     words = jiwer.process_words(references, hypotheses)
     chars = jiwer.process_characters(references, hypotheses)
     return {
-        "wer": words.wer, "cer": chars.cer, "samples": len(kept), "empty_references": len(pairs) - len(kept),
+        "wer": words.wer,
+        "cer": chars.cer,
+        "samples": len(kept),
+        "empty_references": len(pairs) - len(kept),
         "reference_words": sum(len(ref.split()) for ref in references),
-        "substitutions": words.substitutions, "deletions": words.deletions, "insertions": words.insertions,
+        "substitutions": words.substitutions,
+        "deletions": words.deletions,
+        "insertions": words.insertions,
     }
 
 
@@ -97,12 +105,17 @@ def score_all(results: Iterable[Any], normalizer_spec: str | None = "default") -
     normalize = load_normalizer(normalizer_spec)
     version = breton.anaouder_version()
     name = normalizer_spec or "default"
-    cleanup = (f"breton-scoring (numbers spelled out by anaouder {version})" if version
-               else "breton-scoring (numbers not spelled out: anaouder is not installed)")
+    cleanup = (
+        f"breton-scoring (numbers spelled out by anaouder {version})"
+        if version
+        else "breton-scoring (numbers not spelled out: anaouder is not installed)"
+    )
     whisper_basic = BasicTextNormalizer()
     scores = score(results, normalize)
     raw = score(results, lambda text: text)
-    normalized = score(results, lambda text: breton.scoring_cleanup(normalize(text), verbalize_numbers=version is not None))
+    normalized = score(
+        results, lambda text: breton.scoring_cleanup(normalize(text), verbalize_numbers=version is not None)
+    )
     basic = score(results, lambda text: " ".join(whisper_basic(text).split()))  # it leaves spaces where symbols were
     return {
         **scores,
@@ -111,8 +124,11 @@ def score_all(results: Iterable[Any], normalizer_spec: str | None = "default") -
         "cer_normalized": normalized["cer"],
         "wer_whisper_basic": basic["wer"],
         "samples_normalized": normalized["samples"],
-        "empty_references_by_normalizer": {"wer_raw": raw["empty_references"], "wer_normalized": normalized["empty_references"],
-                                           "wer_whisper_basic": basic["empty_references"]},
+        "empty_references_by_normalizer": {
+            "wer_raw": raw["empty_references"],
+            "wer_normalized": normalized["empty_references"],
+            "wer_whisper_basic": basic["empty_references"],
+        },
         "normalizers": {
             "wer_raw": "none",
             "wer_normalized": f"{name} + {cleanup}",
@@ -144,21 +160,25 @@ class WordErrors:
     insertions: Counter  # predicted word -> count
 
 
-def score_samples(results: Iterable[Prediction], normalize: Callable[[str], str]) -> tuple[list[SampleScore], WordErrors]:
+def score_samples(
+    results: Iterable[Prediction], normalize: Callable[[str], str]
+) -> tuple[list[SampleScore], WordErrors]:
     """Every sample's WER from one alignment of the normalised texts, sorted worst first (most errors next,
     then key); samples whose reference normalises to nothing come last with WER NaN."""
     results = list(results)
     pairs = [(normalize(r.reference), normalize(r.prediction)) for r in results]
     scored = [i for i, (reference, _) in enumerate(pairs) if reference]
-    samples = [SampleScore(r.key, ref, hyp, math.nan, 0, 0, r.reference, r.prediction) for r, (ref, hyp) in zip(results, pairs)]
+    samples = [
+        SampleScore(r.key, ref, hyp, math.nan, 0, 0, r.reference, r.prediction) for r, (ref, hyp) in zip(results, pairs)
+    ]
     errors = WordErrors(Counter(), Counter(), Counter())
     if scored:
         output = jiwer.process_words([pairs[i][0] for i in scored], [pairs[i][1] for i in scored])
         for i, words, predicted, alignment in zip(scored, output.references, output.hypotheses, output.alignments):
             edits = 0
             for chunk in alignment:  # word by word: jiwer's own counts join a chunk's words into one phrase
-                reference = words[chunk.ref_start_idx:chunk.ref_end_idx]
-                prediction = predicted[chunk.hyp_start_idx:chunk.hyp_end_idx]
+                reference = words[chunk.ref_start_idx : chunk.ref_end_idx]
+                prediction = predicted[chunk.hyp_start_idx : chunk.hyp_end_idx]
                 if chunk.type == "substitute":
                     errors.substitutions.update(zip(reference, prediction))
                 elif chunk.type == "delete":

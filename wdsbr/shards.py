@@ -23,19 +23,29 @@ import shutil
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from tqdm import tqdm
 
 import wdsbr
 from wdsbr.ali import SegmentPastEnd, read_segment
-from wdsbr.audio import SAMPLE_RATE, WINDOW_SECONDS, AudioError, EmptyAudioError, decode_audio, encode_audio, probe_seconds, resample
+from wdsbr.audio import (
+    SAMPLE_RATE,
+    WINDOW_SECONDS,
+    AudioError,
+    EmptyAudioError,
+    decode_audio,
+    encode_audio,
+    probe_seconds,
+    resample,
+)
 from wdsbr.corpus import SPLITS, Corpus, Item, Rejection, assign_split, read_transcript
 from wdsbr.streams import MANIFEST, TAR_BLOCK
 from wdsbr.text import clean_text, plural
@@ -100,7 +110,9 @@ def check_options(options: ShardOptions) -> list[str]:
     if options.audio_format not in ("flac", "wav"):
         problems.append(f"--audio-format {options.audio_format!r}: must be flac or wav")
     if options.min_seconds < 0 or options.max_seconds <= options.min_seconds:
-        problems.append(f"--min-seconds {options.min_seconds:g} / --max-seconds {options.max_seconds:g}: need 0 <= min < max")
+        problems.append(
+            f"--min-seconds {options.min_seconds:g} / --max-seconds {options.max_seconds:g}: need 0 <= min < max"
+        )
     if options.workers < 0:
         problems.append(f"--workers {options.workers}: must be 0 (all CPUs) or more")
     return problems
@@ -116,9 +128,13 @@ def check_output_dir(output_dir: str | Path, *, overwrite: bool, source: str | P
         resolved = output_dir.resolve()
         doomed = [resolved, *(resolved / split for split in SPLITS)]
         if any(source == folder or folder in source.parents for folder in doomed):
-            raise ShardError(f"{output_dir}: the output folder would contain or replace the source {source}; choose another output")
+            raise ShardError(
+                f"{output_dir}: the output folder would contain or replace the source {source}; choose another output"
+            )
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ShardError(f"{output_dir}: output folder is not empty; pass --overwrite to replace its shards and manifest")
+        raise ShardError(
+            f"{output_dir}: output folder is not empty; pass --overwrite to replace its shards and manifest"
+        )
     return output_dir
 
 
@@ -139,13 +155,19 @@ def prepare_sample(item: Item, options: ShardOptions) -> Sample | Rejection:
     if item.segment is not None:  # a sentence of a long recording (.ali): decode only its segment
         start, end = item.segment
         if end - start > options.max_seconds:
-            return Rejection(item.source, "too_long", f"segment {start:g}-{end:g} s is {end - start:.2f} s > --max-seconds {options.max_seconds:g}")
+            return Rejection(
+                item.source,
+                "too_long",
+                f"segment {start:g}-{end:g} s is {end - start:.2f} s > --max-seconds {options.max_seconds:g}",
+            )
     else:
         # Refuse an hour-long file from its header before decoding it all into memory; the margin covers
         # approximate headers, and the decoded length below is the real check.
         header_seconds = probe_seconds(item.audio)
         if header_seconds is not None and header_seconds > 2 * options.max_seconds + 1:
-            return Rejection(item.source, "too_long", f"{header_seconds:.2f} s (file header) > --max-seconds {options.max_seconds:g}")
+            return Rejection(
+                item.source, "too_long", f"{header_seconds:.2f} s (file header) > --max-seconds {options.max_seconds:g}"
+            )
     try:
         if item.segment is not None:
             samples, sample_rate_in, recording_seconds = read_segment(item.audio, *item.segment)
@@ -160,7 +182,9 @@ def prepare_sample(item: Item, options: ShardOptions) -> Sample | Rejection:
     except AudioError as error:
         return Rejection(item.source, "unreadable_audio", str(error))
     if len(samples) == 0:
-        return Rejection(item.source, "empty_audio", f"nothing left after resampling {sample_rate_in} Hz to {SAMPLE_RATE} Hz")
+        return Rejection(
+            item.source, "empty_audio", f"nothing left after resampling {sample_rate_in} Hz to {SAMPLE_RATE} Hz"
+        )
     seconds = len(samples) / SAMPLE_RATE
     if seconds < options.min_seconds:
         return Rejection(item.source, "too_short", f"{seconds:.3f} s < --min-seconds {options.min_seconds:g}")
@@ -186,7 +210,7 @@ def sentence_digest(text: str) -> bytes:
     return hashlib.blake2b(cleaned.encode("utf-8"), digest_size=16).digest() if cleaned else b""
 
 
-def count_overlap(writers: dict[str, "SplitWriter"]) -> dict[str, Any]:
+def count_overlap(writers: dict[str, SplitWriter]) -> dict[str, Any]:
     """Speakers and sentences written to train that were also written to validation or test: the manifest's
     proof that held-out data is held out (0 and 0 for `--cv-train validated`)."""
     held_speakers = writers["validation"].speakers | writers["test"].speakers
@@ -276,7 +300,9 @@ class SplitWriter:
         self._tar.close()
         self._tar = None
         size = (self.output_dir / self._name).stat().st_size
-        self.shards.append({"file": self._name, "samples": self._samples, "seconds": round(self._seconds, 3), "bytes": size})
+        self.shards.append(
+            {"file": self._name, "samples": self._samples, "seconds": round(self._seconds, 3), "bytes": size}
+        )
 
     def summary(self) -> dict[str, Any]:
         seconds = sum((shard["seconds"] for shard in self.shards), 0.0)
@@ -304,7 +330,9 @@ def shard_corpus(
     source_name = source_path or corpus.description.get("name")
     output_dir = check_output_dir(output_dir, overwrite=overwrite, source=source_path)
     if corpus.total == 0:
-        raise ShardError(f"{source_name}: no inputs found (expected ID.wav + ID.txt pairs, a Common Voice release or a .tsv)")
+        raise ShardError(
+            f"{source_name}: no inputs found (expected ID.wav + ID.txt pairs, a Common Voice release or a .tsv)"
+        )
     workers = options.workers or default_workers()
     started = time.perf_counter()
 
@@ -326,7 +354,9 @@ def shard_corpus(
     }
     rejected: list[Rejection] = []
     found = kept = bytes_in = 0
-    bar = tqdm(total=corpus.total, unit="clip", desc="sharding", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=corpus.total, unit="clip", desc="sharding", file=sys.stderr, disable=not progress, dynamic_ncols=True
+    )
     with bar:
 
         def items_to_decode() -> Iterator[Item]:
@@ -386,7 +416,9 @@ def shard_corpus(
         raise ShardError(f"{source_name}: no inputs found")
     if kept == 0:
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(by_reason.items()))
-        raise ShardError(f"nothing kept: all {len(rejected)} inputs were rejected ({reasons}); see {output_dir / MANIFEST}")
+        raise ShardError(
+            f"nothing kept: all {len(rejected)} inputs were rejected ({reasons}); see {output_dir / MANIFEST}"
+        )
     return manifest
 
 
@@ -401,7 +433,10 @@ def format_summary(manifest: dict[str, Any], output_dir: str | Path) -> str:
     """The closing lines a run prints: kept/rejected by reason, samples and hours per split, throughput."""
     counts = manifest["counts"]
     reasons = ", ".join(f"{reason} {count}" for reason, count in counts["rejected_by_reason"].items())
-    lines = [f"kept {counts['kept']} of {counts['found']} inputs; rejected {counts['rejected']}" + (f" ({reasons})" if reasons else "")]
+    lines = [
+        f"kept {counts['kept']} of {counts['found']} inputs; rejected {counts['rejected']}"
+        + (f" ({reasons})" if reasons else "")
+    ]
     for split, summary in manifest["splits"].items():
         shards = plural(len(summary["shards"]), "shard")
         lines.append(f"  {split:<10} {summary['samples']:>8} samples {summary['hours']:>10.3f} h {shards:>10}")
@@ -410,8 +445,11 @@ def format_summary(manifest: dict[str, Any], output_dir: str | Path) -> str:
     if overlap:
         known = any(summary.get("speakers") for summary in manifest["splits"].values())
         speakers = plural(overlap["speakers"], "speaker") if known else "speakers unknown"
-        lines.append(f"  train shares {speakers} and {plural(overlap['sentences'], 'sentence')} with validation+test"
-                     if known else f"  train shares {plural(overlap['sentences'], 'sentence')} with validation+test ({speakers})")
+        lines.append(
+            f"  train shares {speakers} and {plural(overlap['sentences'], 'sentence')} with validation+test"
+            if known
+            else f"  train shares {plural(overlap['sentences'], 'sentence')} with validation+test ({speakers})"
+        )
     lines.append(
         f"{counts['found']} inputs in {run['wall_seconds']:.1f} s with {plural(run['workers'], 'worker')}: "
         f"{run['clips_per_second'] or 0:.1f} clips/s, {run['input_megabytes_per_second'] or 0:.2f} MB/s of source audio"
@@ -428,9 +466,17 @@ def empty_split_warnings(manifest: dict[str, Any]) -> list[str]:
     warnings = []
     for split, asked in wanted.items():
         if asked and not splits.get(split, {}).get("samples"):
-            why = (f"--{'val' if split == 'validation' else split}-fraction {options['val_fraction' if split == 'validation' else 'test_fraction']}"
-                   if split != "train" else "every input")
-            hint = (" (with --speaker-from-folder or known speakers, whole speakers are hashed: a corpus of few speakers"
-                    " needs a larger fraction, or split folders train/ validation/ test/)" if split != "train" else "")
+            why = (
+                f"--{'val' if split == 'validation' else split}-fraction "
+                f"{options['val_fraction' if split == 'validation' else 'test_fraction']}"
+                if split != "train"
+                else "every input"
+            )
+            hint = (
+                " (with --speaker-from-folder or known speakers, whole speakers are hashed: a corpus of few speakers"
+                " needs a larger fraction, or split folders train/ validation/ test/)"
+                if split != "train"
+                else ""
+            )
             warnings.append(f"warning: the {split} split is empty although {why} asks for it{hint}")
     return warnings

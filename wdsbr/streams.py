@@ -24,8 +24,8 @@ import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import braceexpand
 import webdataset as wds
@@ -60,13 +60,16 @@ def list_shards(spec: str | Path | Sequence[str | Path]) -> list[str]:
             shards = list(braceexpand.braceexpand(spec))
             missing = [s for s in shards if not os.path.isfile(s)]
             if missing:
-                raise FileNotFoundError(f"{missing[0]}: shard not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+                raise FileNotFoundError(
+                    f"{missing[0]}: shard not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                )
     if not shards:
         raise FileNotFoundError(f"{spec}: no shards")
     return shards
 
 
 # ------------------------------------------------------------------------------------------------- counts
+
 
 def _manifest_root(shard: str) -> str:
     """The folder (or URL) above the shard's split folder, where the shard tool writes manifest.json."""
@@ -145,7 +148,9 @@ def _member_keys(path: str) -> Iterator[tuple[str, int]]:
             if kind in (b"0", b"\0", b"7"):  # regular files (webdataset skips the rest)
                 if name is None:
                     name = tarfile.nts(header[0:100], "utf-8", "surrogateescape")
-                    prefix = tarfile.nts(header[345:500], "utf-8", "surrogateescape") if header[257:262] == b"ustar" else ""
+                    prefix = (
+                        tarfile.nts(header[345:500], "utf-8", "surrogateescape") if header[257:262] == b"ustar" else ""
+                    )
                     name = f"{prefix}/{name}" if prefix else name
                 key, _ = base_plus_ext(name)
                 if key is not None and not _META.match(name):
@@ -193,8 +198,10 @@ def count_samples(shards: Sequence[str]) -> int:
     if counts is None:
         remote = next(s for s in shards if is_url(s))
         where = f"{_manifest_root(remote)}/{MANIFEST}" if is_http(remote) else "manifest.json (a pipe: has none)"
-        raise ValueError(f"{remote}: no sample counts for remote shards: serve {where} beside the split folders "
-                         "(tools/shard_corpus.py writes it) or pass the epoch size (--epoch-samples)")
+        raise ValueError(
+            f"{remote}: no sample counts for remote shards: serve {where} beside the split folders "
+            "(tools/shard_corpus.py writes it) or pass the epoch size (--epoch-samples)"
+        )
     return sum(counts)
 
 
@@ -205,6 +212,7 @@ def count_seconds(shards: Sequence[str]) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------------- reading
+
 
 def _seek_offset(path: str, first: int) -> int | None:
     """Byte offset of the header of sample `first`'s first member in an uncompressed local tar; None when the
@@ -225,8 +233,12 @@ def _open(url: str, offset: int):
     return stream
 
 
-def read_shard_range(url: str, first: int = 0, stop: int | None = None,
-                     on_problem: Callable[[str, int, str], None] = lambda reason, samples, detail: None) -> Iterator[dict]:
+def read_shard_range(
+    url: str,
+    first: int = 0,
+    stop: int | None = None,
+    on_problem: Callable[[str, int, str], None] = lambda reason, samples, detail: None,
+) -> Iterator[dict]:
     """Raw samples `first .. stop-1` of one shard (all from `first` when `stop` is None): dicts of `__key__`,
     `__url__` and one field per member, as webdataset groups them. Samples that could not be read are reported
     once per shard to `on_problem(reason, samples, detail)`: "unreadable_shard" (it could not be opened, or

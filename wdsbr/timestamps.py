@@ -33,7 +33,9 @@ def timestamp_begin(tokenizer) -> int:
         raise ValueError("the tokenizer has no <|notimestamps|> token: not a Whisper tokenizer")
     named = tokenizer.convert_tokens_to_ids("<|0.00|>")
     if named not in (None, tokenizer.unk_token_id, no_timestamps + 1):
-        raise ValueError(f"the tokenizer's <|0.00|> is token {named}, not the one after <|notimestamps|> ({no_timestamps + 1})")
+        raise ValueError(
+            f"the tokenizer's <|0.00|> is token {named}, not the one after <|notimestamps|> ({no_timestamps + 1})"
+        )
     return no_timestamps + 1
 
 
@@ -55,15 +57,20 @@ def check_segments(segments: Sequence[tuple[float, float, str]]) -> None:
     previous_end = 0.0
     for index, (start, end, _) in enumerate(segments):
         if not 0.0 <= start <= end <= WINDOW_SECONDS + 1e-9:
-            raise ValueError(f"segment {index} ({start:.2f}–{end:.2f} s) is not inside the {WINDOW_SECONDS:.0f} s window "
-                             "with its end after its start")
+            raise ValueError(
+                f"segment {index} ({start:.2f}–{end:.2f} s) is not inside the {WINDOW_SECONDS:.0f} s window "
+                "with its end after its start"
+            )
         if start < previous_end - 1e-9:
-            raise ValueError(f"segment {index} starts at {start:.2f} s, before the previous one ends ({previous_end:.2f} s)")
+            raise ValueError(
+                f"segment {index} starts at {start:.2f} s, before the previous one ends ({previous_end:.2f} s)"
+            )
         previous_end = end
 
 
-def timed_labels(tokenizer, prompt_ids: Sequence[int], segments: Sequence[tuple[float, float, str]],
-                 max_label_tokens: int = 448) -> list[int] | None:
+def timed_labels(
+    tokenizer, prompt_ids: Sequence[int], segments: Sequence[tuple[float, float, str]], max_label_tokens: int = 448
+) -> list[int] | None:
     """`prompt (no <|notimestamps|>) <|start|> text <|end|> … <|endoftext|>` for (start, end, cleaned text) segments
     of one window, in seconds from the window's start; None when the decoder cannot hold it (the caller counts it).
     Raises ValueError for segments that break the rules above."""
@@ -71,14 +78,18 @@ def timed_labels(tokenizer, prompt_ids: Sequence[int], segments: Sequence[tuple[
     begin = timestamp_begin(tokenizer)  # once per window: this runs in the DataLoader workers
     labels = timestamp_prompt(prompt_ids, tokenizer)
     for start, end, text in segments:
-        labels += [timestamp_id(begin, start), *tokenizer.encode(" " + text.strip(), add_special_tokens=False),
-                   timestamp_id(begin, end)]
+        labels += [
+            timestamp_id(begin, start),
+            *tokenizer.encode(" " + text.strip(), add_special_tokens=False),
+            timestamp_id(begin, end),
+        ]
     labels.append(tokenizer.eos_token_id)
     return labels if len(labels) - 1 <= max_label_tokens else None
 
 
-def with_previous_text(labels: Sequence[int], previous_ids: Sequence[int], tokenizer,
-                       max_label_tokens: int = 448) -> tuple[list[int], list[int]]:
+def with_previous_text(
+    labels: Sequence[int], previous_ids: Sequence[int], tokenizer, max_label_tokens: int = 448
+) -> tuple[list[int], list[int]]:
     """(decoder input ids, loss labels) for `labels` (starting with <|startoftranscript|>) conditioned on the
     previous text's tokens: input `<|startofprev|> prev <|startoftranscript|> …` and labels the input shifted by
     one, -100 where the next token is the previous text or <|startoftranscript|>: what follows (language, task,
@@ -92,4 +103,3 @@ def with_previous_text(labels: Sequence[int], previous_ids: Sequence[int], token
     inputs = sequence[:-1]
     targets = [IGNORE_INDEX if position + 1 < prompt_length else token for position, token in enumerate(sequence[1:])]
     return inputs, targets
-

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -23,8 +23,16 @@ from wdsbr import dist
 from wdsbr.augment import parse_speeds
 from wdsbr.data import SkipCounter
 from wdsbr.dist import say
-from wdsbr.engine import (ConfigError, device_type, environment_summary, latest_checkpoint, load_ds_config, loss_scale,
-                          resolve_ds_config, save_checkpoint)
+from wdsbr.engine import (
+    ConfigError,
+    device_type,
+    environment_summary,
+    latest_checkpoint,
+    load_ds_config,
+    loss_scale,
+    resolve_ds_config,
+    save_checkpoint,
+)
 from wdsbr.evaluation import EarlyStopping, gather, run_validation
 from wdsbr.export import export_and_score, require_export_extra
 from wdsbr.longform import Recording, list_recordings, run_long_form
@@ -53,12 +61,19 @@ class RunState:
     done: bool = False
 
     @classmethod
-    def resumed(cls, saved: dict, seed: int) -> "RunState":
+    def resumed(cls, saved: dict, seed: int) -> RunState:
         """The state a checkpoint's `trainer_state.json` holds; `seed` is the one this job's stream uses."""
-        return cls(stopper=EarlyStopping.from_state_dict(saved["early_stopping"]), seed=seed, step=saved["step"],
-                   epoch=saved["epoch"], batch_in_epoch=saved["batch_in_epoch"], skipped_samples=saved["skipped_samples"],
-                   train_seconds=saved["train_seconds"], nonfinite_batches=saved.get("nonfinite_batches", 0),
-                   start_step=saved["step"])
+        return cls(
+            stopper=EarlyStopping.from_state_dict(saved["early_stopping"]),
+            seed=seed,
+            step=saved["step"],
+            epoch=saved["epoch"],
+            batch_in_epoch=saved["batch_in_epoch"],
+            skipped_samples=saved["skipped_samples"],
+            train_seconds=saved["train_seconds"],
+            nonfinite_batches=saved.get("nonfinite_batches", 0),
+            start_step=saved["step"],
+        )
 
 
 def make_run_folder(output_dir: str | None, options: dict, ds_config: dict, notes: list[str]) -> Path:
@@ -71,8 +86,16 @@ def make_run_folder(output_dir: str | None, options: dict, ds_config: dict, note
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         for note in notes:
             say(note)
-        (out / "config.json").write_text(json.dumps({"options": {k: v for k, v in options.items() if k != "local_rank"},
-                                                     "deepspeed": ds_config, "environment": environment_summary()}, indent=2))
+        (out / "config.json").write_text(
+            json.dumps(
+                {
+                    "options": {k: v for k, v in options.items() if k != "local_rank"},
+                    "deepspeed": ds_config,
+                    "environment": environment_summary(),
+                },
+                indent=2,
+            )
+        )
     return out
 
 
@@ -83,13 +106,21 @@ def skipped_total(skipped: SkipCounter, state: RunState, device: torch.device) -
     return state.skipped_samples + int(count.item())
 
 
-def save_run_checkpoint(engine, out: Path, state: RunState, skipped: SkipCounter, batches_per_rank: int, keep: int) -> None:
+def save_run_checkpoint(
+    engine, out: Path, state: RunState, skipped: SkipCounter, batches_per_rank: int, keep: int
+) -> None:
     """Collective: all ranks. DeepSpeed state + where the data stream and early stopping stand."""
     at_end = state.batch_in_epoch == batches_per_rank  # then resume at the start of the next epoch
-    trainer_state = {"step": state.step, "epoch": state.epoch + at_end, "batch_in_epoch": 0 if at_end else state.batch_in_epoch,
-                     "seed": state.seed, "early_stopping": state.stopper.state_dict(),
-                     "skipped_samples": skipped_total(skipped, state, engine.device),
-                     "train_seconds": state.train_seconds, "nonfinite_batches": state.nonfinite_batches}
+    trainer_state = {
+        "step": state.step,
+        "epoch": state.epoch + at_end,
+        "batch_in_epoch": 0 if at_end else state.batch_in_epoch,
+        "seed": state.seed,
+        "early_stopping": state.stopper.state_dict(),
+        "skipped_samples": skipped_total(skipped, state, engine.device),
+        "train_seconds": state.train_seconds,
+        "nonfinite_batches": state.nonfinite_batches,
+    }
     save_checkpoint(engine, out / "checkpoints", state.step, trainer_state, keep)  # collective: all ranks
 
 
@@ -124,8 +155,16 @@ class StepMeter:
 
     def add(self, loss: torch.Tensor, batch: dict) -> None:
         self.loss_sum += loss.float()  # no .item(): it would sync the GPU every micro-batch
-        self.counts += torch.tensor([1, len(batch["keys"]), batch["utterances"], batch["audio_seconds"], batch["speech_seconds"],
-                                     len(batch["repeated"])])
+        self.counts += torch.tensor(
+            [
+                1,
+                len(batch["keys"]),
+                batch["utterances"],
+                batch["audio_seconds"],
+                batch["speech_seconds"],
+                len(batch["repeated"]),
+            ]
+        )
         self.repeated += batch["repeated"]
 
     def row(self, engine, state: RunState, skipped: SkipCounter, log_every: int) -> dict:
@@ -138,15 +177,28 @@ class StepMeter:
         loss_total, batches, samples, utterances, audio, speech, repeated = totals[:7].tolist()
         repeated_keys = [None] * dist.world_size()
         if repeated:  # the epoch's wrap-around and top-ups: rare, so the keys travel only then
-            torch.distributed.all_gather_object(repeated_keys, self.repeated)  # collective: all ranks (all see `repeated`)
-        row = dict(step=state.step, loss=loss_total / batches, lr=engine.get_lr()[0],
-                   grad_norm=float(engine.get_global_grad_norm() or 0.0), loss_scale=loss_scale(engine),
-                   skipped_steps=engine.skipped_steps, step_seconds=elapsed / log_every, samples_per_s=samples / elapsed,
-                   audio_seconds_per_s=audio / elapsed, speech_seconds_per_s=speech / elapsed,
-                   packing_factor=utterances / samples, epoch=state.epoch,
-                   skipped_samples=skipped_total(skipped, state, engine.device), nonfinite_batches=state.nonfinite_batches,
-                   repeated_samples=int(repeated), repeated_keys=sorted(k for keys in repeated_keys if keys for k in keys),
-                   data_wait_seconds=[round(wait, 3) for wait in totals[7:].tolist()])
+            torch.distributed.all_gather_object(
+                repeated_keys, self.repeated
+            )  # collective: all ranks (all see `repeated`)
+        row = dict(
+            step=state.step,
+            loss=loss_total / batches,
+            lr=engine.get_lr()[0],
+            grad_norm=float(engine.get_global_grad_norm() or 0.0),
+            loss_scale=loss_scale(engine),
+            skipped_steps=engine.skipped_steps,
+            step_seconds=elapsed / log_every,
+            samples_per_s=samples / elapsed,
+            audio_seconds_per_s=audio / elapsed,
+            speech_seconds_per_s=speech / elapsed,
+            packing_factor=utterances / samples,
+            epoch=state.epoch,
+            skipped_samples=skipped_total(skipped, state, engine.device),
+            nonfinite_batches=state.nonfinite_batches,
+            repeated_samples=int(repeated),
+            repeated_keys=sorted(k for keys in repeated_keys if keys for k in keys),
+            data_wait_seconds=[round(wait, 3) for wait in totals[7:].tolist()],
+        )
         state.train_seconds += elapsed
         self.loss_sum.zero_()
         self.counts.zero_()
@@ -169,8 +221,15 @@ def say_left_out(rejected: list[dict]) -> None:
         say(f"--val-long-form: {row['source']}: {row['reason']} ({row['detail']}): left out")
 
 
-def long_form_scores(model, processor, recordings: list[Recording], gen_kwargs: dict, dtype: torch.dtype,
-                     device: torch.device, normalizer: str) -> dict | None:
+def long_form_scores(
+    model,
+    processor,
+    recordings: list[Recording],
+    gen_kwargs: dict,
+    dtype: torch.dtype,
+    device: torch.device,
+    normalizer: str,
+) -> dict | None:
     """Collective: all ranks. --val-long-form: this rank's share of the recordings transcribed whole (sequential
     long-form decoding with timestamps, `wdsbr.longform`); rank 0 gets `long_wer`, `long_cer`, `long_recordings`
     and `long_seconds` over every rank's, the others None. A recording that cannot be read is left out, named."""
@@ -183,21 +242,40 @@ def long_form_scores(model, processor, recordings: list[Recording], gen_kwargs: 
     if not dist.is_main():
         return None
     scores = score_all(results, normalizer)
-    return {"long_wer": scores["wer"], "long_cer": scores["cer"], "long_recordings": scores["samples"],
-            "long_seconds": round(time.perf_counter() - start, 3)}
+    return {
+        "long_wer": scores["wer"],
+        "long_cer": scores["cer"],
+        "long_recordings": scores["samples"],
+        "long_seconds": round(time.perf_counter() - start, 3),
+    }
 
 
-def validate(engine, val_loader, processor, gen_kwargs: dict, dtype: torch.dtype, state: RunState, *,
-             normalizer: str, out: Path, language: str | None, metrics: MetricsLog,
-             long_form: list[Recording] | None = None) -> bool:
+def validate(
+    engine,
+    val_loader,
+    processor,
+    gen_kwargs: dict,
+    dtype: torch.dtype,
+    state: RunState,
+    *,
+    normalizer: str,
+    out: Path,
+    language: str | None,
+    metrics: MetricsLog,
+    long_form: list[Recording] | None = None,
+) -> bool:
     """Collective: all ranks. Score the whole validation set (and, with `long_form`, this rank's share of the
     --val-long-form recordings); rank 0 records it, saves a new best/ and decides whether to stop, and
     broadcasts the decision (True: stop early)."""
-    results, loss_sum, tokens, seconds = run_validation(engine.module, val_loader, processor.tokenizer, gen_kwargs,
-                                                        dtype, engine.device)
+    results, loss_sum, tokens, seconds = run_validation(
+        engine.module, val_loader, processor.tokenizer, gen_kwargs, dtype, engine.device
+    )
     results, loss_sum, tokens = gather(results, loss_sum, tokens)  # collective: all ranks
-    long_scores = long_form_scores(engine.module, processor, long_form, gen_kwargs, dtype, engine.device, normalizer) \
-        if long_form is not None else {}  # collective: all ranks
+    long_scores = (
+        long_form_scores(engine.module, processor, long_form, gen_kwargs, dtype, engine.device, normalizer)
+        if long_form is not None
+        else {}
+    )  # collective: all ranks
     decision = [None]
     if dist.is_main():
         scores = score_all(results, normalizer)  # wer/cer + raw, normalised and Whisper-basic WER, labelled
@@ -210,47 +288,101 @@ def validate(engine, val_loader, processor, gen_kwargs: dict, dtype: torch.dtype
             except OSError as error:  # full disk, read-only folder: the previous best/ is intact; say so, go on
                 save_error = f"{out / 'best'}: not updated ({error}); the previous best/ is kept"
                 say(f"error: step {state.step}: {save_error}")
-        metrics.log("eval", step=state.step, val_loss=scores["loss"], wer=scores["wer"], cer=scores["cer"],
-                    samples=scores["samples"], eval_seconds=round(seconds, 3), is_best=is_best,
-                    bad_evaluations=state.stopper.bad_evaluations, best_save_error=save_error,
-                    **{name: scores[name] for name in SCORE_KEYS}, **long_scores)
-        long_line = f" long_wer {long_scores['long_wer']:.4f} ({long_scores['long_recordings']} recordings)" if long_scores else ""
-        say(f"step {state.step}: val_loss {scores['loss']:.4f} wer {scores['wer']:.4f} cer {scores['cer']:.4f}"
-            f" ({scores['samples']} samples, {seconds:.1f} s){long_line}{' new best' if is_best else ''}")
+        metrics.log(
+            "eval",
+            step=state.step,
+            val_loss=scores["loss"],
+            wer=scores["wer"],
+            cer=scores["cer"],
+            samples=scores["samples"],
+            eval_seconds=round(seconds, 3),
+            is_best=is_best,
+            bad_evaluations=state.stopper.bad_evaluations,
+            best_save_error=save_error,
+            **{name: scores[name] for name in SCORE_KEYS},
+            **long_scores,
+        )
+        long_line = (
+            f" long_wer {long_scores['long_wer']:.4f} ({long_scores['long_recordings']} recordings)"
+            if long_scores
+            else ""
+        )
+        say(
+            f"step {state.step}: val_loss {scores['loss']:.4f} wer {scores['wer']:.4f} cer {scores['cer']:.4f}"
+            f" ({scores['samples']} samples, {seconds:.1f} s){long_line}{' new best' if is_best else ''}"
+        )
         decision = [state.stopper.should_stop]
     torch.distributed.broadcast_object_list(decision, src=0)  # collective: rank 0's decision for all
     return decision[0]
 
 
-def finish(state: RunState, opts: TrainOptions, out: Path, language: str | None, metrics: MetricsLog,
-           total_seconds: float, interrupted: str | None) -> dict:
+def finish(
+    state: RunState,
+    opts: TrainOptions,
+    out: Path,
+    language: str | None,
+    metrics: MetricsLog,
+    total_seconds: float,
+    interrupted: str | None,
+) -> dict:
     """The summary row and `summary.json` (what a job scheduler reads to decide whether to requeue: a finished
     run is not restarted), and best/'s model card; rank 0 writes, every rank returns the summary."""
     stopper, best, decoding = state.stopper, state.stopper.best_scores or {}, opts.decoding
     export = None
-    if opts.checkpoints.export and dist.is_main() and stopper.best is not None and (out / "best").is_dir():  # --export ct2
+    if (
+        opts.checkpoints.export and dist.is_main() and stopper.best is not None and (out / "best").is_dir()
+    ):  # --export ct2
         say(f"exporting {out / 'best'} to CTranslate2 and scoring it with faster-whisper on the validation shards")
-        export = export_and_score(out / "best", out / "best-ct2", opts.data.val_shards, language=language,
-                                  normalizer=decoding.text_normalizer, num_beams=decoding.num_beams,
-                                  max_new_tokens=decoding.generation_max_length, num_workers=opts.runtime.num_workers,
-                                  batch_size=opts.validation.eval_batch_size or opts.optim.batch_size)
-    summary = dict(step=state.step, finished=state.stopped_early or state.step >= opts.optim.max_steps,
-                   interrupted=interrupted, best_step=stopper.best_step, best_metric=opts.validation.metric,
-                   best_value=stopper.best, best_wer=best.get("wer"), best_cer=best.get("cer"),
-                   stopped_early=state.stopped_early, train_seconds=round(state.train_seconds, 3),
-                   total_seconds=round(total_seconds, 3), **({"export": export} if export else {}))
+        export = export_and_score(
+            out / "best",
+            out / "best-ct2",
+            opts.data.val_shards,
+            language=language,
+            normalizer=decoding.text_normalizer,
+            num_beams=decoding.num_beams,
+            max_new_tokens=decoding.generation_max_length,
+            num_workers=opts.runtime.num_workers,
+            batch_size=opts.validation.eval_batch_size or opts.optim.batch_size,
+        )
+    summary = dict(
+        step=state.step,
+        finished=state.stopped_early or state.step >= opts.optim.max_steps,
+        interrupted=interrupted,
+        best_step=stopper.best_step,
+        best_metric=opts.validation.metric,
+        best_value=stopper.best,
+        best_wer=best.get("wer"),
+        best_cer=best.get("cer"),
+        stopped_early=state.stopped_early,
+        train_seconds=round(state.train_seconds, 3),
+        total_seconds=round(total_seconds, 3),
+        **({"export": export} if export else {}),
+    )
     metrics.log("summary", **summary)
     metrics.close()
     if dist.is_main():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         if stopper.best is not None and (out / "best").is_dir():  # best/ uploads to the Hub as it is
             trained_on = describe_shards(opts.data.train_shards)
-            write_model_card(out / "best", language=language or "en", base_model=opts.whisper.model,
-                             datasets=trained_on["datasets"], hours=trained_on["hours"], scores=stopper.best_scores,
-                             normalizer=decoding.text_normalizer, command=training_command(sys.argv), export=export)
+            write_model_card(
+                out / "best",
+                language=language or "en",
+                base_model=opts.whisper.model,
+                datasets=trained_on["datasets"],
+                hours=trained_on["hours"],
+                scores=stopper.best_scores,
+                normalizer=decoding.text_normalizer,
+                command=training_command(sys.argv),
+                export=export,
+            )
     if state.stopped_early:
-        best_so_far = f"best {stopper.best:.4f} at step {stopper.best_step}" if stopper.best is not None else "no finite value"
-        say(f"stopped early at step {state.step}: {stopper.metric} did not improve for {stopper.patience} evaluations ({best_so_far})")
+        best_so_far = (
+            f"best {stopper.best:.4f} at step {stopper.best_step}" if stopper.best is not None else "no finite value"
+        )
+        say(
+            f"stopped early at step {state.step}: {stopper.metric} did not improve for {stopper.patience} evaluations "
+            f"({best_so_far})"
+        )
     if stopper.best is not None:
         say(f"best {opts.validation.metric} {stopper.best:.4f} at step {stopper.best_step}: {out / 'best'}")
     return summary
@@ -262,7 +394,12 @@ def resolve_options(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOption
     already (the note says so). Everything is checked before any heavy work: one ConfigError lists every problem."""
     problems = []
     out = Path(opts.checkpoints.output_dir) if opts.checkpoints.output_dir else None
-    if opts.checkpoints.resume and out and (out / "summary.json").is_file() and json.loads((out / "summary.json").read_text())["finished"]:
+    if (
+        opts.checkpoints.resume
+        and out
+        and (out / "summary.json").is_file()
+        and json.loads((out / "summary.json").read_text())["finished"]
+    ):
         return opts, {}, [f"{out} finished already (see {out / 'summary.json'}): nothing to resume"]
     if opts.checkpoints.resume:
         saved = out / "config.json" if out else None
@@ -276,37 +413,58 @@ def resolve_options(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOption
     data, optim, val = opts.data, opts.optim, opts.validation
     if val.metric == "long_wer" and not val.val_long_form:
         problems.append("--metric long_wer: needs --val-long-form DATA, the long recordings to score")
-    for name, value in (("batch_size", optim.batch_size), ("grad_accum", optim.grad_accum), ("max_steps", optim.max_steps),
-                        ("eval_every", val.eval_every), ("log_every", opts.logging.log_every),
-                        ("keep_checkpoints", opts.checkpoints.keep_checkpoints)):
+    for name, value in (
+        ("batch_size", optim.batch_size),
+        ("grad_accum", optim.grad_accum),
+        ("max_steps", optim.max_steps),
+        ("eval_every", val.eval_every),
+        ("log_every", opts.logging.log_every),
+        ("keep_checkpoints", opts.checkpoints.keep_checkpoints),
+    ):
         if value < 1:
             problems.append(f"--{name.replace('_', '-')} {value}: must be at least 1")
-    for name, check in (("language", lambda: language_code(opts.whisper.language)),
-                        ("text_normalizer", lambda: load_normalizer(opts.decoding.text_normalizer)),
-                        ("train_shards", lambda: data.epoch_samples or count_samples(list_shards(data.train_shards))),  # or says how
-                        ("val_shards", lambda: list_shards(data.val_shards)),
-                        ("speed_perturb", lambda: parse_speeds(opts.augment.speed_perturb or "1")),
-                        ("export", lambda: opts.checkpoints.export and require_export_extra()),
-                        ("val_long_form", lambda: val.val_long_form and list_recordings(val.val_long_form))):
+    for name, check in (
+        ("language", lambda: language_code(opts.whisper.language)),
+        ("text_normalizer", lambda: load_normalizer(opts.decoding.text_normalizer)),
+        ("train_shards", lambda: data.epoch_samples or count_samples(list_shards(data.train_shards))),  # or says how
+        ("val_shards", lambda: list_shards(data.val_shards)),
+        ("speed_perturb", lambda: parse_speeds(opts.augment.speed_perturb or "1")),
+        ("export", lambda: opts.checkpoints.export and require_export_extra()),
+        ("val_long_form", lambda: val.val_long_form and list_recordings(val.val_long_form)),
+    ):
         try:
             check()
         except (OSError, ValueError) as error:
             problems.append(f"--{name.replace('_', '-')}: {error}".replace(f"--{name.replace('_', '-')}: --", "--"))
     settings, explicit_settings = opts.deepspeed_settings(explicit)
     try:
-        ds_config, effective, notes = resolve_ds_config(load_ds_config(optim.ds_config_path), settings, explicit_settings,
-                                                        world_size=dist.world_size(), device_type=device_type())
+        ds_config, effective, notes = resolve_ds_config(
+            load_ds_config(optim.ds_config_path),
+            settings,
+            explicit_settings,
+            world_size=dist.world_size(),
+            device_type=device_type(),
+        )
     except ConfigError as error:  # its problems, less the options reported above already
         reported = {problem.split(" ")[0] for problem in problems}
         problems += [problem for problem in str(error).split("; ") if problem.split(" ")[0] not in reported]
         ds_config, effective, notes = {}, settings, []
     try:  # last, and without the network when anything else is wrong: a typo is reported at once
-        check_model(opts.whisper.model, opts.whisper.language if not any(p.startswith("--language") for p in problems) else None,
-                    load=not problems)
+        check_model(
+            opts.whisper.model,
+            opts.whisper.language if not any(p.startswith("--language") for p in problems) else None,
+            load=not problems,
+        )
     except (OSError, ValueError) as error:
         problems.append(f"--model: {error}")
     if problems:
         raise ConfigError("; ".join(problems))
-    opts = opts.replace(dict(batch_size=effective["micro_batch_size"], grad_accum=effective["grad_accum_steps"],
-                             lr=effective["lr"], precision=effective["precision"]))  # what the JSON fixed, if it did
+    opts = opts.replace(
+        dict(
+            batch_size=effective["micro_batch_size"],
+            grad_accum=effective["grad_accum_steps"],
+            lr=effective["lr"],
+            precision=effective["precision"],
+        )
+    )  # what the JSON fixed, if it did
     return opts, ds_config, notes

@@ -25,7 +25,14 @@ from wdsbr.engine import cpu_precision_for_fp16
 from wdsbr.eval_data import eval_data_kind, expected_samples, prepare_shards
 from wdsbr.evaluation import gather, generate_kwargs, run_validation, sum_across_ranks
 from wdsbr.export import compute_type_of, is_ct2_folder, open_for_scoring, run_faster_whisper
-from wdsbr.longform import TEMPERATURE_FALLBACK, fit_after_previous_text, list_recordings, my_share, run_long_form, subtitles
+from wdsbr.longform import (
+    TEMPERATURE_FALLBACK,
+    fit_after_previous_text,
+    list_recordings,
+    my_share,
+    run_long_form,
+    subtitles,
+)
 from wdsbr.metrics import finite_or_none
 from wdsbr.model import check_model, is_multilingual, language_code, load_model, load_processor, quiet_libraries
 from wdsbr.options import EvaluateOptions
@@ -49,13 +56,18 @@ def check_options(opts: EvaluateOptions) -> Inputs:
     """Check everything before any heavy work and say what --data holds; raise one ValueError that lists every
     problem."""
     problems, found = [], Inputs(kind="")
-    for flag, value, least in (("--batch-size", opts.inputs.batch_size, 1), ("--num-beams", opts.decoding.num_beams, 1),
-                               ("--generation-max-length", opts.decoding.generation_max_length, 1),
-                               ("--num-workers", opts.runtime.num_workers, 0)):
+    for flag, value, least in (
+        ("--batch-size", opts.inputs.batch_size, 1),
+        ("--num-beams", opts.decoding.num_beams, 1),
+        ("--generation-max-length", opts.decoding.generation_max_length, 1),
+        ("--num-workers", opts.runtime.num_workers, 0),
+    ):
         if value < least:
             problems.append(f"{flag} {value}: must be at least {least}")
     if opts.inputs.max_samples is not None and opts.inputs.max_samples < 1:
-        problems.append(f"--max-samples {opts.inputs.max_samples}: must be at least 1 (leave it out to score everything)")
+        problems.append(
+            f"--max-samples {opts.inputs.max_samples}: must be at least 1 (leave it out to score everything)"
+        )
     if opts.inputs.output and Path(opts.inputs.output).suffix.lower() == ".md":
         problems.append(f"--output {opts.inputs.output}: give the TSV path; the Markdown report is written beside it")
     language_ok = True
@@ -66,17 +78,25 @@ def check_options(opts: EvaluateOptions) -> Inputs:
         language_ok = False
     ct2 = opts.backend.engine == "faster-whisper"
     if ct2 and not is_ct2_folder(opts.whisper.model):
-        problems.append(f"--model {opts.whisper.model}: --engine faster-whisper needs a CTranslate2 folder (no model.bin); make one "
-                        f"with python tools/export.py --model {opts.whisper.model} --to ct2 --output {opts.whisper.model.rstrip('/')}-ct2")
+        problems.append(
+            f"--model {opts.whisper.model}: --engine faster-whisper needs a CTranslate2 folder (no model.bin); make "
+            "one "
+            f"with python tools/export.py --model {opts.whisper.model} --to ct2 --output "
+            f"{opts.whisper.model.rstrip('/')}-ct2"
+        )
     if not ct2 and opts.backend.compute_type != "default":
-        problems.append(f"--compute-type {opts.backend.compute_type}: only for --engine faster-whisper (use --precision)")
+        problems.append(
+            f"--compute-type {opts.backend.compute_type}: only for --engine faster-whisper (use --precision)"
+        )
     if opts.longform.condition_on_previous and not opts.longform.long_form:
         problems.append("--condition-on-previous: only with --long-form (a short clip has no text before it)")
     if opts.longform.temperature_fallback and not opts.longform.long_form:
         problems.append("--temperature-fallback: only with --long-form (short clips decode as validation does)")
     if opts.longform.long_form and ct2:
-        problems.append("--long-form: only with --engine transformers for now (faster-whisper's own transcribe() "
-                        "handles long audio: run it on best-ct2/ directly)")
+        problems.append(
+            "--long-form: only with --engine transformers for now (faster-whisper's own transcribe() "
+            "handles long audio: run it on best-ct2/ directly)"
+        )
 
     def read_data() -> None:
         if opts.longform.long_form:
@@ -85,10 +105,18 @@ def check_options(opts: EvaluateOptions) -> Inputs:
         else:
             found.kind = eval_data_kind(opts.inputs.data)
 
-    for name, check in (("--text-normalizer", lambda: load_normalizer(opts.decoding.text_normalizer)),
-                        ("--data", read_data),
-                        ("--model", lambda: None if ct2 else check_model(opts.whisper.model, opts.whisper.language if language_ok else None,
-                                                                         load=not problems))):  # no network when the rest is wrong
+    for name, check in (
+        ("--text-normalizer", lambda: load_normalizer(opts.decoding.text_normalizer)),
+        ("--data", read_data),
+        (
+            "--model",
+            lambda: (
+                None
+                if ct2
+                else check_model(opts.whisper.model, opts.whisper.language if language_ok else None, load=not problems)
+            ),
+        ),
+    ):  # no network when the rest is wrong
         try:
             check()
         except (OSError, ValueError) as error:
@@ -105,13 +133,18 @@ def transcribe_and_score(opts: EvaluateOptions, found: Inputs) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if dist.world_size() > 1:  # under deepspeed/torchrun: RANK, WORLD_SIZE, MASTER_ADDR from the launcher
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=opts.runtime.dist_timeout_minutes))
+        torch.distributed.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=opts.runtime.dist_timeout_minutes)
+        )
     world_size = dist.world_size()
     precision = opts.runtime.precision
     if precision == "fp16" and device.type == "cpu":  # as training does: bf16, or fp32 without native bf16
         precision = cpu_precision_for_fp16()
-        say(f"fp16 is not supported on CPU: evaluating in {precision} instead, as training does"
-             + (" (--precision fp32 for full precision)" if precision == "bf16" else " (this CPU has no native bf16)"), err=True)
+        say(
+            f"fp16 is not supported on CPU: evaluating in {precision} instead, as training does"
+            + (" (--precision fp32 for full precision)" if precision == "bf16" else " (this CPU has no native bf16)"),
+            err=True,
+        )
     dtype = DTYPES[precision]
 
     # ------------------------------------------------------------------------------------------------- data
@@ -122,15 +155,31 @@ def transcribe_and_score(opts: EvaluateOptions, found: Inputs) -> None:
     try:
         prepared = {"shards": opts.inputs.data, "rejected": found.rejected, "skipped": {}}
         if temporary:
-            prepared = from_node_leader(prepare_shards(opts.inputs.data, found.kind, workdir, max_samples=opts.inputs.max_samples,
-                                                       workers=opts.runtime.num_workers) if workdir else {})  # collective: all ranks
+            prepared = from_node_leader(
+                prepare_shards(
+                    opts.inputs.data,
+                    found.kind,
+                    workdir,
+                    max_samples=opts.inputs.max_samples,
+                    workers=opts.runtime.num_workers,
+                )
+                if workdir
+                else {}
+            )  # collective: all ranks
         if "error" in prepared:
             raise ValueError(prepared["error"])
 
         # ---------------------------------------------------------------------------------------------- model
         if opts.backend.engine == "faster-whisper":
-            engine = open_for_scoring(opts.whisper.model, language_code(opts.whisper.language), opts.decoding.num_beams,
-                                      opts.decoding.generation_max_length, opts.backend.compute_type, device, torch.get_num_threads())
+            engine = open_for_scoring(
+                opts.whisper.model,
+                language_code(opts.whisper.language),
+                opts.decoding.num_beams,
+                opts.decoding.generation_max_length,
+                opts.backend.compute_type,
+                device,
+                torch.get_num_threads(),
+            )
             model, tokenizer, language = engine["model"], engine["tokenizer"], engine["language"]
             precision = compute_type_of(opts.whisper.model, opts.backend.compute_type)
             n_mels, max_label_tokens, start_id = engine["n_mels"], 448, tokenizer.prefix_tokens[0]
@@ -138,7 +187,11 @@ def transcribe_and_score(opts: EvaluateOptions, found: Inputs) -> None:
             engine, processor = None, load_processor(opts.whisper.model, opts.whisper.language)
             tokenizer = processor.tokenizer
             model = load_model(opts.whisper.model).to(device, dtype)  # parameters cast as DeepSpeed's engine casts them
-            language = language_code(opts.whisper.language) if is_multilingual(opts.whisper.model, model.generation_config) else None
+            language = (
+                language_code(opts.whisper.language)
+                if is_multilingual(opts.whisper.model, model.generation_config)
+                else None
+            )
             n_mels, max_label_tokens = model.config.num_mel_bins, model.config.max_target_positions
             start_id = model.config.decoder_start_token_id
         prompt_ids = list(tokenizer.prefix_tokens)
@@ -147,46 +200,99 @@ def transcribe_and_score(opts: EvaluateOptions, found: Inputs) -> None:
 
         # ----------------------------------------------------------------------------------------- transcribe
         if opts.longform.long_form:
-            gen_kwargs["condition_on_prev_tokens"] = opts.longform.condition_on_previous  # transformers' long-form option
+            gen_kwargs["condition_on_prev_tokens"] = (
+                opts.longform.condition_on_previous
+            )  # transformers' long-form option
             if opts.longform.temperature_fallback:
                 gen_kwargs.update(TEMPERATURE_FALLBACK)
             if opts.longform.condition_on_previous:
                 fits = fit_after_previous_text(gen_kwargs["max_new_tokens"], max_label_tokens)
                 if fits < gen_kwargs["max_new_tokens"]:
-                    say(f"--condition-on-previous: at most {fits} new tokens per window, not {gen_kwargs['max_new_tokens']}: "
-                         f"the previous text may take up to half of the model's {max_label_tokens} positions", err=True)
+                    say(
+                        f"--condition-on-previous: at most {fits} new tokens per window, not "
+                        f"{gen_kwargs['max_new_tokens']}: "
+                        f"the previous text may take up to half of the model's {max_label_tokens} positions",
+                        err=True,
+                    )
                 gen_kwargs["max_new_tokens"] = fits
-            results, totals, seconds = transcribe_recordings(opts, found, model, processor, gen_kwargs, dtype, device, prepared)
+            results, totals, seconds = transcribe_recordings(
+                opts, found, model, processor, gen_kwargs, dtype, device, prepared
+            )
             loss_sum, tokens = 0.0, 0
         else:
-            results, loss_sum, tokens, totals, seconds = transcribe_shards(opts, model, tokenizer, prompt_ids, n_mels,
-                                                                           max_label_tokens, start_id, normalize,
-                                                                           gen_kwargs, dtype, device, engine, prepared)
+            results, loss_sum, tokens, totals, seconds = transcribe_shards(
+                opts,
+                model,
+                tokenizer,
+                prompt_ids,
+                n_mels,
+                max_label_tokens,
+                start_id,
+                normalize,
+                gen_kwargs,
+                dtype,
+                device,
+                engine,
+                prepared,
+            )
     finally:
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     report(opts, results, loss_sum, tokens, totals, seconds, prepared, normalize, language, precision, world_size)
 
 
-def transcribe_shards(opts, model, tokenizer, prompt_ids, n_mels, max_label_tokens, start_id, normalize, gen_kwargs,
-                      dtype, device, engine, prepared):
+def transcribe_shards(
+    opts,
+    model,
+    tokenizer,
+    prompt_ids,
+    n_mels,
+    max_label_tokens,
+    start_id,
+    normalize,
+    gen_kwargs,
+    dtype,
+    device,
+    engine,
+    prepared,
+):
     """Short clips from shards, batched as validation: (predictions, loss sum, label tokens, totals, seconds)."""
     rank, world_size = dist.rank(), dist.world_size()
     skipped = SkipCounter()
-    loader = make_eval_loader(prepared["shards"], LoaderOptions(
-        tokenizer, prompt_ids, n_mels=n_mels, micro_batch_size=opts.inputs.batch_size, num_workers=opts.runtime.num_workers,
-        rank=rank, world_size=world_size, skip_counter=skipped, normalize=normalize, max_label_tokens=max_label_tokens,
-        decoder_start_token_id=start_id, keep_audio=opts.backend.engine == "faster-whisper"))
-    bar = tqdm(total=expected_samples(prepared["shards"], world_size), desc="evaluate", unit="sample",
-               file=sys.stderr, disable=not dist.is_main(), dynamic_ncols=True)
+    loader = make_eval_loader(
+        prepared["shards"],
+        LoaderOptions(
+            tokenizer,
+            prompt_ids,
+            n_mels=n_mels,
+            micro_batch_size=opts.inputs.batch_size,
+            num_workers=opts.runtime.num_workers,
+            rank=rank,
+            world_size=world_size,
+            skip_counter=skipped,
+            normalize=normalize,
+            max_label_tokens=max_label_tokens,
+            decoder_start_token_id=start_id,
+            keep_audio=opts.backend.engine == "faster-whisper",
+        ),
+    )
+    bar = tqdm(
+        total=expected_samples(prepared["shards"], world_size),
+        desc="evaluate",
+        unit="sample",
+        file=sys.stderr,
+        disable=not dist.is_main(),
+        dynamic_ncols=True,
+    )
     totals = {"audio_seconds": 0.0}
     start = time.perf_counter()
     if opts.backend.engine == "faster-whisper":  # no loss: CTranslate2 decodes, it does not score labels
         results, _ = run_faster_whisper(model, metered(loader, bar, totals), engine["kwargs"])
         loss_sum, tokens = 0.0, 0
     else:
-        results, loss_sum, tokens, _ = run_validation(model, metered(loader, bar, totals), tokenizer, gen_kwargs,
-                                                      dtype, device)
+        results, loss_sum, tokens, _ = run_validation(
+            model, metered(loader, bar, totals), tokenizer, gen_kwargs, dtype, device
+        )
     results, loss_sum, tokens = gather(results, loss_sum, tokens)  # collective: all ranks
     totals = sum_across_ranks({**totals, **skipped.as_dict()})  # collective: all ranks
     seconds = time.perf_counter() - start
@@ -197,11 +303,17 @@ def transcribe_shards(opts, model, tokenizer, prompt_ids, n_mels, max_label_toke
 def transcribe_recordings(opts, found, model, processor, gen_kwargs, dtype, device, prepared):
     """--long-form: this rank's share of the recordings, each whole (wdsbr.longform); with --output, each one's
     subtitles beside the TSV. Returns (every rank's predictions, totals, seconds)."""
-    recordings = found.recordings[:opts.inputs.max_samples]
+    recordings = found.recordings[: opts.inputs.max_samples]
     mine = my_share(recordings, dist.rank(), dist.world_size())
     folder = Path(opts.inputs.output).with_suffix("") if opts.inputs.output else None
-    bar = tqdm(total=len(recordings), desc="evaluate --long-form", unit="recording", file=sys.stderr,
-               disable=not dist.is_main(), dynamic_ncols=True)
+    bar = tqdm(
+        total=len(recordings),
+        desc="evaluate --long-form",
+        unit="recording",
+        file=sys.stderr,
+        disable=not dist.is_main(),
+        dynamic_ncols=True,
+    )
 
     def done(transcript):
         if folder is not None:
@@ -214,7 +326,9 @@ def transcribe_recordings(opts, found, model, processor, gen_kwargs, dtype, devi
     results, transcripts, unreadable = run_long_form(model, processor, mine, gen_kwargs, dtype, device, on_done=done)
     results, _, _ = gather(results, 0.0, 0)  # collective: all ranks
     totals = sum_across_ranks({"audio_seconds": sum(t.audio_seconds for t in transcripts)})  # collective: all ranks
-    prepared["rejected"] = prepared["rejected"] + [row for part in dist.every_rank(unreadable) for row in part]  # collective
+    prepared["rejected"] = prepared["rejected"] + [
+        row for part in dist.every_rank(unreadable) for row in part
+    ]  # collective
     bar.close()
     return results, totals, time.perf_counter() - start
 
@@ -223,27 +337,54 @@ def report(opts, results, loss_sum, tokens, totals, seconds, prepared, normalize
     """Rank 0: the JSON row (and --output's TSV + Markdown); then every rank leaves the process group."""
     if dist.is_main():
         audio_seconds = totals.pop("audio_seconds")
-        skipped_by_reason = {reason: totals.get(reason, 0) + prepared["skipped"].get(reason, 0)
-                             for reason in sorted({*totals, *prepared["skipped"]})}
-        scores = score_all(results, opts.decoding.text_normalizer)  # wer/cer + raw, normalised and Whisper-basic WER, labelled
-        row = {"wer": scores["wer"], "cer": scores["cer"], "samples": scores["samples"],
-               **{name: scores[name] for name in SCORE_KEYS},
-               "audio_hours": round(audio_seconds / 3600, 6), "seconds": round(seconds, 3),
-               "rtf": round(seconds / audio_seconds, 4) if audio_seconds else None,
-               "loss": loss_sum / tokens if tokens else None,
-               "model": opts.whisper.model, "data": opts.inputs.data, "normalizer": opts.decoding.text_normalizer, "language": language,
-               "engine": opts.backend.engine, "precision": precision, "num_beams": opts.decoding.num_beams, "batch_size": opts.inputs.batch_size,
-               "world_size": world_size, "skipped_samples": int(sum(skipped_by_reason.values())),
-               "rejected_inputs": len(prepared["rejected"]), "normalizers": scores["normalizers"],
-               **({"condition_on_previous": opts.longform.condition_on_previous, "temperature_fallback": opts.longform.temperature_fallback}
-                  if opts.longform.long_form else {})}
+        skipped_by_reason = {
+            reason: totals.get(reason, 0) + prepared["skipped"].get(reason, 0)
+            for reason in sorted({*totals, *prepared["skipped"]})
+        }
+        scores = score_all(
+            results, opts.decoding.text_normalizer
+        )  # wer/cer + raw, normalised and Whisper-basic WER, labelled
+        row = {
+            "wer": scores["wer"],
+            "cer": scores["cer"],
+            "samples": scores["samples"],
+            **{name: scores[name] for name in SCORE_KEYS},
+            "audio_hours": round(audio_seconds / 3600, 6),
+            "seconds": round(seconds, 3),
+            "rtf": round(seconds / audio_seconds, 4) if audio_seconds else None,
+            "loss": loss_sum / tokens if tokens else None,
+            "model": opts.whisper.model,
+            "data": opts.inputs.data,
+            "normalizer": opts.decoding.text_normalizer,
+            "language": language,
+            "engine": opts.backend.engine,
+            "precision": precision,
+            "num_beams": opts.decoding.num_beams,
+            "batch_size": opts.inputs.batch_size,
+            "world_size": world_size,
+            "skipped_samples": int(sum(skipped_by_reason.values())),
+            "rejected_inputs": len(prepared["rejected"]),
+            "normalizers": scores["normalizers"],
+            **(
+                {
+                    "condition_on_previous": opts.longform.condition_on_previous,
+                    "temperature_fallback": opts.longform.temperature_fallback,
+                }
+                if opts.longform.long_form
+                else {}
+            ),
+        }
         row = {name: finite_or_none(value) for name, value in row.items()}
         if skipped_by_reason:
             say(f"skipped {plural(row['skipped_samples'], 'sample')}: {by_reason(skipped_by_reason)}", err=True)
         if prepared["rejected"]:
             first = prepared["rejected"][0]
-            say(f"rejected {plural(len(prepared['rejected']), 'input')} of {opts.inputs.data}: {by_reason(prepared['rejected'])} "
-                 f"(first: {first['source']}: {first['detail']})", err=True)
+            say(
+                f"rejected {plural(len(prepared['rejected']), 'input')} of {opts.inputs.data}: "
+                f"{by_reason(prepared['rejected'])} "
+                f"(first: {first['source']}: {first['detail']})",
+                err=True,
+            )
         if opts.inputs.output:
             samples, word_errors = score_samples(results, normalize)
             tsv = Path(opts.inputs.output)

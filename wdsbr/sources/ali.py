@@ -15,15 +15,21 @@ from wdsbr.sources.base import SPLIT_NAMES, Item, Rejection, _relative_source, _
 from wdsbr.sources.folder import list_folder
 
 
-def list_ali(root: Path, *, exclude: Path | None = None, speaker_from_folder: bool = False,
-             info: dict[str, Any] | None = None, windows: float | None = None) -> list[Item | Rejection]:
+def list_ali(
+    root: Path,
+    *,
+    exclude: Path | None = None,
+    speaker_from_folder: bool = False,
+    info: dict[str, Any] | None = None,
+    windows: float | None = None,
+) -> list[Item | Rejection]:
     """Every aligned sentence of every `.ali` file (any depth, sorted) as an Item cut out of its recording, then
     the folder's ID.wav + ID.txt pairs (`list_folder`) without the recordings the .ali files align.
 
-    An item's source is `path/of.ali:LINE`; its KEY.json gets `recording`, `start`, `end`, `gender`, `lang`
-    and `accent` when known, and the .ali header (`source`, `author`, `licence`, ...). Speaker "unknown" is no speaker: such segments
-    are split by their recording, so one recording is never in two splits. Top-level split folders are kept
-    as in `list_folder`. Rejections: `missing_audio` (no recording), `empty_transcript`, `empty_segment`,
+    An item's source is `path/of.ali:LINE`; its KEY.json gets `recording`, `start`, `end`, `gender`, `lang` and
+    `accent` when known, and the .ali header (`source`, `author`, `licence`, ...). Speaker "unknown" is no speaker:
+    such segments are split by their recording, so one recording is never in two splits. Top-level split folders are
+    kept as in `list_folder`. Rejections: `missing_audio` (no recording), `empty_transcript`, `empty_segment`,
     `bad_alignment`; `too_long` and `beyond_recording_end` come when the segment is read. Every item but a
     recording's first gets `previous_text`, the text of the item before it in the recording.
 
@@ -45,19 +51,27 @@ def list_ali(root: Path, *, exclude: Path | None = None, speaker_from_folder: bo
         try:
             ali = parse_ali(root / relative)
         except UnicodeDecodeError as error:
-            entries.append(Rejection(name, "text_not_utf8", f"{relative.name} is not valid UTF-8 ({error.reason} at byte {error.start})"))
+            entries.append(
+                Rejection(
+                    name, "text_not_utf8", f"{relative.name} is not valid UTF-8 ({error.reason} at byte {error.start})"
+                )
+            )
             continue
         except OSError as error:
             entries.append(Rejection(name, "unreadable_transcript", f"{relative.name}: {error.strerror or error}"))
             continue
-        entries.extend(Rejection(f"{name}:{line}", "bad_alignment", f"{relative.name} line {line}: {problem}")
-                       for line, problem in ali.problems)
+        entries.extend(
+            Rejection(f"{name}:{line}", "bad_alignment", f"{relative.name} line {line}: {problem}")
+            for line, problem in ali.problems
+        )
         split = None
         if split_folders:
             top = relative.parts[0].lower() if len(relative.parts) > 1 else None
             if top not in SPLIT_NAMES:
                 detail = f"the corpus has split folders ({', '.join(split_folders)}); this file is in none of them"
-                entries.extend(Rejection(f"{name}:{sentence.line}", "outside_splits", detail) for sentence in ali.sentences)
+                entries.extend(
+                    Rejection(f"{name}:{sentence.line}", "outside_splits", detail) for sentence in ali.sentences
+                )
                 continue
             split = SPLIT_NAMES[top]
         audio = ali.audio_path
@@ -66,21 +80,33 @@ def list_ali(root: Path, *, exclude: Path | None = None, speaker_from_folder: bo
             recordings.add(recording)
         folders = relative.parts[1 if split else 0 : -1]
         folder_speaker = folders[0] if speaker_from_folder and folders else None
-        header = {k: v for k, v in ali.header.items() if k not in ("audio-path", "start", "end", "parser") and v not in ("", [])}
+        header = {
+            k: v
+            for k, v in ali.header.items()
+            if k not in ("audio-path", "start", "end", "parser") and v not in ("", [])
+        }
         kept: list[tuple[Any, dict[str, Any], str | None]] = []  # sentence, its KEY.json, its speaker
         for sentence in ali.sentences:
             source = f"{name}:{sentence.line}"
             where = f"{relative.name} line {sentence.line}"
             if audio is None or not audio.is_file():
-                detail = (f"{where}: its recording {recording} does not exist" if audio is not None else
-                          f"{where}: no {{audio-path: …}} and no {relative.stem}.{{{','.join(RECORDING_EXTENSIONS)}}} beside it")
+                detail = (
+                    f"{where}: its recording {recording} does not exist"
+                    if audio is not None
+                    else f"{where}: no {{audio-path: …}} and no "
+                    f"{relative.stem}.{{{','.join(RECORDING_EXTENSIONS)}}} beside it"
+                )
                 entries.append(Rejection(source, "missing_audio", detail))
                 continue
             if not sentence.text:
                 entries.append(Rejection(source, "empty_transcript", f"{where} has a segment and no text"))
                 continue
             if not sentence.end > sentence.start or sentence.start < 0:
-                entries.append(Rejection(source, "empty_segment", f"{where}: segment {sentence.start:g}-{sentence.end:g} s is empty"))
+                entries.append(
+                    Rejection(
+                        source, "empty_segment", f"{where}: segment {sentence.start:g}-{sentence.end:g} s is empty"
+                    )
+                )
                 continue
             speaker = sentence.metadata.get("speaker")
             speaker = None if speaker in (UNKNOWN, "", None) else str(speaker)
@@ -96,22 +122,46 @@ def list_ali(root: Path, *, exclude: Path | None = None, speaker_from_folder: bo
             (first, meta, speaker), last = group[0], group[-1][0]
             source = f"{name}:{first.line}" + (f"-{last.line}" if len(group) > 1 else "")
             stem = str(relative.with_suffix(""))
-            key = claim_key(make_key(f"{stem}/{round(first.start * 1000):08d}-{round(last.end * 1000):08d}"), source, taken)
+            key = claim_key(
+                make_key(f"{stem}/{round(first.start * 1000):08d}-{round(last.end * 1000):08d}"), source, taken
+            )
             if key is None:
                 entries.append(Rejection(source, "duplicate_key", f"{relative.name} line {first.line}: listed twice"))
                 continue
             text = " ".join(sentence.text for sentence, _, _ in group)
             if windows:  # one speaker, gender, lang… where the window's sentences share it
                 meta = {k: v for k, v in meta.items() if all(m.get(k) == v for _, m, _ in group)}
-                meta.update({"start": first.start, "end": last.end, "segments": [
-                    [round(sentence.start - first.start, 3), round(sentence.end - first.start, 3), sentence.text]
-                    for sentence, _, _ in group]})
+                meta.update(
+                    {
+                        "start": first.start,
+                        "end": last.end,
+                        "segments": [
+                            [
+                                round(sentence.start - first.start, 3),
+                                round(sentence.end - first.start, 3),
+                                sentence.text,
+                            ]
+                            for sentence, _, _ in group
+                        ],
+                    }
+                )
                 speaker = speaker if all(s == speaker for _, _, s in group) else None
             if previous:
                 meta = {**meta, "previous_text": previous}
             previous = text
-            entries.append(Item(key=key, source=source, audio=str(audio), text=text, split=split, speaker=speaker,
-                                meta=meta, segment=(first.start, last.end), split_group=recording))
+            entries.append(
+                Item(
+                    key=key,
+                    source=source,
+                    audio=str(audio),
+                    text=text,
+                    split=split,
+                    speaker=speaker,
+                    meta=meta,
+                    segment=(first.start, last.end),
+                    split_group=recording,
+                )
+            )
     inside = frozenset(PurePosixPath(recording) for recording in recordings if not Path(recording).is_absolute())
     entries += list_folder(root, exclude=exclude, speaker_from_folder=speaker_from_folder, skip=inside, taken=taken)
     if info is not None:

@@ -13,10 +13,10 @@ import hashlib
 import os
 import re
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator
-
+from typing import Any
 
 SPLITS = ("train", "validation", "test")
 # Split folder / TSV / HF split names -> our split names.
@@ -39,7 +39,8 @@ REASONS = {
     "duplicate_key": "the same input is listed twice",
     "outside_splits": "the corpus has split folders and this file is in none of them",
     "cv_speaker_in_dev_test": "--cv-train validated: the clip's speaker (client_id) is in dev.tsv or test.tsv",
-    "cv_sentence_in_dev_test": "--cv-train validated: the clip's sentence is in dev.tsv or test.tsv (exact or after clean_text)",
+    "cv_sentence_in_dev_test": "--cv-train validated: the clip's sentence is in dev.tsv or test.tsv "
+    "(exact or after clean_text)",
     "bad_alignment": "an .ali line whose segment cannot be read, or a sentence without {start; end}",
     "empty_segment": "an .ali segment whose end is not after its start",
     "beyond_recording_end": "an .ali segment that ends after its recording does",
@@ -158,7 +159,9 @@ def read_transcript(item: Item) -> str | Rejection:
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as error:
-            return Rejection(item.source, "text_not_utf8", f"{name} is not valid UTF-8 ({error.reason} at byte {error.start})")
+            return Rejection(
+                item.source, "text_not_utf8", f"{name} is not valid UTF-8 ({error.reason} at byte {error.start})"
+            )
     if text is None:
         return Rejection(item.source, "missing_transcript", "no transcript given")
     text = str(text).lstrip("\ufeff").strip()
@@ -196,7 +199,9 @@ def _relative_source(path: Path, root: Path) -> str:
         return Path(os.path.normpath(path)).as_posix()
 
 
-def _read_tsv(tsv: Path, *, header_required: bool = True) -> tuple[list[str] | None, list[tuple[int, list[str] | bytes]]]:
+def _read_tsv(
+    tsv: Path, *, header_required: bool = True
+) -> tuple[list[str] | None, list[tuple[int, list[str] | bytes]]]:
     """(header or None, [(line number, fields or the raw bytes of a line that is not UTF-8)]); blank lines skipped.
 
     Read line by line from bytes so one bad line is one rejection, not a failed run. No CSV quoting: Common
@@ -227,7 +232,11 @@ def _read_tsv(tsv: Path, *, header_required: bool = True) -> tuple[list[str] | N
 def _raw_field(line: bytes, index: int) -> str:
     """Field `index` of a tab-separated line that is not UTF-8, readable enough to name it in a rejection."""
     fields = line.split(b"\t")
-    return fields[index].strip().decode("utf-8", "replace") if index < len(fields) else line[:60].decode("utf-8", "replace")
+    return (
+        fields[index].strip().decode("utf-8", "replace")
+        if index < len(fields)
+        else line[:60].decode("utf-8", "replace")
+    )
 
 
 def _is_tsv_header(fields: list[str]) -> bool:

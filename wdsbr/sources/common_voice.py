@@ -17,7 +17,9 @@ COMMON_VOICE_TSVS = {"train.tsv": "train", "dev.tsv": "validation", "test.tsv": 
 CV_TRAIN_SOURCES = {"train": "train.tsv", "validated": "validated.tsv"}  # --cv-train
 
 
-def list_common_voice(root: Path, *, train_from: str = "train", info: dict[str, Any] | None = None) -> list[Item | Rejection]:
+def list_common_voice(
+    root: Path, *, train_from: str = "train", info: dict[str, Any] | None = None
+) -> list[Item | Rejection]:
     """Rows of train.tsv / dev.tsv / test.tsv (dev -> validation) with clips/ audio and client_id as speaker.
 
     `train_from="validated"`: train is validated.tsv instead of train.tsv, minus every clip whose speaker
@@ -27,8 +29,11 @@ def list_common_voice(root: Path, *, train_from: str = "train", info: dict[str, 
     input, not a second one: it is not listed again, and `info` counts it. dev and test stay as released.
     `info` (the manifest's "source") receives what was read and excluded.
     """
-    tables = {split: (tsv_name, *_read_cv_tsv(root / tsv_name)) for tsv_name, split in COMMON_VOICE_TSVS.items()
-              if (root / tsv_name).is_file() and not (split == "train" and train_from != "train")}
+    tables = {
+        split: (tsv_name, *_read_cv_tsv(root / tsv_name))
+        for tsv_name, split in COMMON_VOICE_TSVS.items()
+        if (root / tsv_name).is_file() and not (split == "train" and train_from != "train")
+    }
     held_out = _held_out(tables) if train_from == "validated" else {}
     if train_from == "validated":
         validated = root / CV_TRAIN_SOURCES["validated"]
@@ -71,10 +76,21 @@ def list_common_voice(root: Path, *, train_from: str = "train", info: dict[str, 
             if key is None:
                 entries.append(Rejection(source, "duplicate_key", f"{where}: listed twice"))
                 continue
-            meta = {name: value for name, value in row.items() if name not in ("path", "sentence", "client_id") and value != ""}
+            meta = {
+                name: value
+                for name, value in row.items()
+                if name not in ("path", "sentence", "client_id") and value != ""
+            }
             entries.append(
-                Item(key=key, source=source, audio=str(root / "clips" / clip), text=row.get("sentence"), split=split,
-                     speaker=row.get("client_id") or None, meta=meta)
+                Item(
+                    key=key,
+                    source=source,
+                    audio=str(root / "clips" / clip),
+                    text=row.get("sentence"),
+                    split=split,
+                    speaker=row.get("client_id") or None,
+                    meta=meta,
+                )
             )
     if info is not None and train_from == "validated":
         info["cv_train"] = {
@@ -90,7 +106,9 @@ def list_common_voice(root: Path, *, train_from: str = "train", info: dict[str, 
 def _read_cv_tsv(tsv: Path) -> tuple[list[str], list[tuple[int, list[str] | bytes]]]:
     header, rows = _read_tsv(tsv)
     if header is None or "path" not in header or "sentence" not in header:
-        raise CorpusError(f"{tsv}: expected a header with 'path' and 'sentence' columns (a Common Voice TSV), got {header}")
+        raise CorpusError(
+            f"{tsv}: expected a header with 'path' and 'sentence' columns (a Common Voice TSV), got {header}"
+        )
     return header, rows
 
 
@@ -110,8 +128,11 @@ def _held_out(tables: dict[str, tuple]) -> dict[str, Any]:
             row = dict(zip(header, fields))
             held["clips"].add(row.get("path", "").strip())
             sentence = row.get("sentence", "").strip()
-            for table, value in (("speakers", row.get("client_id", "").strip()), ("sentences", sentence),
-                                 ("cleaned", clean_text(sentence))):
+            for table, value in (
+                ("speakers", row.get("client_id", "").strip()),
+                ("sentences", sentence),
+                ("cleaned", clean_text(sentence)),
+            ):
                 if value:
                     held[table].setdefault(value, set()).add(tsv_name)
     return held
@@ -122,16 +143,23 @@ def _held_out_rejection(row: dict[str, str], source: str, where: str, held: dict
     speaker = row.get("client_id", "").strip()
     if speaker and speaker in held["speakers"]:
         files = " and ".join(sorted(held["speakers"][speaker]))
-        return Rejection(source, "cv_speaker_in_dev_test", f"{where}: speaker {_short(speaker, 16)} also speaks in {files}")
+        return Rejection(
+            source, "cv_speaker_in_dev_test", f"{where}: speaker {_short(speaker, 16)} also speaks in {files}"
+        )
     sentence = row.get("sentence", "").strip()
     if sentence in held["sentences"]:
         files = " and ".join(sorted(held["sentences"][sentence]))
-        return Rejection(source, "cv_sentence_in_dev_test", f"{where}: sentence {_short(sentence, 40)!r} is in {files} (exact text)")
+        return Rejection(
+            source, "cv_sentence_in_dev_test", f"{where}: sentence {_short(sentence, 40)!r} is in {files} (exact text)"
+        )
     cleaned = clean_text(sentence)
     if cleaned and cleaned in held["cleaned"]:
         files = " and ".join(sorted(held["cleaned"][cleaned]))
-        return Rejection(source, "cv_sentence_in_dev_test",
-                         f"{where}: sentence {_short(sentence, 40)!r} is in {files} (equal after clean_text)")
+        return Rejection(
+            source,
+            "cv_sentence_in_dev_test",
+            f"{where}: sentence {_short(sentence, 40)!r} is in {files} (equal after clean_text)",
+        )
     return None
 
 

@@ -16,8 +16,14 @@ from wdsbr.sources.base import SPLIT_NAMES, Item, Rejection, _walk_files, claim_
 AUDIO_PREFERENCE = (".flac", ".wav", ".ogg", ".mp3")
 
 
-def list_folder(root: Path, *, exclude: Path | None = None, speaker_from_folder: bool = False,
-                skip: frozenset[PurePosixPath] = frozenset(), taken: dict[str, str] | None = None) -> list[Item | Rejection]:
+def list_folder(
+    root: Path,
+    *,
+    exclude: Path | None = None,
+    speaker_from_folder: bool = False,
+    skip: frozenset[PurePosixPath] = frozenset(),
+    taken: dict[str, str] | None = None,
+) -> list[Item | Rejection]:
     """Pair `ID.<audio>` with `ID.txt` in the same folder, at any depth, in sorted path order.
 
     `skip`: relative paths that are not inputs here (the recordings .ali files align); `taken`: keys already
@@ -37,7 +43,8 @@ def list_folder(root: Path, *, exclude: Path | None = None, speaker_from_folder:
     for (_, stem), paths in sorted(groups.items()):
         texts = sorted(p for p in paths if p.suffix.lower() == ".txt")
         audios = sorted(
-            (p for p in paths if p.suffix.lower() != ".txt"), key=lambda p: (AUDIO_PREFERENCE.index(p.suffix.lower()), str(p))
+            (p for p in paths if p.suffix.lower() != ".txt"),
+            key=lambda p: (AUDIO_PREFERENCE.index(p.suffix.lower()), str(p)),
         )
         split = None
         if split_folders:
@@ -66,6 +73,14 @@ def list_folder(root: Path, *, exclude: Path | None = None, speaker_from_folder:
             continue
         folders = chosen.parts[1 if split else 0 : -1]
         speaker = folders[0] if speaker_from_folder and folders else None
-        entries.append(Item(key=key, source=source, audio=str(root / chosen), text_path=str(root / texts[0]), split=split,
-                            speaker=speaker))
+        entries.append(
+            Item(
+                key=key,
+                source=source,
+                audio=str(root / chosen),
+                text_path=str(root / texts[0]),
+                split=split,
+                speaker=speaker,
+            )
+        )
     return entries

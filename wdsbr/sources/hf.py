@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from wdsbr.sources.base import SPLIT_NAMES, Corpus, CorpusError, Item, Rejection, claim_key, make_key
 
@@ -35,7 +36,9 @@ def open_hf_corpus(
     splits = list(splits)
     unknown = [split for split in splits if split not in SPLIT_NAMES]
     if unknown:
-        raise CorpusError(f"--hf-split {unknown[0]!r}: not a split name this tool maps (use train, validation, dev or test)")
+        raise CorpusError(
+            f"--hf-split {unknown[0]!r}: not a split name this tool maps (use train, validation, dev or test)"
+        )
     streams = _load_hf(datasets, name, config, token)
     available = list(streams)
     chosen = splits or [split for split in available if split in SPLIT_NAMES]
@@ -60,7 +63,9 @@ def open_hf_corpus(
     try:
         streams = {split: streams[split].cast_column(audio_column, datasets.Audio(decode=False)) for split in chosen}
     except (ValueError, TypeError, KeyError) as error:
-        raise CorpusError(f"Hugging Face dataset {name}: column {audio_column!r} is not audio ({_redact(error, token)})") from None
+        raise CorpusError(
+            f"Hugging Face dataset {name}: column {audio_column!r} is not audio ({_redact(error, token)})"
+        ) from None
 
     description = {
         "kind": "hf",
@@ -109,7 +114,8 @@ def _stream_hf(name: str, config: str | None, streams: dict[str, Any], columns: 
             source = f"{name}:{hf_split}:{index}"
             if audio_column not in example or text_column not in example:
                 raise CorpusError(
-                    f"Hugging Face dataset {name} split {hf_split}: rows have no column {audio_column!r} or {text_column!r} "
+                    f"Hugging Face dataset {name} split {hf_split}: rows have no column {audio_column!r} or "
+                    f"{text_column!r} "
                     f"(columns: {', '.join(example)}); choose with --audio-column / --text-column"
                 )
             audio = example[audio_column]
@@ -135,15 +141,23 @@ def _stream_hf(name: str, config: str | None, streams: dict[str, Any], columns: 
                 column: value
                 for column, value in example.items()
                 if column not in (audio_column, text_column, speaker_key)
-                and isinstance(value, (str, int, float, bool)) and value != ""
+                and isinstance(value, (str, int, float, bool))
+                and value != ""
                 and not (isinstance(value, float) and not math.isfinite(value))  # NaN is not JSON
             }
             if path:
                 meta["hf_audio_path"] = str(path)
             if config:
                 meta["hf_config"] = config
-            yield Item(key=key, source=source, audio=data, text=None if text is None else str(text),
-                       split=SPLIT_NAMES[hf_split], speaker=str(speaker) if speaker not in (None, "") else None, meta=meta)
+            yield Item(
+                key=key,
+                source=source,
+                audio=data,
+                text=None if text is None else str(text),
+                split=SPLIT_NAMES[hf_split],
+                speaker=str(speaker) if speaker not in (None, "") else None,
+                meta=meta,
+            )
 
 
 def _redact(message: Any, token: str | None) -> str:
