@@ -1,6 +1,7 @@
 """bench/gpu_check.py: the GPU check runs end to end on a CPU (`--dry-run`: tiny models, real DeepSpeed,
 WebDataset and transformers) and writes every part; and the two pieces of arithmetic only a GPU run reaches
-(sizing the micro-batch from two memory probes, comparing fp16's loss curve with bf16's) do what they say."""
+(bench/gpu_train.py: sizing the micro-batch from two memory probes, comparing fp16's loss curve with bf16's) do
+what they say."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import gpu_check  # noqa: E402
+import gpu_train  # noqa: E402
 
 CUDA_ONLY = {"train_small_fp16", "train_large_fp16", "fp16_vs_bf16_loss", "generate_small_compiled"}
 
@@ -92,22 +94,22 @@ def test_targets_are_listed_but_not_judged_without_a_gpu_and_the_markdown_has_th
 def test_the_micro_batch_is_the_largest_multiple_of_8_under_the_memory_fraction():
     gb = 1e9
     # 10 GB fixed + 1 GB a sample: 85 % of 100 GB leaves room for 75 samples -> 72
-    assert gpu_check.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 100 * gb, 0, cap=256) == 72
+    assert gpu_train.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 100 * gb, 0, cap=256) == 72
     assert (
-        gpu_check.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 100 * gb, 12 * gb, cap=256) == 56
+        gpu_train.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 100 * gb, 12 * gb, cap=256) == 56
     )  # optimizer state to come
-    assert gpu_check.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 100 * gb, 0, cap=64) == 64
+    assert gpu_train.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 100 * gb, 0, cap=64) == 64
     assert (
-        gpu_check.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 20 * gb, 0, cap=256) == 4
+        gpu_train.micro_batch_for({4: 14 * gb, 8: 18 * gb}, 20 * gb, 0, cap=256) == 4
     )  # never below the probe that ran
-    assert gpu_check.micro_batch_for({4: 14 * gb, 8: 14 * gb}, 100 * gb, 0, cap=128) == 128  # memory does not grow
+    assert gpu_train.micro_batch_for({4: 14 * gb, 8: 14 * gb}, 100 * gb, 0, cap=128) == 128  # memory does not grow
 
 
 def test_fp16_losses_are_compared_with_bf16_at_equal_applied_updates():
     # fp16 skipped its first two steps (overflow): its steps 0-2 all ran the initial weights
     fp16 = [(0, 10.0), (0, 10.0), (0, 10.0), (1, 9.1), (2, 8.0)]
     bf16 = [(0, 10.0), (1, 9.0), (2, 8.2), (3, 7.5), (4, 7.0)]
-    compared = gpu_check.compare_losses(fp16, bf16)
+    compared = gpu_train.compare_losses(fp16, bf16)
     assert compared["compared_steps"] == 5
     assert compared["max_relative_difference"] == pytest.approx(0.2 / 8.2)
-    assert gpu_check.compare_losses([], bf16)["max_relative_difference"] is None
+    assert gpu_train.compare_losses([], bf16)["max_relative_difference"] is None
