@@ -74,9 +74,9 @@ def serve_folder(folder: Path, missing: set[str] = frozenset()) -> Iterator[str]
         server.server_close()
 
 
-def write_plain_shards(folder: Path, sizes: list[int], seconds: float = 0.5) -> list[str]:
+def write_plain_shards(folder: Path, sizes: list[int], seconds: float = 0.5, prefix: str = "") -> list[str]:
     """Shards of the given sizes written with webdataset's own TarWriter (no manifest beside them): keys
-    `s{shard}_{sample}`, speech-like wav and a transcript."""
+    `{prefix}s{shard}_{sample}`, speech-like wav and a transcript."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for shard, size in enumerate(sizes):
@@ -87,7 +87,7 @@ def write_plain_shards(folder: Path, sizes: list[int], seconds: float = 0.5) -> 
                 sf.write(audio, speech_like(seconds, seed=shard * 1000 + index), 16000, format="WAV")
                 writer.write(
                     {
-                        "__key__": f"s{shard}_{index:03d}",
+                        "__key__": f"{prefix}s{shard}_{index:03d}",
                         "wav": audio.getvalue(),
                         "txt": WORDS[(shard + index) % len(WORDS)],
                     }

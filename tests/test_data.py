@@ -24,10 +24,13 @@ from wdsbr.data import (
     PACK_GAP_SECONDS,
     LoaderOptions,
     SkipCounter,
+    Source,
+    _epoch_segments,
     _pack,
     batches_per_epoch,
     make_eval_loader,
     make_train_loader,
+    parse_source,
 )
 from wdsbr.shards import ShardOptions, shard_corpus
 from wdsbr.streams import count_seconds, list_shards
@@ -718,3 +721,121 @@ def test_workers_their_forkserver_and_resource_tracker_exit_when_the_trainer_is_
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"still running after their trainer was killed: {left}"
+
+
+# ------------------------------------------------------------------------------------ several named sources
+SOURCE_SIZES = {"a": [5, 3], "b": [7, 2, 4], "c": [6, 5]}  # 8, 13 and 11 samples
+FACTORS = {"a": 2.0, "b": 1.0, "c": 0.5}
+
+
+@pytest.fixture(scope="module")
+def three_sources(tmp_path_factory) -> list[Source]:
+    root = tmp_path_factory.mktemp("sources")
+    for name, sizes in SOURCE_SIZES.items():
+        write_plain_shards(root / name, sizes, seconds=0.3, prefix=f"{name}-")
+    return [Source(name, str(root / name), FACTORS[name]) for name in SOURCE_SIZES]
+
+
+def _source_of(key: str) -> str:
+    return key.split("-")[0]
+
+
+def _sources_epoch(sources, tiny_processor, prompt, epoch: int, start_batch: int = 0) -> list[list[dict]]:
+    """[rank][batch] of one epoch at 2 ranks × 2 workers, micro-batch 3."""
+    ranks = []
+    for rank in range(2):
+        options = LoaderOptions(
+            tiny_processor.tokenizer,
+            prompt,
+            n_mels=80,
+            micro_batch_size=3,
+            num_workers=2,
+            rank=rank,
+            world_size=2,
+            shuffle_buffer=4,
+            seed=7,
+        )
+        loader = make_train_loader(sources, options, epoch=epoch, start_batch=start_batch)
+        ranks.append([{"keys": b["keys"], "repeated": b["repeated"], "sources": b["sources"]} for b in loader])
+    return ranks
+
+
+def test_several_sources_show_each_sample_as_often_as_its_factor_says_epoch_after_epoch(
+    three_sources, tiny_processor, prompt
+):
+    """Factors 2, 1 and 0.5 at 2 ranks × 2 workers: per epoch a sample is shown ⌊f⌋ or ⌈f⌉ times, over k
+    epochs ⌊k·f⌋ or ⌈k·f⌉ times (the half of c rotates); equal full batches on every rank; the fill is bounded
+    and named; each batch counts its samples by source."""
+    everything = {
+        f"{name}-s{shard}_{i:03d}"
+        for name, sizes in SOURCE_SIZES.items()
+        for shard, size in enumerate(sizes)
+        for i in range(size)
+    }
+    so_far = Counter()
+    for epoch in range(3):
+        ranks = _sources_epoch(three_sources, tiny_processor, prompt, epoch)
+        window = math.floor((epoch + 1) * 0.5 * 11) - math.floor(epoch * 0.5 * 11)
+        planned = 2 * 8 + 13 + window
+        assert [len(rank) for rank in ranks] == [batches_per_epoch(planned, 3, 2)] * 2
+        assert all(len(batch["keys"]) == 3 for rank in ranks for batch in rank)
+        shown = Counter(key for rank in ranks for batch in rank for key in batch["keys"])
+        fill = Counter(key for rank in ranks for batch in rank for key in batch["repeated"])
+        assert sum(fill.values()) == 2 * len(ranks[0]) * 3 - planned <= 2 * 3 - 1
+        shown -= fill
+        assert set(shown) <= everything
+        assert {key: shown[key] for key in everything if key.startswith("a-")} == {
+            key: 2 for key in everything if key.startswith("a-")
+        }
+        assert all(shown[key] == 1 for key in everything if key.startswith("b-"))
+        c_keys = [key for key in everything if key.startswith("c-")]
+        assert all(shown[key] in (0, 1) for key in c_keys) and sum(shown[key] for key in c_keys) == window
+        counted = Counter()
+        for rank in ranks:
+            for batch in rank:
+                counted.update(batch["sources"])
+        assert counted == Counter(_source_of(key) for rank in ranks for batch in rank for key in batch["keys"])
+        so_far += shown
+        k = epoch + 1
+        assert all(so_far[key] in (math.floor(k * 0.5), math.ceil(k * 0.5)) for key in c_keys)
+        assert sum(so_far[key] for key in c_keys) == math.floor(k * 0.5 * 11)
+        assert all(so_far[key] == 2 * k for key in everything if key.startswith("a-"))
+
+
+def test_several_sources_resume_mid_epoch_exactly(three_sources, tiny_processor, prompt):
+    full = _sources_epoch(three_sources, tiny_processor, prompt, epoch=1)
+    resumed = _sources_epoch(three_sources, tiny_processor, prompt, epoch=1, start_batch=2)
+    assert [rank[2:] for rank in full] == resumed
+
+
+def test_the_sources_are_interleaved_within_an_epoch(three_sources):
+    """Not all of a then all of b: the epoch's segments alternate between sources, in a seeded order."""
+    counts = [[5, 3], [7, 2, 4], [6, 5]]
+    source_of = [0, 0, 1, 1, 1, 2, 2]
+    for epoch in range(3):
+        order = [source_of[shard] for shard, _, _ in _epoch_segments(counts, [2.0, 1.0, 0.5], seed=7, epoch=epoch)]
+        runs = 1 + sum(a != b for a, b in zip(order, order[1:]))
+        assert runs > 3, order  # three sources in one block each would be 3 runs
+    plain = _epoch_segments([[4, 4, 4]], [1.0], seed=3, epoch=0)
+    assert sorted(plain) == [(0, 0, 4), (1, 0, 4), (2, 0, 4)]  # one source at factor 1: each shard once
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("cv=shards/cv/train", Source("cv", "shards/cv/train", 1.0)),
+        ("opab=https://host/opab/shard-{0..9}.tar@0.5", Source("opab", "https://host/opab/shard-{0..9}.tar", 0.5)),
+        ("shards/train", Source("train", "shards/train", 1.0)),
+        ("shards/train@3", Source("train", "shards/train", 3.0)),
+        ("https://user@host/train/shard-000000.tar", Source("train", "https://user@host/train/shard-000000.tar", 1.0)),
+        ("http://host/x.tar?token=abc", Source("train", "http://host/x.tar?token=abc", 1.0)),
+    ],
+)
+def test_a_source_is_name_spec_and_factor(text, expected):
+    assert parse_source(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [("cv=shards@0", "must be above 0"), ("cv=", "no shards after cv=")])
+def test_a_bad_source_is_one_clear_error(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_source(text)

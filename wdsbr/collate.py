@@ -10,6 +10,7 @@ With `keep_audio` (evaluation with another engine, faster-whisper), the 16 kHz w
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -83,4 +84,6 @@ class Collator:
             "speech_seconds": sum(s.get("speech_seconds", len(s["audio"]) / self.sample_rate) for s in samples),
             # keys of samples this epoch already holds: the wrap-around that fills its last batches, top-ups
             "repeated": [s["key"] for s in samples if s.get("repeat")],
+            # utterances by training source (--train-shards NAME=SPEC): what source_samples adds up
+            "sources": dict(Counter(name for s in samples for name in s.get("sources", [s.get("source")]) if name)),
         }

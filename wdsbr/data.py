@@ -32,6 +32,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import select
 import signal
 import threading
@@ -101,25 +102,68 @@ def _reader_slot(rank: int, world_size: int, rotation: int = 0) -> tuple[int, in
     return rank * workers + logical, world_size * workers, logical
 
 
-def _shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
-    """The epoch's seeded permutation of the shards: successive epochs concatenate them in different orders."""
-    order = list(range(n_shards))
-    random.Random(stable_seed(seed, epoch, "shards")).shuffle(order)
-    return order
+@dataclass(frozen=True)
+class Source:
+    """One named training corpus: its shards (a folder, brace pattern, URL or list) and how often an epoch shows it:
+    each of its samples ⌊factor⌋ or ⌈factor⌉ times, and over k epochs ⌊k·factor⌋ or ⌈k·factor⌉ times."""
+
+    name: str
+    shards: str | list[str]
+    factor: float = 1.0
 
 
-def _pieces(counts: Sequence[int], order: Sequence[int], start: int, stop: int) -> Iterator[tuple[int, int, int, int]]:
-    """(shard, first, stop within that shard, epoch position) covering positions start..stop-1 of the epoch's
-    sequence: the shards concatenated in `order`, repeated end to end (position p is sample p mod N)."""
-    bounds = list(itertools.accumulate((counts[i] for i in order), initial=0))
+def parse_source(text: str, default_name: str = "train") -> Source:
+    """`NAME=SPEC@FACTOR` (--train-shards): `NAME=` and `@FACTOR` are optional (a plain SPEC is `default_name` at
+    factor 1). A NAME is letters, digits, `_`, `.` or `-`; a FACTOR a number > 0, so URLs keep their `=` and `@`."""
+    name, spec, factor = default_name, text, 1.0
+    head, equals, rest = text.partition("=")
+    if equals and re.fullmatch(r"[A-Za-z0-9_.-]+", head):
+        name, spec = head, rest
+    body, at, tail = spec.rpartition("@")
+    if at and re.fullmatch(r"\d+(\.\d*)?|\.\d+", tail):
+        spec, factor = body, float(tail)
+        if factor <= 0:
+            raise ValueError(f"{text}: the factor after @ must be above 0 (leave the source out instead)")
+    if not spec:
+        raise ValueError(f"{text}: no shards after {name}= (give NAME=SPEC@FACTOR)")
+    return Source(name, spec, factor)
+
+
+def _epoch_segments(
+    counts: Sequence[Sequence[int]], factors: Sequence[float], seed: int, epoch: int
+) -> list[tuple[int, int, int]]:
+    """The epoch's sequence as (shard, first, stop) segments, shard numbered across the sources in order: each
+    source's shards ⌊factor⌋ times whole, then a window of fraction × its N samples that moves on by that much
+    every epoch (so over k epochs each sample is shown ⌊k·factor⌋ or ⌈k·factor⌉ times), all segments in a seeded
+    order that interleaves the sources. One source at factor 1: each shard once, in the order of earlier versions."""
+    segments, base = [], 0
+    for source_counts, factor in zip(counts, factors):
+        whole, fraction = int(factor), factor - int(factor)
+        shards = [(base + i, 0, count) for i, count in enumerate(source_counts)]
+        segments += shards * whole
+        total = sum(source_counts)
+        if fraction and total:
+            start, stop = math.floor(epoch * fraction * total), math.floor((epoch + 1) * fraction * total)
+            cycle = [(shard, 0, count) for shard, _, count in shards]
+            segments += [(shard, first, last) for shard, first, last, _ in _pieces(cycle, start, stop)]
+        base += len(source_counts)
+    random.Random(stable_seed(seed, epoch, "shards")).shuffle(segments)
+    return segments
+
+
+def _pieces(segments: Sequence[tuple[int, int, int]], start: int, stop: int) -> Iterator[tuple[int, int, int, int]]:
+    """(shard, first, stop within that shard, position) covering positions start..stop-1 of the sequence that
+    concatenates the (shard, first, stop) segments, repeated end to end (position p is sample p mod N)."""
+    bounds = list(itertools.accumulate((last - first for _, first, last in segments), initial=0))
     total = bounds[-1]
     position = start
     while position < stop:
         offset = position % total
-        index = bisect.bisect_right(bounds, offset) - 1  # the shard holding `offset` (empty shards are passed over)
-        shard, first = order[index], offset - bounds[index]
-        take = min(counts[shard] - first, stop - position)
-        yield shard, first, first + take, position
+        index = bisect.bisect_right(bounds, offset) - 1  # the segment holding `offset` (empty ones are passed over)
+        shard, first, last = segments[index]
+        begin = first + offset - bounds[index]
+        take = min(last - begin, stop - position)
+        yield shard, begin, begin + take, position
         position += take
 
 
@@ -142,7 +186,8 @@ def reader_lengths(
 
 def _planned_train_samples(
     shards: list[str],
-    counts: list[int],
+    names: list[str],
+    segments: list[tuple[int, int, int]],
     lengths: list[int],
     seed: int,
     epoch: int,
@@ -152,24 +197,24 @@ def _planned_train_samples(
     bufsize: int,
     on_problem,
 ) -> Iterator[dict]:
-    """This reader's raw samples for an epoch: its contiguous range of the epoch's sequence (the shards in a
-    seeded order, each sample once; positions past N wrap around and are marked `__repeat__`), through a
+    """This reader's raw samples for an epoch, each tagged with its source's name (`names[shard]`): its contiguous
+    range of the epoch's sequence (the `segments` of `_epoch_segments`: each sample as often as its source's factor
+    says; positions past N wrap around and are marked `__repeat__`), through a
     shuffle buffer flushed at the range's end; then, only if skipped samples left the reader short of its
     batches, the positions after its range, marked `__repeat__` where another reader's range holds them."""
     slot, _, _ = _reader_slot(rank, world_size, rotation)
-    total, cycle = sum(lengths), sum(counts)
+    total, cycle = sum(lengths), sum(last - first for _, first, last in segments)
     start = sum(lengths[:slot])
     end = start + lengths[slot]
-    order = _shard_order(len(shards), seed, epoch)
 
     def said(reason: str, samples: int, detail: str) -> None:  # a repeat's losses are its first reader's to count
         log.info("repeat: %s (%s)", detail, reason)
 
     def read(first_position: int, last_position: int, overflow: bool) -> Iterator[dict]:
-        for shard, first, stop, position in _pieces(counts, order, first_position, last_position):
+        for shard, first, stop, position in _pieces(segments, first_position, last_position):
             repeat = position >= cycle or (overflow and position < total)
             for sample in read_shard_range(shards[shard], first, stop, said if overflow or repeat else on_problem):
-                yield {**sample, "__repeat__": repeat}
+                yield {**sample, "__repeat__": repeat, "__source__": names[shard]}
 
     rng = random.Random(stable_seed(seed, epoch, slot))
     yield from wds.shuffle(bufsize, initial=min(bufsize, 100), rng=rng)(read(start, end, overflow=False))
@@ -192,7 +237,7 @@ def _exact_eval_samples(
     if counts is not None:
         total = sum(counts)
         start, stop = total * slot // n_slots, total * (slot + 1) // n_slots
-        for shard, first, last, _ in _pieces(counts, range(len(shards)), start, stop):
+        for shard, first, last, _ in _pieces([(i, 0, count) for i, count in enumerate(counts)], start, stop):
             yield from read_shard_range(shards[shard], first, last, on_problem)
         return
     if len(shards) >= n_slots:
@@ -257,7 +302,14 @@ def _decode(
                     **meta,
                     "segments": [[start * stretch, end * stretch, text] for start, end, text in meta["segments"]],
                 }
-        yield {"key": key, "audio": audio, "text": text, "meta": meta, "repeat": sample.get("__repeat__", False)}
+        yield {
+            "key": key,
+            "audio": audio,
+            "text": text,
+            "meta": meta,
+            "repeat": sample.get("__repeat__", False),
+            "source": sample.get("__source__"),
+        }
 
 
 def _tokenize(
@@ -334,6 +386,7 @@ def _pack(
             "previous": group[0].get("previous", ""),
             "speech_seconds": sum(len(s["audio"]) for s in group) / SAMPLE_RATE,
             "repeat": any(s.get("repeat") for s in group),
+            "sources": [s.get("source") for s in group],
         }
 
     def packs(sample: dict) -> bool:
@@ -535,6 +588,10 @@ class LoaderOptions:
     keep_audio: bool = False
 
 
+def _are_sources(shards) -> bool:
+    return isinstance(shards, (list, tuple)) and bool(shards) and all(isinstance(item, Source) for item in shards)
+
+
 def make_train_loader(
     shards, options: LoaderOptions, *, epoch: int = 0, start_batch: int = 0
 ) -> torch.utils.data.DataLoader:
@@ -545,6 +602,10 @@ def make_train_loader(
     `repeated` names them. Per-shard counts come from manifest.json or the tar headers (`shard_counts`); for
     remote shards without manifest, `epoch_samples` is assumed spread evenly (an exact pass needs real counts).
     `epoch_samples` also sets a shorter or longer epoch than one pass.
+
+    `shards` may be a list of `Source`s (--train-shards NAME=SPEC@FACTOR, repeated): an epoch then shows each
+    sample of a source ⌊factor⌋ or ⌈factor⌉ times, the sources interleaved (`_epoch_segments`); the rest of the
+    contract holds as for one source. Each batch's `sources` counts its utterances by source name.
 
     `pack` (0 to 1): that share of samples are windows of several consecutive utterances (`_pack`); an epoch
     then holds fewer windows, sized from the shards' audio (manifest seconds / (30 s × PACK_FILL)) for full
@@ -558,22 +619,31 @@ def make_train_loader(
     (`_timestamp`); the rest keep `<|notimestamps|>`. `prev_text` (0 to 1): that share of windows is conditioned
     on the text before it, out of the loss (`_previous_text`)."""
     o = options
-    epoch_samples = o.epoch_samples
-    shards = list_shards(shards)
-    counts, exact = shard_counts(shards), True
-    if counts is None:
-        if not epoch_samples:
+    sources = list(shards) if _are_sources(shards) else [Source("train", shards)]
+    listed = [list_shards(source.shards) for source in sources]
+    shards = [shard for group in listed for shard in group]
+    names = [source.name for source, group in zip(sources, listed) for _ in group]
+    counts, exact = [shard_counts(group) for group in listed], True
+    if None in counts:
+        if len(sources) > 1 or sources[0].factor != 1:  # weighting needs each source's real size
+            source, group = next((s, g) for s, g, c in zip(sources, listed, counts) if c is None)
+            raise ValueError(
+                f"{source.name}: {group[0]}: no per-shard sample counts (no manifest.json beside it): "
+                "several sources or a factor need them (tools/shard_corpus.py writes the manifest)"
+            )
+        if not o.epoch_samples:
             count_samples(shards)  # raises, naming the manifest and --epoch-samples
-        counts, exact = (
-            [epoch_samples * (i + 1) // len(shards) - epoch_samples * i // len(shards) for i in range(len(shards))],
-            False,
-        )
-        _warn_estimated(shards[0], epoch_samples, len(shards))
-    if not sum(counts):
+        n, estimate = len(shards), o.epoch_samples
+        counts, exact = [[estimate * (i + 1) // n - estimate * i // n for i in range(n)]], False
+        _warn_estimated(shards[0], estimate, n)
+    if not sum(map(sum, counts)):
         raise ValueError(f"{shards[0]}: the training shards hold no samples")
-    epoch_samples = epoch_samples or sum(counts)
+    segments = _epoch_segments(counts, [source.factor for source in sources], o.seed, epoch)
+    planned = sum(last - first for _, first, last in segments)  # this epoch's samples, factors applied
+    epoch_samples = o.epoch_samples or planned
     if o.pack:
-        seconds = count_seconds(shards)
+        parts = [count_seconds(group) for group in listed]
+        seconds = None if None in parts else sum(source.factor * part for source, part in zip(sources, parts))
         if seconds is not None:
             windows = math.ceil((seconds + PACK_GAP_SECONDS * epoch_samples) / (MAX_SECONDS * PACK_FILL))
             epoch_samples = min(epoch_samples, math.ceil((1 - o.pack) * epoch_samples + o.pack * windows))
@@ -581,7 +651,7 @@ def make_train_loader(
     if not 0 <= start_batch < batches_per_rank:
         raise ValueError(f"start_batch {start_batch} is outside the epoch's {batches_per_rank} batches")
     lengths = reader_lengths(
-        batches_per_rank, o.world_size, o.num_workers, o.micro_batch_size, sum(counts) if o.pack else None
+        batches_per_rank, o.world_size, o.num_workers, o.micro_batch_size, planned if o.pack else None
     )
     speeds = parse_speeds(o.speed_perturb) if isinstance(o.speed_perturb, str) else o.speed_perturb
     spec_augment = SpecAugment() if o.spec_augment is True else o.spec_augment or None
@@ -592,7 +662,8 @@ def make_train_loader(
         functools.partial(
             _planned_train_samples,
             shards,
-            counts,
+            names,
+            segments,
             lengths,
             o.seed,
             epoch,
