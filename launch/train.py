@@ -67,7 +67,10 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
         make_run_folder,
         save_run_checkpoint,
         say_left_out,
+        say_overlap,
+        training_sources,
         validate,
+        validation_sets,
     )
 
     t_start = time.perf_counter()
@@ -112,9 +115,11 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
         timestamps=data.timestamps,
         prev_text=data.prev_text,
     )
-    val_loader = make_eval_loader(
-        data.val_shards, dataclasses.replace(stream, micro_batch_size=val.eval_batch_size or optim.batch_size)
-    )
+    sources = training_sources(data.train_shards)  # --train-shards NAME=SPEC@FACTOR, repeated
+    val_stream = dataclasses.replace(stream, micro_batch_size=val.eval_batch_size or optim.batch_size)
+    val_sets = validation_sets(data.val_shards)  # --val-shards NAME=SPEC, repeated
+    val_loaders = {s.name: make_eval_loader(s.shards, val_stream) for s in val_sets}
+    say_overlap(sources, val_sets, stream.normalize)  # rank 0: sentences a training source shares with a set
     long_form = None  # --val-long-form: this rank's share of the long recordings, each scored whole
     if val.val_long_form:
         recordings, rejected = list_recordings(val.val_long_form)
@@ -127,9 +132,10 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
     gen_kwargs = generate_kwargs(language, opts.decoding.num_beams, opts.decoding.generation_max_length)
 
     # ----------------------------------------------------------------------------------------------- resume
-    state = RunState(EarlyStopping(val.metric, val.min_delta, val.patience), seed=optim.seed)
+    names = [source.name for source in sources]
+    state = RunState(EarlyStopping(val.metric, val.min_delta, val.patience), seed=optim.seed, sources=names)
     if saving.resume:
-        state = RunState.resumed(load_checkpoint(engine, out / "checkpoints"), optim.seed)  # collective: all ranks
+        state = RunState.resumed(load_checkpoint(engine, out / "checkpoints"), optim.seed, names)  # collective
         dist.say(
             f"resumed from step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch}), "
             f"best {state.stopper.metric} {state.stopper.best}"
@@ -139,7 +145,7 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
     log_every, eval_every, max_steps = opts.logging.log_every, val.eval_every, optim.max_steps
     metrics, meter, bar = MetricsLog(out), StepMeter(engine.device), progress_bar(max_steps, state.step)
     while not state.done:
-        loader = make_train_loader(data.train_shards, stream, epoch=state.epoch, start_batch=state.batch_in_epoch)
+        loader = make_train_loader(sources, stream, epoch=state.epoch, start_batch=state.batch_in_epoch)
         for batch in meter.timed(loader):
             loss = training_step(engine, batch)
             state.batch_in_epoch += 1
@@ -151,6 +157,7 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
                 )
                 continue
             meter.add(loss, batch)
+            state.shown_here.update(batch["sources"])
             if engine.global_steps == state.step:
                 continue  # mid-accumulation: DeepSpeed steps the optimizer every --grad-accum micro-batches
             state.step = engine.global_steps
@@ -172,7 +179,7 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
             if state.step % eval_every == 0 or state.step == max_steps:
                 state.stopped_early = validate(
                     engine,
-                    val_loader,
+                    val_loaders,
                     processor,
                     gen_kwargs,
                     dtype,

@@ -167,3 +167,24 @@ def test_training_command_drops_the_launchers_local_rank():
         training_command(["launch/train.py", "--local_rank", "1", "--lr", "1e-5"])
         == "deepspeed launch/train.py --lr 1e-5"
     )
+
+
+def test_a_card_lists_each_training_source_with_its_hours_and_factor(tmp_path):
+    sources = [
+        {"name": "cv", "shards": "shards/cv/train", "factor": 1.0, "hours": 30.25},
+        {"name": "radio", "shards": "shards/radio/train", "factor": 0.5, "hours": 4.0},
+    ]
+    path = write_model_card(
+        tmp_path / "best",
+        base_model="openai/whisper-small",
+        datasets=["mozilla-foundation/common_voice_17_0"],
+        hours={"train": 34.25},
+        scores=BRETON_SCORES,
+        normalizer="breton",
+        command=COMMAND,
+        sources=sources,
+    )
+    text = path.read_text()
+    assert "## Training sources" in text
+    assert "| cv | `shards/cv/train` | 30.25 | 1 |" in text and "| radio | `shards/radio/train` | 4.00 | 0.5 |" in text
+    assert ModelCard.load(path).data.wdsbr["sources"] == sources

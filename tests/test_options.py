@@ -81,7 +81,7 @@ def test_the_deepspeed_auto_values_come_from_the_options_that_declare_them():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--metric", "bleu"], "'bleu' is not one of"),
+        (["--lr-schedule", "step"], "'step' is not one of"),
         (["--timestamps", "2"], "2.0 is not in the range 0<=x<=1"),
         (["--batch-size", "many"], "'many' is not a valid integer"),
     ],

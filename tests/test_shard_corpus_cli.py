@@ -220,3 +220,39 @@ def test_ali_windows_cuts_recordings_into_windows_of_max_seconds_with_their_segm
         [6, 7.5, "Frazenn 7."],
     ]
     assert_one_line_error(shard(tmp_path / "other", "--ali-windows", "--hf", "x"), "--ali-windows")
+
+
+def test_exclude_sentences_rejects_a_leaked_sentence_whatever_its_case_and_punctuation(tmp_path):
+    """The leakage guard: utt3 says "Demat 3", planted in the validation text as "DEMAT 3!"; a folder of ID.txt
+    and earlier shards work as sources of sentences too. The sample is rejected as leaked_sentence, named."""
+    corpus = write_corpus(tmp_path / "corpus")
+    held_out = tmp_path / "validation.txt"
+    held_out.write_text("DEMAT 3!\nsentence nobody says\n", encoding="utf-8")
+    texts = tmp_path / "test-texts"
+    texts.mkdir()
+    (texts / "t1.txt").write_text("demat, 5", encoding="utf-8")
+    result = shard(
+        corpus,
+        tmp_path / "out",
+        "--exclude-sentences",
+        held_out,
+        "--exclude-sentences",
+        texts,
+        "--workers",
+        "1",
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "excluding 3 sentences" in result.stdout
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    leaked = sorted(r["source"] for r in manifest["rejected"] if r["reason"] == "leaked_sentence")
+    assert leaked == ["spk1/utt3.wav", "spk1/utt5.wav"] and manifest["counts"]["kept"] == 4
+    assert manifest["excluded_sentences"] == {"from": [str(held_out), str(texts)], "sentences": 3}
+    # shards as the source of sentences: what the first run wrote (4 clips), excluded from a second run, leaves
+    # only the two the first one rejected
+    again = shard(
+        corpus, tmp_path / "again", "--exclude-sentences", tmp_path / "out", "--workers", "1", "--no-progress"
+    )
+    assert again.returncode == 0, again.stderr
+    counts = json.loads((tmp_path / "again" / "manifest.json").read_text())["counts"]
+    assert counts["kept"] == 2 and counts["rejected_by_reason"]["leaked_sentence"] == 4

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,15 +73,15 @@ def launch(output: Path, *args: str, ranks: int = 2) -> subprocess.CompletedProc
     return result
 
 
-def run_training(shards: Path, model: str, output: Path, *args: str, ranks: int = 2) -> subprocess.CompletedProcess:
+def run_training(
+    shards: Path, model: str, output: Path, *args: str, ranks: int = 2, data: tuple[str, ...] | None = None
+) -> subprocess.CompletedProcess:
+    data = data or ("--train-shards", str(shards / "train"), "--val-shards", str(shards / "validation"))
     return launch(
         output,
         "--model",
         model,
-        "--train-shards",
-        str(shards / "train"),
-        "--val-shards",
-        str(shards / "validation"),
+        *data,
         "--batch-size",
         "3",
         "--num-workers",
@@ -198,7 +199,8 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
 
 def test_resume_continues_exactly_where_an_interrupted_run_stopped(shards, tiny_whisper, tmp_path):
     # with augmentation, timestamps and previous text on: drawn for (seed, epoch, key), the resumed job sees the
-    # same masked, sped-up batches with the same windows labelled with timestamps and prompted
+    # same masked, sped-up batches with the same windows labelled with timestamps and prompted; with two named
+    # training sources (b at half: a different half each epoch) and two named validation sets, scored apart
     common = (
         "--max-steps",
         "8",
@@ -218,12 +220,16 @@ def test_resume_continues_exactly_where_an_interrupted_run_stopped(shards, tiny_
         "--prev-text",
         "0.5",
     )
+    data = (
+        *("--train-shards", f"a={shards / 'train'}", "--train-shards", f"b={shards / 'validation'}@0.5"),
+        *("--val-shards", f"v1={shards / 'validation'}", "--val-shards", f"v2={shards / 'train'}"),
+    )
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    run_training(shards, tiny_whisper, straight, *common)
-    run_training(shards, tiny_whisper, interrupted, *common, "--stop-after-steps", "4")
+    first = run_training(shards, tiny_whisper, straight, *common, data=data)
+    run_training(shards, tiny_whisper, interrupted, *common, "--stop-after-steps", "4", data=data)
     assert rows(interrupted, "summary")[-1]["step"] == 4
     resumed = launch(interrupted, "--resume")  # model, shards, schedule: all from the run's config.json
-    assert "resumed from step 4 (epoch 1, batch 0)" in resumed.stdout
+    assert "resumed from step 4 (epoch 0, batch 4)" in resumed.stdout  # mid-epoch: 24 + 8 × 0.5 = 28 samples, 5 batches
 
     def key_numbers(output: Path) -> list[tuple]:
         return [
@@ -241,6 +247,20 @@ def test_resume_continues_exactly_where_an_interrupted_run_stopped(shards, tiny_
             [x for x in got[2:] if x is not None], [x for x in want[2:] if x is not None], atol=1e-6
         )
     assert rows(interrupted, "summary")[-1]["step"] == rows(straight, "summary")[-1]["step"] == 8
+    # utterances shown by source, since the run began (the resumed job adds to the interrupted one's)
+    shown = [r["source_samples"] for r in rows(straight, "train")]
+    assert [r["source_samples"] for r in rows(interrupted, "train") if r["step"] > 4] == shown[2:]
+    assert all(set(s) == {"a", "b"} for s in shown) and shown[-1]["a"] > shown[0]["a"] > 0 and shown[-1]["b"] > 0
+    assert sum(shown[-1].values()) == 8 * 3 * 2  # 8 steps of 3 utterances on 2 ranks
+    for row in rows(straight, "eval"):  # each set on its own, and pooled
+        assert {"wer/v1", "cer/v1", "wer/v2", "cer/v2", "wer", "cer"} <= set(row) and row["samples"] == 8 + 24
+    # the leakage check at start: a is v2's shards, b is v1's; the model card lists both sources
+    found = re.findall(r"overlap: training source (\w+) shares (\d+) sentences with validation set (\w+)", first.stdout)
+    shared = {(source, val_set): int(n) for source, n, val_set in found}
+    assert set(shared) == {("a", "v1"), ("a", "v2"), ("b", "v1"), ("b", "v2")}
+    assert shared["a", "v2"] > 0 and shared["b", "v1"] > 0  # the same shards: every sentence is shared
+    card = (straight / "best" / "README.md").read_text()
+    assert "## Training sources" in card and "| b | `" in card and "| 0.5 |" in card
     final = [load_file(out / "best" / "model.safetensors") for out in (interrupted, straight)]
     assert final[0].keys() == final[1].keys()
     for name in final[0]:
@@ -309,21 +329,17 @@ def bad_json(tmp_path) -> Path:
         (["--resume", "--output-dir", "{tmp}/nothing"], "--resume: no checkpoint to resume"),
         (["--model", "{tmp}"], "--model:"),
         (["--metric", "long_wer"], "--metric long_wer: needs --val-long-form DATA, the long recordings to score"),
+        (["--metric", "wer/other"], "--metric wer/other: not one of wer, cer, loss, long_wer, wer/validation"),
+        (["--train-shards", "a={tmp}", "--train-shards", "a={tmp}"], "--train-shards: the name a is given twice"),
+        (["--val-shards", "v={tmp}@2"], "--val-shards: a validation set has no @FACTOR"),
         (["--val-long-form", "{tmp}"], "no recording to transcribe (no audio + .txt pairs, no .ali files)"),
     ],
 )
 def test_bad_configuration_is_one_clear_line_and_exit_2(shards, tiny_whisper, tmp_path, bad_json, args, message):
     args = [a.format(bad_json=bad_json, tmp=tmp_path) for a in args]
-    base = [
-        "--model",
-        tiny_whisper,
-        "--train-shards",
-        str(shards / "train"),
-        "--val-shards",
-        str(shards / "validation"),
-        "--output-dir",
-        str(tmp_path / "run"),
-    ]
+    base = ["--model", tiny_whisper, "--output-dir", str(tmp_path / "run")]
+    for option, split in (("--train-shards", "train"), ("--val-shards", "validation")):  # repeated: another source
+        base += [] if option in args else [option, str(shards / split)]
     result = CliRunner().invoke(_train_cli(), base + args)
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]

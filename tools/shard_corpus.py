@@ -43,7 +43,7 @@ SECTIONS = {
         "speaker_column",
     ],
     "Splits": ["val_fraction", "test_fraction", "speaker_from_folder", "seed"],
-    "Filtering": ["min_seconds", "max_seconds"],
+    "Filtering": ["min_seconds", "max_seconds", "exclude_sentences", "text_normalizer"],
     "Shards": ["samples_per_shard", "max_shard_bytes", "audio_format", "overwrite"],
     "Run": ["workers", "progress", "debug", "help"],
 }
@@ -136,6 +136,18 @@ def parse_bytes(ctx: click.Context | None, param: click.Parameter | None, value:
     show_default=True,
     help="Reject clips longer than this (too_long); 30 s is Whisper's window.",
 )
+@click.option(
+    "--exclude-sentences",
+    multiple=True,
+    help="Reject clips that say one of these sentences (leaked_sentence): a text file (one a line), a folder of "
+    "ID.txt, or shards; repeatable. Give your validation and test sets, so training never hears their sentences.",
+)
+@click.option(
+    "--text-normalizer",
+    default="default",
+    show_default=True,
+    help="How --exclude-sentences compares: 'default', 'breton' (anaouder) or module:function, as the scoring does.",
+)
 @click.option("--samples-per-shard", type=int, default=1000, show_default=True, help="Samples per tar shard at most.")
 @click.option(
     "--max-shard-bytes",
@@ -180,6 +192,8 @@ def main(
     seed,
     min_seconds,
     max_seconds,
+    exclude_sentences,
+    text_normalizer,
     samples_per_shard,
     max_shard_bytes,
     audio_format,
@@ -235,7 +249,15 @@ def main(
             ali=ali,
             ali_windows=max_seconds if ali_windows else None,
         )
-    manifest = shards.shard_corpus(corpus, output, options, overwrite=overwrite, progress=progress)
+    exclude = None
+    if exclude_sentences:  # --exclude-sentences: the leakage guard
+        from wdsbr.scoring import load_normalizer
+
+        normalize = load_normalizer(text_normalizer)
+        sentences = frozenset(normalize(text) for spec in exclude_sentences for text in shards.read_sentences(spec))
+        exclude = shards.Exclusion(tuple(exclude_sentences), sentences - {""}, normalize)
+        click.echo(f"excluding {len(exclude.sentences)} sentences of {', '.join(exclude_sentences)}")
+    manifest = shards.shard_corpus(corpus, output, options, overwrite=overwrite, progress=progress, exclude=exclude)
     click.echo(shards.format_summary(manifest, output))
     for line in shards.empty_split_warnings(manifest):  # the trainer needs train and validation: say it now
         click.echo(line, err=True)

@@ -129,6 +129,19 @@ def parse_source(text: str, default_name: str = "train") -> Source:
     return Source(name, spec, factor)
 
 
+def parse_sources(texts: Sequence[str], option: str, default_name: str, factors: bool = True) -> list[Source]:
+    """Every `NAME=SPEC[@FACTOR]` of a repeated option (`--train-shards`, `--val-shards`), checked: names unique,
+    factors only where they mean something (`factors`)."""
+    sources = [parse_source(text, default_name) for text in texts]
+    names = [source.name for source in sources]
+    if len(set(names)) < len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(f"{option}: the name {', '.join(twice)} is given twice: name each source (NAME=SPEC)")
+    if not factors and any(source.factor != 1 for source in sources):
+        raise ValueError(f"{option}: a validation set has no @FACTOR (every sample is scored once)")
+    return sources
+
+
 def _epoch_segments(
     counts: Sequence[Sequence[int]], factors: Sequence[float], seed: int, epoch: int
 ) -> list[tuple[int, int, int]]:

@@ -49,6 +49,7 @@ def write_model_card(
     model_name: str | None = None,
     license: str | None = None,
     export: Mapping[str, Any] | None = None,
+    sources: Iterable[Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write `folder/README.md` and return its path.
 
@@ -58,6 +59,8 @@ def write_model_card(
     `SCORE_KEYS` and `normalizers`); they are written as percentages, the Hub's
     convention. `normalizer`: the `--text-normalizer` of the run. `command`: the training command. `export`:
     `wdsbr.export.export_and_score`'s report (`--export ct2`): a faster-whisper section with its WER.
+    `sources`: the training sources (--train-shards NAME=SPEC@FACTOR), each {"name", "shards", "factor",
+    "hours"}: listed with their hours and factor.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -107,27 +110,60 @@ def write_model_card(
         metrics=sorted({metric_type for _, metric_type, *_ in rows}) or None,
         model_name=model_name if results else None,
         eval_results=results or None,
-        wdsbr={"command": command, "text_normalizer": normalizer, "hours": hours_by_split, "datasets": datasets},
+        wdsbr={
+            "command": command,
+            "text_normalizer": normalizer,
+            "hours": hours_by_split,
+            "datasets": datasets,
+            **({"sources": [dict(source) for source in sources]} if sources else {}),
+        },
     )
-    body = _body(
-        model_name,
-        base_model,
-        hub_base,
-        language,
-        datasets,
-        hours_by_split,
-        rows,
-        normalizer,
-        command,
-        evaluated_on,
-        eval_split,
-        folder,
-    ) + _deployment(export, language, scores)
+    body = (
+        _body(
+            model_name,
+            base_model,
+            hub_base,
+            language,
+            datasets,
+            hours_by_split,
+            rows,
+            normalizer,
+            command,
+            evaluated_on,
+            eval_split,
+            folder,
+        )
+        + _sources(sources)
+        + _deployment(export, language, scores)
+    )
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     path = folder / "README.md"
     folder.mkdir(parents=True, exist_ok=True)
     card.save(str(path))
     return path
+
+
+def _sources(sources: Iterable[Mapping[str, Any]] | None) -> str:
+    """The training sources, their hours (of their split, from their manifest) and upsampling factors."""
+    if not sources:
+        return ""
+    rows = []
+    for source in sources:
+        hours = "" if source.get("hours") is None else f"{source['hours']:.2f}"
+        rows.append(f"| {source['name']} | `{source['shards']}` | {hours} | {source['factor']:g} |")
+    return "\n".join(
+        [
+            "",
+            "## Training sources",
+            "",
+            "Each epoch shows every sample of a source about *factor* times (`--train-shards NAME=SPEC@FACTOR`).",
+            "",
+            "| source | shards | hours | factor |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
 
 
 def metric_rows(scores: Mapping[str, Any], normalizer: str) -> list[tuple[str, str, str, str, float]]:

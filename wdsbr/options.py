@@ -34,6 +34,7 @@ def option(
     type: Any = None,
     is_flag: bool = False,
     hidden: bool = False,
+    multiple: bool = False,
     names: tuple[str, ...] = (),
     resumed: bool = True,
     deepspeed: tuple[str, str | None] | None = None,
@@ -41,7 +42,8 @@ def option(
     """One option: its default and help, and what is derived from it. `flag`: the option's name when it is not
     the field's (`--deepspeed` for `ds_config_path`); `names`: more spellings; `resumed=False`: `--resume` does not
     restore it from the run's config.json; `deepspeed=(setting, JSON path or None)`: it fills DeepSpeed's "auto"
-    value at that path (`wdsbr.engine.resolve_ds_config`'s settings). A hidden option is neither shown nor saved."""
+    value at that path (`wdsbr.engine.resolve_ds_config`'s settings). A hidden option is neither shown nor saved;
+    a `multiple` one is repeated on the command line and holds a tuple (the default is one)."""
     return field(
         default=default,
         metadata=dict(
@@ -50,6 +52,7 @@ def option(
             type=type,
             is_flag=is_flag,
             hidden=hidden,
+            multiple=multiple,
             names=names,
             resumed=resumed and not hidden,
             deepspeed=deepspeed,
@@ -106,8 +109,18 @@ class RuntimeOptions:
 @dataclass
 class DataOptions:
     SECTION: ClassVar[str] = "Data"
-    train_shards: str = option("shards/train", "Training shards: folder, brace pattern or URL.")
-    val_shards: str = option("shards/validation", "Validation shards: folder, brace pattern or URL.")
+    train_shards: tuple[str, ...] = option(
+        ("shards/train",),
+        "Training shards: folder, brace pattern or URL. Repeat as NAME=SPEC@FACTOR for several sources, each named "
+        "and shown FACTOR times an epoch (default 1; 0.5: half of it, a different half each epoch).",
+        multiple=True,
+    )
+    val_shards: tuple[str, ...] = option(
+        ("shards/validation",),
+        "Validation shards: folder, brace pattern or URL. Repeat as NAME=SPEC for several sets, each scored on its "
+        "own (wer/NAME, cer/NAME) and pooled (wer, cer).",
+        multiple=True,
+    )
     shuffle_buffer: int = option(1000, "Samples in each worker's shuffle buffer.")
     epoch_samples: int | None = option(
         None,
@@ -181,7 +194,9 @@ class ValidationOptions:
     val_long_form: str | None = option(
         None, "Also score a folder of long recordings (ID.wav + ID.txt or .ali) whole at each evaluation: long_wer."
     )
-    metric: str = option("wer", "What early stopping and best/ follow.", type=click.Choice(METRICS))
+    metric: str = option(
+        "wer", f"What early stopping and best/ follow: {', '.join(METRICS)}, or wer/NAME or cer/NAME (one set)."
+    )
     min_delta: float = option(0.0, "Improvement smaller than this does not count.")
     patience: int = option(3, "Evaluations without improvement before stopping; 0: never.")
 
@@ -302,6 +317,7 @@ class Options:
                     default=item.default,
                     help=meta["help"],
                     hidden=meta["hidden"],
+                    multiple=meta["multiple"],
                     show_default=item.default is not None and not meta["is_flag"],
                 )
                 settings.update(
@@ -315,12 +331,18 @@ class Options:
 
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> Options:
-        """The options from {option name: value} (click's keyword arguments); missing names take their default."""
+        """The options from {option name: value} (click's keyword arguments, or a config.json's); missing names take
+        their default; a repeated option's value is a tuple (a single string, as older runs saved it, becomes one)."""
+
+        def value(item: dataclasses.Field) -> Any:
+            given = values[item.name]
+            if item.metadata["multiple"] and not isinstance(given, (list, tuple)):
+                return (given,)
+            return tuple(given) if item.metadata["multiple"] else given
+
         return cls(
             **{
-                name: group(
-                    **{item.name: values[item.name] for item in dataclasses.fields(group) if item.name in values}
-                )
+                name: group(**{item.name: value(item) for item in dataclasses.fields(group) if item.name in values})
                 for name, group in cls.groups()
             }
         )

@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import sys
+import tarfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -47,7 +48,7 @@ from wdsbr.audio import (
     resample,
 )
 from wdsbr.corpus import SPLITS, Corpus, Item, Rejection, assign_split, read_transcript
-from wdsbr.streams import MANIFEST, TAR_BLOCK
+from wdsbr.streams import MANIFEST, TAR_BLOCK, list_shards
 from wdsbr.text import clean_text, plural
 
 SHARD_PATTERN = "shard-%06d.tar"
@@ -138,11 +139,49 @@ def check_output_dir(output_dir: str | Path, *, overwrite: bool, source: str | P
     return output_dir
 
 
-def prepare_sample(item: Item, options: ShardOptions) -> Sample | Rejection:
+@dataclass(frozen=True)
+class Exclusion:
+    """--exclude-sentences: sentences no written sample may say (a validation or test set's, so that training
+    never sees them), compared after `normalize` (the scoring normaliser: "Demat!" and "demat" are one)."""
+
+    specs: tuple[str, ...]
+    sentences: frozenset[str]
+    normalize: Callable[[str], str]
+
+
+def read_sentences(spec: str | Path | list) -> list[str]:
+    """The sentences of --exclude-sentences SPEC: a text file (one a line), a folder of ID.txt, or shards (a
+    folder holding .tar files, its split folders too, or a brace pattern or URL: their .txt members)."""
+    if isinstance(spec, (list, tuple)):
+        return [sentence for item in spec for sentence in read_sentences(item)]
+    path = Path(spec)
+    if path.is_file() and path.suffix != ".tar":
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.is_dir():
+        tars = [str(tar) for tar in sorted(path.rglob("*.tar"))]
+        if not tars:
+            texts = sorted(path.rglob("*.txt"))
+            if not texts:
+                raise FileNotFoundError(f"{spec}: no .txt files and no .tar shards (--exclude-sentences)")
+            return [text.read_text(encoding="utf-8").strip() for text in texts]
+    sentences = []
+    for shard in tars if path.is_dir() else list_shards(spec):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".txt"):
+                    sentences.append(tar.extractfile(member).read().decode("utf-8").strip())
+    return sentences
+
+
+def prepare_sample(item: Item, options: ShardOptions, exclude: Exclusion | None = None) -> Sample | Rejection:
     """Worker: read the transcript, decode and resample the audio, check the duration, encode the members."""
     text = read_transcript(item)
     if isinstance(text, Rejection):
         return text
+    if exclude is not None and exclude.normalize(text) in exclude.sentences:
+        return Rejection(
+            item.source, "leaked_sentence", f"{text!r} is in --exclude-sentences {', '.join(exclude.specs)}"
+        )
     if isinstance(item.audio, (bytes, bytearray)):
         bytes_in = len(item.audio)
     else:
@@ -316,7 +355,13 @@ class SplitWriter:
 
 
 def shard_corpus(
-    corpus: Corpus, output_dir: str | Path, options: ShardOptions, *, overwrite: bool = False, progress: bool = True
+    corpus: Corpus,
+    output_dir: str | Path,
+    options: ShardOptions,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    exclude: Exclusion | None = None,
 ) -> dict[str, Any]:
     """Write every kept sample of `corpus` into split shards under `output_dir`; return the manifest (also written).
 
@@ -370,7 +415,9 @@ def shard_corpus(
                 else:
                     yield replace(entry, split=assign_split(entry, options.val_fraction, options.test_fraction))
 
-        for result in ordered_map(partial(prepare_sample, options=options), items_to_decode(), workers):
+        for result in ordered_map(
+            partial(prepare_sample, options=options, exclude=exclude), items_to_decode(), workers
+        ):
             if isinstance(result, Rejection):
                 rejected.append(result)
             else:
@@ -394,6 +441,11 @@ def shard_corpus(
         "sample_rate": SAMPLE_RATE,
         "audio_format": options.audio_format,
         "options": asdict(options),
+        **(
+            {"excluded_sentences": {"from": list(exclude.specs), "sentences": len(exclude.sentences)}}
+            if exclude
+            else {}
+        ),
         "splits": {split: writer.summary() for split, writer in writers.items()},
         "overlap": count_overlap(writers),
         "rejected": [asdict(rejection) for rejection in rejected],

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 
 from wdsbr import dist
 from wdsbr.augment import parse_speeds
-from wdsbr.data import SkipCounter
+from wdsbr.data import SkipCounter, Source, parse_sources
 from wdsbr.dist import say
 from wdsbr.engine import (
     ConfigError,
@@ -39,9 +40,10 @@ from wdsbr.longform import Recording, list_recordings, run_long_form
 from wdsbr.metrics import MetricsLog
 from wdsbr.model import check_model, language_code, save_model_atomic
 from wdsbr.modelcard import describe_shards, training_command, write_model_card
-from wdsbr.options import TrainOptions
+from wdsbr.options import METRICS, TrainOptions
 from wdsbr.scoring import SCORE_KEYS, load_normalizer, score_all
-from wdsbr.streams import count_samples, list_shards
+from wdsbr.shards import read_sentences
+from wdsbr.streams import count_samples, is_url, list_shards
 
 
 @dataclass
@@ -56,12 +58,15 @@ class RunState:
     skipped_samples: int = 0  # bad samples skipped by the jobs this run resumes
     train_seconds: float = 0.0  # wall-clock of the train windows (evaluation and checkpoints excluded)
     nonfinite_batches: int = 0  # NaN/inf micro-batches skipped on every rank
+    source_samples: dict = field(default_factory=dict)  # utterances shown by source, every rank, earlier jobs
+    sources: list = field(default_factory=list)  # the training sources' names (--train-shards NAME=…)
+    shown_here: Counter = field(default_factory=Counter)  # utterances this rank showed by source in this job
     start_step: int = 0  # this job's first step (for --stop-after-steps); not saved
     stopped_early: bool = False
     done: bool = False
 
     @classmethod
-    def resumed(cls, saved: dict, seed: int) -> RunState:
+    def resumed(cls, saved: dict, seed: int, sources: list[str]) -> RunState:
         """The state a checkpoint's `trainer_state.json` holds; `seed` is the one this job's stream uses."""
         return cls(
             stopper=EarlyStopping.from_state_dict(saved["early_stopping"]),
@@ -72,6 +77,8 @@ class RunState:
             skipped_samples=saved["skipped_samples"],
             train_seconds=saved["train_seconds"],
             nonfinite_batches=saved.get("nonfinite_batches", 0),
+            source_samples=saved.get("source_samples", {}),
+            sources=sources,
             start_step=saved["step"],
         )
 
@@ -106,6 +113,13 @@ def skipped_total(skipped: SkipCounter, state: RunState, device: torch.device) -
     return state.skipped_samples + int(count.item())
 
 
+def source_samples(state: RunState, device: torch.device) -> dict[str, int]:
+    """Collective: all ranks. Utterances shown by source since the run began: every rank's, resumed jobs included."""
+    shown = torch.tensor([state.shown_here[name] for name in state.sources], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(shown)  # collective: all ranks
+    return {name: state.source_samples.get(name, 0) + int(n) for name, n in zip(state.sources, shown.tolist())}
+
+
 def save_run_checkpoint(
     engine, out: Path, state: RunState, skipped: SkipCounter, batches_per_rank: int, keep: int
 ) -> None:
@@ -120,6 +134,7 @@ def save_run_checkpoint(
         "skipped_samples": skipped_total(skipped, state, engine.device),
         "train_seconds": state.train_seconds,
         "nonfinite_batches": state.nonfinite_batches,
+        "source_samples": source_samples(state, engine.device),
     }
     save_checkpoint(engine, out / "checkpoints", state.step, trainer_state, keep)  # collective: all ranks
 
@@ -195,6 +210,7 @@ class StepMeter:
             epoch=state.epoch,
             skipped_samples=skipped_total(skipped, state, engine.device),
             nonfinite_batches=state.nonfinite_batches,
+            source_samples=source_samples(state, engine.device),
             repeated_samples=int(repeated),
             repeated_keys=sorted(k for keys in repeated_keys if keys for k in keys),
             data_wait_seconds=[round(wait, 3) for wait in totals[7:].tolist()],
@@ -252,7 +268,7 @@ def long_form_scores(
 
 def validate(
     engine,
-    val_loader,
+    val_loaders: dict,
     processor,
     gen_kwargs: dict,
     dtype: torch.dtype,
@@ -264,13 +280,23 @@ def validate(
     metrics: MetricsLog,
     long_form: list[Recording] | None = None,
 ) -> bool:
-    """Collective: all ranks. Score the whole validation set (and, with `long_form`, this rank's share of the
-    --val-long-form recordings); rank 0 records it, saves a new best/ and decides whether to stop, and
-    broadcasts the decision (True: stop early)."""
-    results, loss_sum, tokens, seconds = run_validation(
-        engine.module, val_loader, processor.tokenizer, gen_kwargs, dtype, engine.device
-    )
-    results, loss_sum, tokens = gather(results, loss_sum, tokens)  # collective: all ranks
+    """Collective: all ranks. Score every validation set ({name: loader}), each on its own (wer/NAME, cer/NAME,
+    when there are several or the one is named) and pooled (wer, cer, the loss), and with `long_form` this rank's
+    share of the --val-long-form recordings; rank 0 records it, saves a new best/ and decides whether to stop,
+    and broadcasts the decision (True: stop early)."""
+    results, loss_sum, tokens, seconds, by_set = [], 0.0, 0, 0.0, {}
+    for name, loader in val_loaders.items():
+        found, found_loss, found_tokens, took = run_validation(
+            engine.module, loader, processor.tokenizer, gen_kwargs, dtype, engine.device
+        )
+        found, found_loss, found_tokens = gather(found, found_loss, found_tokens)  # collective: all ranks
+        by_set[name] = found
+        results, loss_sum, tokens, seconds = (
+            results + found,
+            loss_sum + found_loss,
+            tokens + found_tokens,
+            seconds + took,
+        )
     long_scores = (
         long_form_scores(engine.module, processor, long_form, gen_kwargs, dtype, engine.device, normalizer)
         if long_form is not None
@@ -280,6 +306,10 @@ def validate(
     if dist.is_main():
         scores = score_all(results, normalizer)  # wer/cer + raw, normalised and Whisper-basic WER, labelled
         scores["loss"] = loss_sum / max(1, tokens)
+        if list(by_set) != ["validation"]:  # several sets, or a named one: each on its own too
+            for name, found in by_set.items():
+                alone = score_all(found, normalizer)
+                scores[f"wer/{name}"], scores[f"cer/{name}"] = alone["wer"], alone["cer"]
         scores.update(long_scores)
         is_best, save_error = state.stopper.update(scores, state.step), None
         if is_best:
@@ -300,6 +330,7 @@ def validate(
             bad_evaluations=state.stopper.bad_evaluations,
             best_save_error=save_error,
             **{name: scores[name] for name in SCORE_KEYS},
+            **{name: value for name, value in scores.items() if "/" in name},
             **long_scores,
         )
         long_line = (
@@ -336,7 +367,7 @@ def finish(
         export = export_and_score(
             out / "best",
             out / "best-ct2",
-            opts.data.val_shards,
+            [s.shards for s in validation_sets(opts.data.val_shards)],  # every set: the pooled WER
             language=language,
             normalizer=decoding.text_normalizer,
             num_beams=decoding.num_beams,
@@ -363,13 +394,24 @@ def finish(
     if dist.is_main():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         if stopper.best is not None and (out / "best").is_dir():  # best/ uploads to the Hub as it is
-            trained_on = describe_shards(opts.data.train_shards)
+            sources = training_sources(opts.data.train_shards)
+            described = [describe_shards(source.shards) for source in sources]
+            listed = [  # each source's hours: its split's, from its manifest
+                {
+                    "name": s.name,
+                    "shards": str(s.shards),
+                    "factor": s.factor,
+                    "hours": d["hours"].get(_split_of(s.shards)),
+                }
+                for s, d in zip(sources, described)
+            ]
             write_model_card(
                 out / "best",
                 language=language or "en",
                 base_model=opts.whisper.model,
-                datasets=trained_on["datasets"],
-                hours=trained_on["hours"],
+                datasets=list(dict.fromkeys(name for d in described for name in d["datasets"])),
+                hours=described[0]["hours"] if len(sources) == 1 else {"train": sum(s["hours"] or 0.0 for s in listed)},
+                sources=listed if len(sources) > 1 or sources[0].factor != 1 else None,
                 scores=stopper.best_scores,
                 normalizer=decoding.text_normalizer,
                 command=training_command(sys.argv),
@@ -413,6 +455,13 @@ def resolve_options(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOption
     data, optim, val = opts.data, opts.optim, opts.validation
     if val.metric == "long_wer" and not val.val_long_form:
         problems.append("--metric long_wer: needs --val-long-form DATA, the long recordings to score")
+    try:
+        names = [s.name for s in validation_sets(data.val_shards)]
+        metrics = [*METRICS, *(f"{score}/{name}" for name in names for score in ("wer", "cer"))]
+        if val.metric not in metrics:
+            problems.append(f"--metric {val.metric}: not one of {', '.join(metrics)}")
+    except ValueError:
+        pass  # --val-shards says what is wrong
     for name, value in (
         ("batch_size", optim.batch_size),
         ("grad_accum", optim.grad_accum),
@@ -426,8 +475,8 @@ def resolve_options(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOption
     for name, check in (
         ("language", lambda: language_code(opts.whisper.language)),
         ("text_normalizer", lambda: load_normalizer(opts.decoding.text_normalizer)),
-        ("train_shards", lambda: data.epoch_samples or count_samples(list_shards(data.train_shards))),  # or says how
-        ("val_shards", lambda: list_shards(data.val_shards)),
+        ("train_shards", lambda: check_sources(data.train_shards, data.epoch_samples)),
+        ("val_shards", lambda: [list_shards(s.shards) for s in validation_sets(data.val_shards)]),
         ("speed_perturb", lambda: parse_speeds(opts.augment.speed_perturb or "1")),
         ("export", lambda: opts.checkpoints.export and require_export_extra()),
         ("val_long_form", lambda: val.val_long_form and list_recordings(val.val_long_form)),
@@ -468,3 +517,51 @@ def resolve_options(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOption
         )
     )  # what the JSON fixed, if it did
     return opts, ds_config, notes
+
+
+def training_sources(specs: Sequence[str]) -> list[Source]:
+    """--train-shards, each NAME=SPEC@FACTOR (a plain SPEC: the source "train" at factor 1)."""
+    return parse_sources(specs, "--train-shards", "train")
+
+
+def validation_sets(specs: Sequence[str]) -> list[Source]:
+    """--val-shards, each NAME=SPEC (a plain SPEC: the set "validation")."""
+    return parse_sources(specs, "--val-shards", "validation", factors=False)
+
+
+def check_sources(specs: Sequence[str], epoch_samples: int | None) -> None:
+    """Each training source's shards exist and have sample counts (manifest.json, tar headers), which an epoch
+    needs; only one plain source may go without them, given --epoch-samples (remote shards without a manifest)."""
+    sources = training_sources(specs)
+    if len(sources) == 1 and sources[0].factor == 1 and epoch_samples:
+        list_shards(sources[0].shards)
+        return
+    for source in sources:
+        try:
+            count_samples(list_shards(source.shards))  # or says how
+        except ValueError as error:
+            raise ValueError(f"{source.name}: {error}" if len(sources) > 1 else str(error)) from None
+
+
+def say_overlap(sources: list[Source], val_sets: list[Source], normalize) -> None:
+    """Rank 0: how many sentences each training source shares with each validation set, compared after the
+    scoring normaliser. A shared sentence makes validation WER optimistic; tools/shard_corpus.py
+    --exclude-sentences keeps them out. Local shards only (remote ones would be downloaded whole to count)."""
+    if not dist.is_main():
+        return
+    local = [s for s in [*sources, *val_sets] if not any(is_url(shard) for shard in list_shards(s.shards))]
+    sentences = {id(s): {normalize(text) for text in read_sentences(s.shards)} - {""} for s in local}
+    for source in sources:
+        for val_set in val_sets:
+            if id(source) in sentences and id(val_set) in sentences:
+                shared = len(sentences[id(source)] & sentences[id(val_set)])
+                say(
+                    f"overlap: training source {source.name} shares {shared} sentences with validation set "
+                    f"{val_set.name}" + (" (tools/shard_corpus.py --exclude-sentences removes them)" if shared else "")
+                )
+
+
+def _split_of(shards) -> str:
+    """The split a source's shards are (`shards/cv/train` or `shards/cv/train/shard-{…}.tar`: "train")."""
+    path = Path(str(shards))
+    return path.name if not path.suffix else path.parent.name

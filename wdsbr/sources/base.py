@@ -41,6 +41,7 @@ REASONS = {
     "cv_speaker_in_dev_test": "--cv-train validated: the clip's speaker (client_id) is in dev.tsv or test.tsv",
     "cv_sentence_in_dev_test": "--cv-train validated: the clip's sentence is in dev.tsv or test.tsv "
     "(exact or after clean_text)",
+    "leaked_sentence": "the transcript (normalised) is one of --exclude-sentences: a validation or test sentence",
     "bad_alignment": "an .ali line whose segment cannot be read, or a sentence without {start; end}",
     "empty_segment": "an .ali segment whose end is not after its start",
     "beyond_recording_end": "an .ali segment that ends after its recording does",
