@@ -2,6 +2,7 @@
 
     python bench/bench_loader.py [--clips 256] [--batch-size 16] [--repeats 3] [--rss-base 64]
     python bench/bench_loader.py --sections epoch [--before c2b1d01]      # the exact epoch only (~5 min)
+    python bench/bench_loader.py --sections sources [--clips 240]          # 3 named sources vs 1 (~3 min)
 
 Throughput (samples/s from stored audio to padded batches of [B, 80, 3000] log-mel + labels, torch threads 1 per
 process, candidates interleaved over --repeats repetitions):
@@ -30,6 +31,11 @@ wdsbr/data.py, loaded beside today's package), on the same shards, 2 ranks × 2 
     mid-shard seek happens, and of the whole loader (to padded log-mel batches, 0 workers), on 1,000-sample
     shards (3,500 clips of 1 s in shards of 1,000, 1,000, 1,000 and 500, so every reader starts mid-shard),
     interleaved over --repeats. Writes bench/results/loader_epoch.json.
+
+Several sources (`--sections sources`): the same --clips clips (2-8 s, flac) sharded as three corpora of a third
+each, read by `make_train_loader` as one source (the three folders' shards together) and as three named sources
+at factor 1 (`--train-shards a=… --train-shards b=… --train-shards c=…`): samples/s of one epoch to padded log-mel
+batches with 1 DataLoader worker, interleaved over --repeats. Writes bench/results/loader_sources.json.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ from common import (
 )
 
 from wdsbr import streams  # noqa: E402
-from wdsbr.data import LoaderOptions, make_train_loader  # noqa: E402
+from wdsbr.data import LoaderOptions, Source, make_train_loader  # noqa: E402
 from wdsbr.model import build_tiny_whisper, load_processor  # noqa: E402
 
 
@@ -90,7 +96,7 @@ def quiet_datasets() -> None:
     datasets.logging.set_verbosity_error()
 
 
-def wdsbr_epoch(shards: Path, processor, num_workers: int, batch_size: int) -> dict:
+def wdsbr_epoch(shards, processor, num_workers: int, batch_size: int) -> dict:
     tokenizer = processor.tokenizer
     loader = make_train_loader(
         shards,
@@ -344,6 +350,34 @@ def epoch_section(args: argparse.Namespace, tmp: Path, processor) -> dict:
     }
 
 
+def sources_section(args: argparse.Namespace, tmp: Path, processor) -> dict:
+    """The same clips as one source and as three named sources (factor 1): one epoch each, interleaved."""
+    third = args.clips // 3
+    folders = []
+    for index, name in enumerate("abc"):
+        write_corpus(tmp / "sources" / name, third, start=index * third, audio_format="flac")
+        folders.append(str(shard_folder(tmp / "sources" / name, tmp / "sources-shards" / name)))
+    candidates = {
+        "1 source": folders,
+        "3 sources": [Source(name, folder, 1.0) for name, folder in zip("abc", folders)],
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in candidates}
+    for _ in range(args.repeats):
+        for name, shards in candidates.items():  # interleaved: drift hits both alike
+            runs[name].append(wdsbr_epoch(shards, processor, 1, args.batch_size))
+    throughput = {
+        name: {"samples_per_s": summarize([r["samples"] / r["seconds"] for r in results]), "runs": results}
+        for name, results in runs.items()
+    }
+    return {
+        "clips": 3 * third,
+        "batch_size": args.batch_size,
+        "workers": 1,
+        "repeats": args.repeats,
+        "throughput": throughput,
+    }
+
+
 def print_epoch(report: dict) -> None:
     print("\none epoch at 2 ranks × 2 workers: samples shown once / more than once / never\n")
     print_table(
@@ -378,9 +412,9 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         nargs="+",
-        choices=["pipelines", "epoch"],
+        choices=["pipelines", "epoch", "sources"],
         default=["pipelines", "epoch"],
-        help="pipelines: throughput and memory against the recipe; epoch: the exact epoch",
+        help="pipelines: throughput and memory against the recipe; epoch: the exact epoch; sources: 3 sources vs 1",
     )
     parser.add_argument("--before", default="c2b1d01", help="git commit whose loader the exact epoch compares against")
     parser.add_argument("--rss-child", choices=["wdsbr", "hf"], help=argparse.SUPPRESS)
@@ -397,6 +431,16 @@ def main() -> None:
         tmp = Path(tmp)
         model = build_tiny_whisper(tmp / "tiny")
         processor = load_processor(str(model), language="br")
+        if "sources" in args.sections:
+            report = sources_section(args, tmp, processor)
+            out = save_results("loader_sources", {**report, "bench_seconds": time.perf_counter() - started})
+            print_table(
+                ["read as", "samples/s, median (min-max)"],
+                [[name, fmt(row["samples_per_s"])] for name, row in report["throughput"].items()],
+            )
+            print(f"\nwrote {out} in {time.perf_counter() - started:.0f} s")
+            if args.sections == ["sources"]:
+                return
         if "epoch" in args.sections:
             epoch = epoch_section(args, tmp, processor)
             out = save_results("loader_epoch", {**epoch, "bench_seconds": time.perf_counter() - started})
