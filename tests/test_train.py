@@ -279,10 +279,9 @@ def test_validation_on_two_ranks_over_http_scores_exactly_what_one_rank_does_loc
             f"{url}/{split}/shard-{{000000..{len(list((shards / split).glob('*.tar'))) - 1:06d}}}.tar"
             for split in ("train", "validation")
         ]
-        run_training(
-            shards, wordy_whisper, two, *common, "--train-shards", over_http[0], "--val-shards", over_http[1], ranks=2
-        )
-    assert json.loads((two / "config.json").read_text())["options"]["train_shards"].startswith("http://127.0.0.1:")
+        data = ("--train-shards", over_http[0], "--val-shards", over_http[1])
+        run_training(shards, wordy_whisper, two, *common, data=data, ranks=2)
+    assert json.loads((two / "config.json").read_text())["options"]["train_shards"][0].startswith("http://127.0.0.1:")
     (a,), (b,) = rows(one, "eval"), rows(two, "eval")
     assert a["cer"] not in (0.0, 1.0)  # real predictions: neither all empty nor all right
     scores = ("wer", "cer", "samples", "wer_raw", "wer_normalized", "cer_normalized", "wer_whisper_basic")
