@@ -54,12 +54,13 @@ def shards(tmp_path_factory) -> Path:
 
 
 def launch(output: Path, *args: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    port = free_port()
     command = [
         DEEPSPEED,
         "--num_gpus",
         str(ranks),
         "--master_port",
-        str(free_port()),
+        str(port),
         "launch/train.py",
         "--deepspeed",
         "configs/ds_zero2.json",
@@ -70,6 +71,8 @@ def launch(output: Path, *args: str, ranks: int = 2) -> subprocess.CompletedProc
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    # DeepSpeed's CPU all-reduce leaves a 66 MB /dev/shm file per rank; the trainer removes them (engine.shm_buffer)
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     return result
 
 

@@ -7,6 +7,7 @@ when a CLI option given explicitly contradicts it, that is an error, not a silen
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -272,6 +273,19 @@ def init_distributed(timeout_minutes: float = 30.0) -> None:
     logger.addFilter(_KnownNoise())
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes), verbose=False)
+    if backend == "gloo":
+        torch.distributed.barrier()  # collective: every rank has mapped every rank's shared buffer by now
+        with contextlib.suppress(FileNotFoundError):  # none where the ranks are on several nodes
+            os.unlink(shm_buffer(dist.rank()))
+
+
+def shm_buffer(rank: int) -> str:
+    """The shared-memory file DeepSpeed's CPU all-reduce creates for `rank` (66 MB, in /dev/shm) and never removes:
+    every multi-rank CPU run used to leave one per rank behind, until the machine ran out of memory. Once every
+    rank has mapped them (at init), each rank unlinks its own: the mappings live on until the processes exit, and
+    the memory is freed with the last one, however they exit."""
+    address, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{address}_{port}_{rank}"
 
 
 def _cpu_comm_op_built() -> bool:
