@@ -88,6 +88,7 @@ def make_corpus(folder: Path, args: argparse.Namespace) -> dict[str, Path]:
 
 def train(variant: str, seed: int, shards: dict[str, Path], out: Path, args: argparse.Namespace) -> dict:
     shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     sources = [f"--train-shards={name}={shards[name]}@{factor}" for name, factor in VARIANTS[variant].items()]
     val_sets = [f"--val-shards={name}={shards[f'val-{name}']}" for name in VOICES]
     command = [
