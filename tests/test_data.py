@@ -26,6 +26,7 @@ from wdsbr.data import (
     SkipCounter,
     Source,
     _epoch_segments,
+    _interleave,
     _pack,
     batches_per_epoch,
     make_eval_loader,
@@ -808,16 +809,39 @@ def test_several_sources_resume_mid_epoch_exactly(three_sources, tiny_processor,
     assert [rank[2:] for rank in full] == resumed
 
 
-def test_the_sources_are_interleaved_within_an_epoch(three_sources):
-    """Not all of a then all of b: the epoch's segments alternate between sources, in a seeded order."""
+def test_the_sources_are_dealt_in_proportion_within_an_epoch(three_sources):
+    """Not all of a then all of b: cut into pieces of at most `piece` samples, each source's segments are dealt so
+    that at every point of the epoch's sequence each source has given its share of the samples so far (± 2
+    pieces); the cut changes which samples the epoch holds not at all."""
     counts = [[5, 3], [7, 2, 4], [6, 5]]
     source_of = [0, 0, 1, 1, 1, 2, 2]
     for epoch in range(3):
-        order = [source_of[shard] for shard, _, _ in _epoch_segments(counts, [2.0, 1.0, 0.5], seed=7, epoch=epoch)]
-        runs = 1 + sum(a != b for a, b in zip(order, order[1:]))
-        assert runs > 3, order  # three sources in one block each would be 3 runs
+        whole = _epoch_segments(counts, [2.0, 1.0, 0.5], seed=7, epoch=epoch)
+        cut = _epoch_segments(counts, [2.0, 1.0, 0.5], seed=7, epoch=epoch, piece=2)
+        samples = lambda segments: Counter((s, i) for s, first, last in segments for i in range(first, last))  # noqa: E731
+        assert samples(cut) == samples(whole)
+        assert all(last - first <= 2 for _, first, last in cut)
+        totals = Counter()
+        for shard, first, last in cut:
+            totals[source_of[shard]] += last - first
+        everything, done = sum(totals.values()), Counter()
+        for shard, first, last in cut:
+            done[source_of[shard]] += last - first
+            so_far = sum(done.values())
+            assert all(abs(done[s] - so_far * totals[s] / everything) <= 2 * 2 for s in totals), (epoch, cut)
     plain = _epoch_segments([[4, 4, 4]], [1.0], seed=3, epoch=0)
     assert sorted(plain) == [(0, 0, 4), (1, 0, 4), (2, 0, 4)]  # one source at factor 1: each shard once
+
+
+def test_a_reader_takes_its_sources_side_by_side_in_proportion():
+    """Within a reader's range the sources are read at once, sample by sample in proportion to what the range
+    holds of each; a stream that ends early (bad samples) leaves the rotation, the others go on."""
+    order = [sample["s"] for sample in _interleave([(iter([{"s": "a"}] * 6), 6), (iter([{"s": "b"}] * 2), 2)])]
+    assert order == ["a", "a", "b", "a", "a", "a", "b", "a"]
+    short = [sample["s"] for sample in _interleave([(iter([{"s": "a"}] * 2), 4), (iter([{"s": "b"}] * 4), 4)])]
+    assert short == ["a", "b", "a", "b", "b", "b"]
+    one = [{"k": i} for i in range(3)]
+    assert list(_interleave([(iter(one), 3)])) == one
 
 
 @pytest.mark.parametrize(

@@ -143,25 +143,54 @@ def parse_sources(texts: Sequence[str], option: str, default_name: str, factors:
 
 
 def _epoch_segments(
-    counts: Sequence[Sequence[int]], factors: Sequence[float], seed: int, epoch: int
+    counts: Sequence[Sequence[int]], factors: Sequence[float], seed: int, epoch: int, piece: int | None = None
 ) -> list[tuple[int, int, int]]:
     """The epoch's sequence as (shard, first, stop) segments, shard numbered across the sources in order: each
     source's shards ⌊factor⌋ times whole, then a window of fraction × its N samples that moves on by that much
-    every epoch (so over k epochs each sample is shown ⌊k·factor⌋ or ⌈k·factor⌉ times), all segments in a seeded
-    order that interleaves the sources. One source at factor 1: each shard once, in the order of earlier versions."""
-    segments, base = [], 0
+    every epoch (so over k epochs each sample is shown ⌊k·factor⌋ or ⌈k·factor⌉ times). One source: its segments
+    in a seeded order (at factor 1 each shard once, in the order of earlier versions). Several: each source's
+    segments in a seeded order, cut into pieces of at most `piece` samples, and the sources' pieces dealt in
+    proportion (`_deal`), so that every stretch of the sequence holds each source in its share of the epoch."""
+    rng = random.Random(stable_seed(seed, epoch, "shards"))
+    by_source, base = [], 0
     for source_counts, factor in zip(counts, factors):
         whole, fraction = int(factor), factor - int(factor)
         shards = [(base + i, 0, count) for i, count in enumerate(source_counts)]
-        segments += shards * whole
+        segments = shards * whole
         total = sum(source_counts)
         if fraction and total:
             start, stop = math.floor(epoch * fraction * total), math.floor((epoch + 1) * fraction * total)
-            cycle = [(shard, 0, count) for shard, _, count in shards]
-            segments += [(shard, first, last) for shard, first, last, _ in _pieces(cycle, start, stop)]
+            segments += [(shard, first, last) for shard, first, last, _ in _pieces(shards, start, stop)]
+        by_source.append(segments)
         base += len(source_counts)
-    random.Random(stable_seed(seed, epoch, "shards")).shuffle(segments)
-    return segments
+    if len(by_source) == 1:
+        rng.shuffle(by_source[0])
+        return by_source[0]
+    for segments in by_source:
+        rng.shuffle(segments)
+    return _deal([_cut(segments, piece) for segments in by_source])
+
+
+def _cut(segments: Sequence[tuple[int, int, int]], piece: int | None) -> list[tuple[int, int, int]]:
+    """The segments, each cut into consecutive pieces of at most `piece` samples (None: left whole)."""
+    if not piece:
+        return list(segments)
+    return [(shard, at, min(at + piece, last)) for shard, first, last in segments for at in range(first, last, piece)]
+
+
+def _deal(by_source: Sequence[Sequence[tuple[int, int, int]]]) -> list[tuple[int, int, int]]:
+    """Merge each source's (shard, first, stop) segments, keeping each source's order, so that at every point each
+    source has given about the same fraction of its samples: a segment is placed by the middle of its span within
+    its source (stride scheduling; ties go to the earlier source)."""
+    keyed = []
+    for index, segments in enumerate(by_source):
+        total = sum(last - first for _, first, last in segments) or 1
+        done = 0
+        for segment in segments:
+            size = segment[2] - segment[1]
+            keyed.append(((done + size / 2) / total, index, segment))
+            done += size
+    return [segment for _, _, segment in sorted(keyed, key=lambda item: item[:2])]
 
 
 def _pieces(segments: Sequence[tuple[int, int, int]], start: int, stop: int) -> Iterator[tuple[int, int, int, int]]:
@@ -223,11 +252,18 @@ def _planned_train_samples(
     def said(reason: str, samples: int, detail: str) -> None:  # a repeat's losses are its first reader's to count
         log.info("repeat: %s (%s)", detail, reason)
 
-    def read(first_position: int, last_position: int, overflow: bool) -> Iterator[dict]:
-        for shard, first, stop, position in _pieces(segments, first_position, last_position):
+    def read_pieces(pieces: list[tuple[int, int, int, int]], overflow: bool) -> Iterator[dict]:
+        for shard, first, stop, position in pieces:
             repeat = position >= cycle or (overflow and position < total)
             for sample in read_shard_range(shards[shard], first, stop, said if overflow or repeat else on_problem):
                 yield {**sample, "__repeat__": repeat, "__source__": names[shard]}
+
+    def read(first_position: int, last_position: int, overflow: bool) -> Iterator[dict]:
+        by_source: dict[str, list] = {}
+        for piece in _pieces(segments, first_position, last_position):
+            by_source.setdefault(names[piece[0]], []).append(piece)
+        streams = [(read_pieces(pieces, overflow), sum(p[2] - p[1] for p in pieces)) for pieces in by_source.values()]
+        yield from _interleave(streams)
 
     rng = random.Random(stable_seed(seed, epoch, slot))
     yield from wds.shuffle(bufsize, initial=min(bufsize, 100), rng=rng)(read(start, end, overflow=False))
@@ -238,6 +274,25 @@ def _planned_train_samples(
             yield sample
         if not got:
             raise RuntimeError(f"training shards yield no readable samples (tried all {len(shards)}, from {shards[0]})")
+
+
+def _interleave(streams: list[tuple[Iterator[dict], int]]) -> Iterator[dict]:
+    """Samples of several (stream, planned length) pairs, one at a time from the stream that has given the smallest
+    share of its length so far (ties to the earlier): each source's samples spread evenly over the reader's range,
+    not in blocks. A stream that ends early (bad samples) just leaves the rotation."""
+    if len(streams) == 1:
+        yield from streams[0][0]
+        return
+    given = [0] * len(streams)
+    live = [index for index, (_, planned) in enumerate(streams) if planned > 0]
+    while live:
+        index = min(live, key=lambda i: ((given[i] + 0.5) / streams[i][1], i))
+        sample = next(streams[index][0], None)
+        if sample is None:
+            live.remove(index)
+            continue
+        given[index] += 1
+        yield sample
 
 
 def _exact_eval_samples(
@@ -617,8 +672,9 @@ def make_train_loader(
     `epoch_samples` also sets a shorter or longer epoch than one pass.
 
     `shards` may be a list of `Source`s (--train-shards NAME=SPEC@FACTOR, repeated): an epoch then shows each
-    sample of a source ⌊factor⌋ or ⌈factor⌉ times, the sources interleaved (`_epoch_segments`); the rest of the
-    contract holds as for one source. Each batch's `sources` counts its utterances by source name.
+    sample of a source ⌊factor⌋ or ⌈factor⌉ times, the sources interleaved sample by sample (`_epoch_segments`,
+    `_interleave`); the rest of the contract holds as for one source.
+    Each batch's `sources` counts its utterances by source name.
 
     `pack` (0 to 1): that share of samples are windows of several consecutive utterances (`_pack`); an epoch
     then holds fewer windows, sized from the shards' audio (manifest seconds / (30 s × PACK_FILL)) for full
@@ -651,7 +707,8 @@ def make_train_loader(
         _warn_estimated(shards[0], estimate, n)
     if not sum(map(sum, counts)):
         raise ValueError(f"{shards[0]}: the training shards hold no samples")
-    segments = _epoch_segments(counts, [source.factor for source in sources], o.seed, epoch)
+    factors = [source.factor for source in sources]
+    segments = _epoch_segments(counts, factors, o.seed, epoch)
     planned = sum(last - first for _, first, last in segments)  # this epoch's samples, factors applied
     epoch_samples = o.epoch_samples or planned
     if o.pack:
@@ -666,6 +723,10 @@ def make_train_loader(
     lengths = reader_lengths(
         batches_per_rank, o.world_size, o.num_workers, o.micro_batch_size, planned if o.pack else None
     )
+    if len(sources) > 1:  # pieces a quarter of a reader's range: every reader gets each source in its share
+        segments = _epoch_segments(
+            counts, factors, o.seed, epoch, piece=max(1, min((n for n in lengths if n), default=4) // 4)
+        )
     speeds = parse_speeds(o.speed_perturb) if isinstance(o.speed_perturb, str) else o.speed_perturb
     spec_augment = SpecAugment() if o.spec_augment is True else o.spec_augment or None
     counter = o.skip_counter or SkipCounter()
