@@ -31,7 +31,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[test,breton,breton-test,export]'
+	$(BIN)/pip install --quiet -e '.[test,breton,breton-test,export,lm]'
 	$(BIN)/pip install --quiet --no-deps anaouder==1.0.5  # Breton normaliser, without its heavy pins (see README)
 	touch $@
 

@@ -69,6 +69,7 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
         say_left_out,
         say_overlap,
         training_sources,
+        val_lm_fusion,
         validate,
         validation_sets,
     )
@@ -130,6 +131,8 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
     engine = build_engine(model, ds_config)
     dtype = compute_dtype(engine)
     gen_kwargs = generate_kwargs(language, opts.decoding.num_beams, opts.decoding.generation_max_length)
+    if val.val_lm:  # --val-lm: validation decodes with the n-gram LM fused into its search
+        gen_kwargs["logits_processor"] = [val_lm_fusion(val, opts.decoding, processor.tokenizer, stream.normalize)]
 
     # ----------------------------------------------------------------------------------------------- resume
     names = [source.name for source in sources]

@@ -39,6 +39,7 @@ LAYERS = {
         "wdsbr.modelcard",
         "wdsbr.export",
         "wdsbr.transcribe",
+        "wdsbr.lm",
     },
 }
 ORDER = ["basics", "data", "orchestration", "scripts"]

@@ -85,7 +85,15 @@ def test_evaluate_help_shares_the_trainers_groups():
     )
     assert result.returncode == 0, result.stderr
     headings = [line.rstrip(":") for line in result.stdout.splitlines() if line and not line.startswith(" ")][1:]
-    assert headings == ["Model", "Data and output", "Engine", "Decoding and scoring", "Long recordings", "Runtime"]
+    assert headings == [
+        "Model",
+        "Data and output",
+        "Engine",
+        "Decoding and scoring",
+        "Language model",
+        "Long recordings",
+        "Runtime",
+    ]
     decoding = result.stdout.split("Decoding and scoring:")[1].split("Long recordings")[0]
     assert all(option in decoding for option in ("--text-normalizer", "--num-beams", "--generation-max-length"))
 

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from wdsbr.corpus import open_corpus
 from wdsbr.engine import cpu_precision_for_fp16
+from wdsbr.lm import estimate
 from wdsbr.shards import ShardOptions, shard_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,7 +275,12 @@ def test_validation_on_two_ranks_over_http_scores_exactly_what_one_rank_does_loc
     # lr 0: the weights stay as loaded, so both runs evaluate the same model; fp32 so batching cannot flip a token.
     # The model writes words that depend on the audio, so equal scores are not 1.0 = 1.0 from empty predictions.
     # The 2-rank run reads train and validation shards from a real HTTP server, counts from its manifest.json.
-    common = ("--max-steps", "1", "--eval-every", "1", "--lr", "0", "--precision", "fp32")
+    # Both decode with an n-gram LM fused into validation's search (--val-lm): exact across ranks too.
+    lm = tmp_path / "br.arpa"
+    sentences = (ROOT / "tests" / "data" / "lm" / "sentences.txt").read_text(encoding="utf-8").splitlines()
+    estimate([line.split() for line in sentences], 3).write(lm)
+    common = ("--max-steps", "1", "--eval-every", "1", "--lr", "0", "--precision", "fp32", "--val-lm", str(lm))
+    common += ("--val-lm-alpha", "1.0", "--val-lm-beta", "0.5")
     one, two = tmp_path / "one", tmp_path / "two"
     run_training(shards, wordy_whisper, one, *common, ranks=1)
     with serve_folder(shards) as url:
@@ -284,7 +290,8 @@ def test_validation_on_two_ranks_over_http_scores_exactly_what_one_rank_does_loc
         ]
         data = ("--train-shards", over_http[0], "--val-shards", over_http[1])
         run_training(shards, wordy_whisper, two, *common, data=data, ranks=2)
-    assert json.loads((two / "config.json").read_text())["options"]["train_shards"][0].startswith("http://127.0.0.1:")
+    options = json.loads((two / "config.json").read_text())["options"]
+    assert options["train_shards"][0].startswith("http://127.0.0.1:") and options["val_lm"] == str(lm)
     (a,), (b,) = rows(one, "eval"), rows(two, "eval")
     assert a["cer"] not in (0.0, 1.0)  # real predictions: neither all empty nor all right
     scores = ("wer", "cer", "samples", "wer_raw", "wer_normalized", "cer_normalized", "wer_whisper_basic")
@@ -335,10 +342,12 @@ def bad_json(tmp_path) -> Path:
         (["--train-shards", "a={tmp}", "--train-shards", "a={tmp}"], "--train-shards: the name a is given twice"),
         (["--val-shards", "v={tmp}@2"], "--val-shards: a validation set has no @FACTOR"),
         (["--val-long-form", "{tmp}"], "no recording to transcribe (no audio + .txt pairs, no .ali files)"),
+        (["--val-lm", "{tmp}/none.arpa"], "--val-lm: {tmp}/none.arpa: no such language model file"),
     ],
 )
 def test_bad_configuration_is_one_clear_line_and_exit_2(shards, tiny_whisper, tmp_path, bad_json, args, message):
     args = [a.format(bad_json=bad_json, tmp=tmp_path) for a in args]
+    message = message.replace("{tmp}", str(tmp_path))
     base = ["--model", tiny_whisper, "--output-dir", str(tmp_path / "run")]
     for option, split in (("--train-shards", "train"), ("--val-shards", "validation")):  # repeated: another source
         base += [] if option in args else [option, str(shards / split)]

@@ -254,8 +254,7 @@ def main(
         from wdsbr.scoring import load_normalizer
 
         normalize = load_normalizer(text_normalizer)
-        sentences = frozenset(normalize(text) for spec in exclude_sentences for text in shards.read_sentences(spec))
-        exclude = shards.Exclusion(tuple(exclude_sentences), sentences - {""}, normalize)
+        exclude = shards.load_exclusion(exclude_sentences, normalize)
         click.echo(f"excluding {len(exclude.sentences)} sentences of {', '.join(exclude_sentences)}")
     manifest = shards.shard_corpus(corpus, output, options, overwrite=overwrite, progress=progress, exclude=exclude)
     click.echo(shards.format_summary(manifest, output))

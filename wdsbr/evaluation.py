@@ -47,6 +47,14 @@ def no_timestamps(model) -> dict[str, Any]:
     return {"logits_processor": LogitsProcessorList([NoTimestamps(token + 1)])} if token is not None else {}
 
 
+def with_processors(gen_kwargs: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """generate() arguments with `more`'s logits processors run before those `gen_kwargs` already has (the
+    timestamp mask before the language model's fusion, which must see only tokens that can be chosen)."""
+    given = list(gen_kwargs.get("logits_processor") or [])
+    processors = [*more.get("logits_processor", []), *given]
+    return {**gen_kwargs, **({"logits_processor": LogitsProcessorList(processors)} if processors else {})}
+
+
 @torch.no_grad()
 def validation_step(
     model, batch: dict, tokenizer, gen_kwargs: dict, dtype: torch.dtype, device: torch.device
@@ -59,7 +67,7 @@ def validation_step(
     labels = batch["labels"].to(device)
     tokens = int((labels != -100).sum())
     loss = model(input_features=features, labels=labels).loss.float() * tokens
-    generated = model.generate(input_features=features, **gen_kwargs, **no_timestamps(model))
+    generated = model.generate(input_features=features, **with_processors(gen_kwargs, no_timestamps(model)))
     predictions = tokenizer.batch_decode(generated, skip_special_tokens=True)
     return loss, tokens, [p.strip() for p in predictions], list(batch["texts"])
 

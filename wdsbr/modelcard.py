@@ -331,3 +331,45 @@ def _body(
         "",
     ]
     return "\n".join(lines)
+
+
+LM_HEADING = "## Language model fusion"
+
+
+def add_lm_section(folder: str | Path, settings: Mapping[str, Any]) -> Path:
+    """Add (or replace) the card's section on the n-gram LM tools/tune_lm.py tuned for this model: validation WER
+    greedy, with beam search and with the LM fused, the weights, and the LM's order, text size and source."""
+    path = Path(folder) / "README.md"
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    start = text.find(LM_HEADING)
+    if start >= 0:  # the previous tuning's section, up to the next section
+        end = text.find("\n## ", start + len(LM_HEADING))
+        text = text[:start].rstrip() + ("\n\n" + text[end + 1 :] if end >= 0 else "")
+    info = settings.get("lm_info") or {}
+    pct = lambda value: f"{100 * value:.2f} %" if value is not None else "–"  # noqa: E731
+    beams = settings["num_beams"]
+    lines = [
+        LM_HEADING,
+        "",
+        f"Decoding can fuse an n-gram language model into the beam search (`launch/evaluate.py --lm "
+        f"{settings['lm']} --num-beams {beams}`): score = acoustic log-probability + α · LM log10-probability + β · "
+        f"words, with α = {settings['alpha']:g} and β = {settings['beta']:g}, tuned by `tools/tune_lm.py` on "
+        f"{settings['validation']} ({settings['samples']} clips, `{settings['normalizer']}` normaliser):",
+        "",
+        "| decoding | validation WER |",
+        "|---|---:|",
+        f"| greedy | {pct(settings['wer_greedy'])} |",
+        f"| beam {beams} | {pct(settings['wer_beam'])} |",
+        f"| beam {beams} + LM | {pct(settings['wer_lm'])} |",
+        "",
+    ]
+    if info:
+        sources = ", ".join(f"`{source}`" for source in info.get("sources", []))
+        lines += [
+            f"The LM: order {info.get('order')}, {info.get('sentences')} sentences, {info.get('words')} words "
+            f"({info.get('vocabulary')} distinct) from {sources}; "
+            f"{info.get('excluded_sentences', {}).get('removed', 0)} lines equal to held-out sentences removed.",
+            "",
+        ]
+    path.write_text(text.rstrip() + "\n\n" + "\n".join(lines), encoding="utf-8")
+    return path

@@ -199,6 +199,11 @@ class ValidationOptions:
     )
     min_delta: float = option(0.0, "Improvement smaller than this does not count.")
     patience: int = option(3, "Evaluations without improvement before stopping; 0: never.")
+    val_lm: str | None = option(
+        None, "Decode validation with this n-gram LM fused into the search (tools/build_lm.py); off by default."
+    )
+    val_lm_alpha: float = option(0.5, "--val-lm: the LM's weight α (tools/tune_lm.py tunes it on a trained model).")
+    val_lm_beta: float = option(0.0, "--val-lm: the bonus per word β.")
 
 
 @dataclass
@@ -255,6 +260,20 @@ class EngineOptions:
         "faster-whisper only: CTranslate2 compute type (default: the export's quantization).",
         type=click.Choice(COMPUTE_TYPES),
     )
+
+
+@dataclass
+class LanguageModelOptions:
+    SECTION: ClassVar[str] = "Language model"
+    lm: str | None = option(
+        None,
+        "Fuse this n-gram LM (tools/build_lm.py: ARPA or KenLM binary) into the search: score = acoustic log-prob "
+        "+ α·LM log10-prob + β·words. Use --num-beams 5.",
+    )
+    lm_alpha: float | None = option(
+        None, "--lm: the LM's weight α (default: --model's lm.json from tools/tune_lm.py, else 0.5).", type=float
+    )
+    lm_beta: float | None = option(None, "--lm: the bonus per word β (default: --model's lm.json, else 0).", type=float)
 
 
 @dataclass
@@ -415,6 +434,7 @@ class EvaluateOptions(Options):
     inputs: EvalDataOptions = field(default_factory=EvalDataOptions)
     backend: EngineOptions = field(default_factory=EngineOptions)
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    lm: LanguageModelOptions = field(default_factory=LanguageModelOptions)
     longform: LongFormOptions = field(default_factory=LongFormOptions)
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 

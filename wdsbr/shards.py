@@ -24,7 +24,7 @@ import sys
 import tarfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -171,6 +171,12 @@ def read_sentences(spec: str | Path | list) -> list[str]:
                 if member.name.endswith(".txt"):
                     sentences.append(tar.extractfile(member).read().decode("utf-8").strip())
     return sentences
+
+
+def load_exclusion(specs: Sequence[str], normalize: Callable[[str], str]) -> Exclusion:
+    """The leakage guard of --exclude-sentences SPEC (repeated): every sentence they hold, normalised."""
+    sentences = frozenset(normalize(text) for spec in specs for text in read_sentences(spec))
+    return Exclusion(tuple(specs), sentences - {""}, normalize)
 
 
 def prepare_sample(item: Item, options: ShardOptions, exclude: Exclusion | None = None) -> Sample | Rejection:

@@ -36,6 +36,7 @@ from wdsbr.engine import (
 )
 from wdsbr.evaluation import EarlyStopping, gather, run_validation
 from wdsbr.export import export_and_score, require_export_extra
+from wdsbr.lm import LMFusion, load_lm
 from wdsbr.longform import Recording, list_recordings, run_long_form
 from wdsbr.metrics import MetricsLog
 from wdsbr.model import check_model, language_code, save_model_atomic
@@ -430,6 +431,11 @@ def finish(
     return summary
 
 
+def val_lm_fusion(val, decoding, tokenizer, normalize):
+    """--val-lm: the n-gram LM fused into validation's search, at --val-lm-alpha and --val-lm-beta."""
+    return LMFusion(load_lm(val.val_lm), tokenizer, normalize, val.val_lm_alpha, val.val_lm_beta, decoding.num_beams)
+
+
 def resolve_options(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOptions, dict, list[str]]:
     """The run's options (with --resume, the saved ones but for those the command line gave: `explicit`), the
     DeepSpeed config with its "auto" values filled, and notes to print; no DeepSpeed config for a run that finished
@@ -480,6 +486,7 @@ def resolve_options(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOption
         ("speed_perturb", lambda: parse_speeds(opts.augment.speed_perturb or "1")),
         ("export", lambda: opts.checkpoints.export and require_export_extra()),
         ("val_long_form", lambda: val.val_long_form and list_recordings(val.val_long_form)),
+        ("val_lm", lambda: val.val_lm and load_lm(val.val_lm)),
     ):
         try:
             check()

@@ -25,6 +25,7 @@ from wdsbr.engine import cpu_precision_for_fp16
 from wdsbr.eval_data import eval_data_kind, expected_samples, prepare_shards
 from wdsbr.evaluation import gather, generate_kwargs, run_validation, sum_across_ranks
 from wdsbr.export import compute_type_of, is_ct2_folder, open_for_scoring, run_faster_whisper
+from wdsbr.lm import LMFusion, load_lm, resolve_weights
 from wdsbr.longform import (
     TEMPERATURE_FALLBACK,
     fit_after_previous_text,
@@ -50,6 +51,7 @@ class Inputs:
     kind: str  # "shards", "corpus" (a folder of ID.wav + ID.txt) or "recordings" (--long-form)
     recordings: list = field(default_factory=list)  # --long-form: the recordings, and the inputs left out
     rejected: list = field(default_factory=list)
+    lm: object = None  # --lm: the loaded KenLM model
 
 
 def check_options(opts: EvaluateOptions) -> Inputs:
@@ -98,6 +100,16 @@ def check_options(opts: EvaluateOptions) -> Inputs:
             "handles long audio: run it on best-ct2/ directly)"
         )
 
+    if opts.lm.lm and ct2:
+        problems.append("--lm: only with --engine transformers (faster-whisper's search has no hook for an LM)")
+    if (opts.lm.lm_alpha is not None or opts.lm.lm_beta is not None) and not opts.lm.lm:
+        problems.append("--lm-alpha/--lm-beta: only with --lm")
+
+    def read_lm() -> None:
+        if opts.lm.lm and not ct2:
+            resolve_weights(opts.whisper.model, opts.lm.lm_alpha, opts.lm.lm_beta)  # a broken lm.json: said now
+            found.lm = load_lm(opts.lm.lm)
+
     def read_data() -> None:
         if opts.longform.long_form:
             found.kind = "recordings"
@@ -108,6 +120,7 @@ def check_options(opts: EvaluateOptions) -> Inputs:
     for name, check in (
         ("--text-normalizer", lambda: load_normalizer(opts.decoding.text_normalizer)),
         ("--data", read_data),
+        ("--lm", read_lm),
         (
             "--model",
             lambda: (
@@ -197,6 +210,12 @@ def transcribe_and_score(opts: EvaluateOptions, found: Inputs) -> None:
         prompt_ids = list(tokenizer.prefix_tokens)
         gen_kwargs = generate_kwargs(language, opts.decoding.num_beams, opts.decoding.generation_max_length)
         normalize = load_normalizer(opts.decoding.text_normalizer)
+        lm_used = None
+        if found.lm is not None:  # --lm: shallow fusion into the search, α and β given or tuned (lm.json)
+            alpha, beta, origin = resolve_weights(opts.whisper.model, opts.lm.lm_alpha, opts.lm.lm_beta)
+            fusion = LMFusion(found.lm, tokenizer, normalize, alpha, beta, opts.decoding.num_beams)
+            gen_kwargs["logits_processor"] = [fusion]
+            lm_used = {"path": opts.lm.lm, "alpha": alpha, "beta": beta, "weights_from": origin}
 
         # ----------------------------------------------------------------------------------------- transcribe
         if opts.longform.long_form:
@@ -238,7 +257,9 @@ def transcribe_and_score(opts: EvaluateOptions, found: Inputs) -> None:
     finally:
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    report(opts, results, loss_sum, tokens, totals, seconds, prepared, normalize, language, precision, world_size)
+    report(
+        opts, results, loss_sum, tokens, totals, seconds, prepared, normalize, language, precision, world_size, lm_used
+    )
 
 
 def transcribe_shards(
@@ -333,7 +354,9 @@ def transcribe_recordings(opts, found, model, processor, gen_kwargs, dtype, devi
     return results, totals, time.perf_counter() - start
 
 
-def report(opts, results, loss_sum, tokens, totals, seconds, prepared, normalize, language, precision, world_size):
+def report(
+    opts, results, loss_sum, tokens, totals, seconds, prepared, normalize, language, precision, world_size, lm=None
+):
     """Rank 0: the JSON row (and --output's TSV + Markdown); then every rank leaves the process group."""
     if dist.is_main():
         audio_seconds = totals.pop("audio_seconds")
@@ -360,6 +383,7 @@ def report(opts, results, loss_sum, tokens, totals, seconds, prepared, normalize
             "engine": opts.backend.engine,
             "precision": precision,
             "num_beams": opts.decoding.num_beams,
+            "lm": lm,
             "batch_size": opts.inputs.batch_size,
             "world_size": world_size,
             "skipped_samples": int(sum(skipped_by_reason.values())),
