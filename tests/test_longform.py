@@ -250,3 +250,30 @@ def test_conditioning_on_the_previous_text_changes_what_later_windows_decode(
     assert conditioned["rec0"] != plain["rec0"]  # 70 s: windows 2 and 3 are prompted with what came before
     refused = evaluate("--model", wordy_whisper, "--data", recordings, "--condition-on-previous", *FAST)
     assert refused.returncode == 2 and "--condition-on-previous: only with --long-form" in refused.stderr
+
+
+def test_an_n_gram_lm_fuses_into_long_form_decoding_too(wordy_whisper, recordings, tmp_path):
+    """--lm on --long-form: each window's text (after its <|startoftranscript|>) is scored; at α = β = 0 the
+    transcript and its segments are plain decoding's, at α = 1 the LM moves them and the windows still go on
+    through the 70 s recording."""
+    pytest.importorskip("kenlm")
+    from wdsbr.lm import LMFusion, estimate, load_lm
+    from wdsbr.text import clean_text
+
+    processor, model = load_processor(wordy_whisper, "br"), load_model(wordy_whisper).eval()
+    found, _ = list_recordings(recordings)
+    estimate([["demat", "deoc'h"], ["kenavo", "ar", "wech", "all"]] * 3, 3).write(tmp_path / "lm.arpa")
+    lm = load_lm(tmp_path / "lm.arpa")
+
+    def decode(alpha: float | None):
+        kwargs = generate_kwargs("br", 1, 8)  # greedy: transformers' long-form beam search fails on this tiny model
+        if alpha is not None:
+            kwargs["logits_processor"] = [LMFusion(lm, processor.tokenizer, clean_text, alpha, 0.0, num_beams=1)]
+        _, transcripts, _ = run_long_form(model, processor, found[:1], kwargs, torch.float32, torch.device("cpu"))
+        return transcripts[0], kwargs.get("logits_processor", [None])[0]
+
+    plain, _ = decode(None)
+    nil, fusion = decode(0.0)
+    assert (nil.text, nil.segments) == (plain.text, plain.segments) and fusion.words_scored > 0
+    fused, _ = decode(1.0)
+    assert fused.text != plain.text and fused.segments[-1]["end"] > 30.0
