@@ -52,10 +52,13 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
 
     import torch
 
+    from wdsbr.augment import stable_seed
     from wdsbr.data import LoaderOptions, SkipCounter, make_eval_loader, make_train_loader
     from wdsbr.engine import build_engine, compute_dtype, init_distributed, load_checkpoint, training_step
     from wdsbr.evaluation import EarlyStopping, generate_kwargs
     from wdsbr.longform import list_recordings, my_share
+    from wdsbr.lora import apply_lora
+    from wdsbr.lora import describe as describe_parameters
     from wdsbr.metrics import MetricsLog, progress_bar
     from wdsbr.model import is_multilingual, language_code, load_model, load_processor, quiet_libraries
     from wdsbr.scoring import load_normalizer
@@ -89,9 +92,15 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
         language_code(opts.whisper.language) if is_multilingual(opts.whisper.model, model.generation_config) else None
     )
     model.config.use_cache = not optim.gradient_checkpointing
-    if optim.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if optim.gradient_checkpointing:  # non-reentrant: with LoRA's frozen base the conv input would cut the gradient
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})  # transformers 5 renamed it
     model.model.encoder.requires_grad_(not optim.freeze_encoder)  # --freeze-encoder: train the decoder only
+    if opts.lora.lora:  # --lora: adapters train, the base weights stay frozen; best/ gets the merged model
+        lora = opts.lora
+        model = apply_lora(model, lora.lora, lora.lora_alpha, lora.lora_dropout, lora.lora_targets)
+    parameters = describe_parameters(model)
+    dist.say(f"training {parameters['trainable_params']:,} of {parameters['total_params']:,} parameters")
 
     # ------------------------------------------------------------------------------------------------- data
     skipped = SkipCounter()
@@ -143,6 +152,7 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
             f"resumed from step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch}), "
             f"best {state.stopper.metric} {state.stopper.best}"
         )
+    state.parameters = parameters
 
     # ------------------------------------------------------------------------------------------------- loop
     log_every, eval_every, max_steps = opts.logging.log_every, val.eval_every, optim.max_steps
@@ -150,7 +160,8 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
     while not state.done:
         loader = make_train_loader(sources, stream, epoch=state.epoch, start_batch=state.batch_in_epoch)
         for batch in meter.timed(loader):
-            loss = training_step(engine, batch)
+            torch.manual_seed(stable_seed(optim.seed, dist.rank(), state.epoch, state.batch_in_epoch))  # dropout
+            loss = training_step(engine, batch)  # (LoRA's): drawn by stream position, the same after a resume
             state.batch_in_epoch += 1
             if loss is None:  # NaN/inf on some rank: skipped everywhere before touching the weights
                 state.nonfinite_batches += 1

@@ -25,6 +25,7 @@ LAYERS = {
         "wdsbr.data",
         "wdsbr.eval_data",
         "wdsbr.model",
+        "wdsbr.lora",
         "wdsbr.pretrained",
         "wdsbr.timestamps",
     },

@@ -70,6 +70,7 @@ def test_train_help_groups_its_options_by_topic():
         "Augmentation (training only)",
         "Model",
         "Optimisation",
+        "LoRA (one small GPU: train adapters, not the model)",
         "Validation and early stopping",
         "Decoding and scoring",
         "Checkpoints, resume and export",

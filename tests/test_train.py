@@ -271,6 +271,38 @@ def test_resume_continues_exactly_where_an_interrupted_run_stopped(shards, tiny_
         torch.testing.assert_close(final[0][name], final[1][name], atol=1e-6, rtol=0)
 
 
+def test_lora_with_optimizer_offload_resumes_exactly_and_saves_a_plain_merged_best(shards, tiny_whisper, tmp_path):
+    """--lora on DeepSpeed ZeRO-2 with the optimizer states offloaded to CPU (configs/ds_zero2_offload.json) and
+    gradient checkpointing: only the adapters train (rows say how many), a job stopped after 2 steps and resumed
+    ends where the straight run does, and best/ is a plain Whisper (merged) with the adapter in best/adapter/."""
+    common = ("--lora", "4", "--deepspeed", "configs/ds_zero2_offload.json", "--gradient-checkpointing")
+    common += ("--max-steps", "4", "--eval-every", "2", "--metric", "loss", "--patience", "0", "--lr", "1e-2")
+    common += ("--precision", "fp32")  # so that the frozen weights come back bit for bit
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    run_training(shards, tiny_whisper, straight, *common, ranks=1)
+    run_training(shards, tiny_whisper, interrupted, *common, "--stop-after-steps", "2", ranks=1)
+    assert "resumed from step 2" in launch(interrupted, "--resume", ranks=1).stdout
+
+    def numbers(output: Path) -> list[tuple]:
+        return [(r["kind"], r["step"], r.get("loss"), r.get("val_loss")) for r in read_metrics(output) if r["step"] > 2]
+
+    for got, want in zip(numbers(interrupted), numbers(straight), strict=True):
+        assert got[:2] == want[:2]
+        np.testing.assert_allclose([x for x in got[2:] if x], [x for x in want[2:] if x], atol=1e-6)
+    train = rows(straight, "train")[-1]
+    assert 0 < train["trainable_params"] < train["total_params"] / 10
+    best = straight / "best"
+    assert (best / "adapter" / "adapter_config.json").is_file()
+    weights = load_file(best / "model.safetensors")
+    assert not any("lora" in name for name in weights) and "model.encoder.layers.0.self_attn.q_proj.weight" in weights
+    base = load_file(Path(tiny_whisper) / "model.safetensors")
+    changed = [name for name in base if name in weights and not torch.equal(base[name].float(), weights[name])]
+    assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed)  # merged adapters
+    assert "LoRA adapters of rank 4" in (best / "README.md").read_text()
+    for output in (interrupted, straight):
+        assert rows(output, "summary")[-1]["lora_rank"] == 4
+
+
 def test_validation_on_two_ranks_over_http_scores_exactly_what_one_rank_does_locally(shards, wordy_whisper, tmp_path):
     # lr 0: the weights stay as loaded, so both runs evaluate the same model; fp32 so batching cannot flip a token.
     # The model writes words that depend on the audio, so equal scores are not 1.0 = 1.0 from empty predictions.

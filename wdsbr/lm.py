@@ -305,6 +305,7 @@ def decode_all(model, encoded: list, tokenizer, gen_kwargs: dict, fusion: LMFusi
     return texts
 
 
+@torch.no_grad()
 def tune_weights(
     model,
     batches: Iterable[dict],

@@ -27,6 +27,8 @@ from transformers import (
 )
 from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 
+from wdsbr.lora import ADAPTER_FOLDER, is_lora, merged_state_dict, save_adapter
+
 TASK = "transcribe"
 HUB_TIMEOUT_SECONDS = 5.0  # one short look at the hub before transformers' own retries (minutes when offline)
 # A local model folder needs all of these (any one name of each) to load as model + processor.
@@ -309,7 +311,11 @@ def save_model_atomic(
     temporary = output_dir.with_name(f".{output_dir.name}.tmp")
     previous = output_dir.with_name(f".{output_dir.name}.old")
     shutil.rmtree(temporary, ignore_errors=True)
-    state = {name: tensor.detach().to("cpu", torch.float32) for name, tensor in model.state_dict().items()}
+    adapter = model if is_lora(model) else None  # --lora: save the merged plain Whisper, and the adapter beside it
+    if adapter is not None:
+        state, model = merged_state_dict(adapter), adapter.get_base_model()
+    else:
+        state = {name: tensor.detach().to("cpu", torch.float32) for name, tensor in model.state_dict().items()}
     generation = model.generation_config
     if getattr(generation, "is_multilingual", True) and language is not None:
         generation.language, generation.task = language, TASK
@@ -324,6 +330,8 @@ def save_model_atomic(
         # transformers 5 nests the feature extractor in processor_config.json; faster-whisper, CTranslate2's
         # converter and older transformers read preprocessor_config.json (128-mel models break without it)
         processor.feature_extractor.save_pretrained(temporary)
+        if adapter is not None:
+            save_adapter(adapter, temporary / ADAPTER_FOLDER)
     except Exception as error:  # safetensors reports a full disk as SafetensorError, not OSError
         shutil.rmtree(temporary, ignore_errors=True)  # no debris; output_dir is untouched
         raise OSError(f"could not write {output_dir}: {error}") from error

@@ -50,6 +50,7 @@ def write_model_card(
     license: str | None = None,
     export: Mapping[str, Any] | None = None,
     sources: Iterable[Mapping[str, Any]] | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `folder/README.md` and return its path.
 
@@ -134,6 +135,7 @@ def write_model_card(
             folder,
         )
         + _sources(sources)
+        + _parameters(parameters)
         + _deployment(export, language, scores)
     )
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
@@ -141,6 +143,22 @@ def write_model_card(
     folder.mkdir(parents=True, exist_ok=True)
     card.save(str(path))
     return path
+
+
+def _parameters(parameters: Mapping[str, Any] | None) -> str:
+    """What trained: every weight, or LoRA adapters (merged into these weights; the adapter alone in adapter/)."""
+    if not parameters or not parameters.get("total_params"):
+        return ""
+    trainable, total = parameters["trainable_params"], parameters["total_params"]
+    text = f"\n## What trained\n\n{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f} %)"
+    if parameters.get("lora_rank"):
+        targets = ", ".join(f"`{name}`" for name in parameters.get("lora_targets", []))
+        text += (
+            f": LoRA adapters of rank {parameters['lora_rank']} (α {parameters['lora_alpha']:g}) on {targets}, merged "
+            "into the weights of this folder, which load as a plain Whisper; the adapter alone is in `adapter/` "
+            "(peft)"
+        )
+    return text + ".\n"
 
 
 def _sources(sources: Iterable[Mapping[str, Any]] | None) -> str:

@@ -158,7 +158,10 @@ class AugmentOptions:
 class OptimOptions:
     SECTION: ClassVar[str] = "Optimisation"
     ds_config_path: str = option(
-        "configs/ds_zero2.json", 'DeepSpeed JSON; its "auto" values come from these options.', flag="--deepspeed"
+        "configs/ds_zero2.json",
+        'DeepSpeed JSON; its "auto" values come from these options. configs/ds_zero2_offload.json keeps the optimizer '
+        "states in CPU memory: for a model whose full fine-tuning does not fit the GPU (slower steps).",
+        flag="--deepspeed",
     )
     batch_size: int = option(
         16,
@@ -184,6 +187,20 @@ class OptimOptions:
     seed: int = option(0, "Seeds the data order and the initialisation.")
     freeze_encoder: bool = option(False, "Train the decoder only.", is_flag=True)
     gradient_checkpointing: bool = option(False, "Trade compute for memory.", is_flag=True)
+
+
+@dataclass
+class LoraOptions:
+    SECTION: ClassVar[str] = "LoRA (one small GPU: train adapters, not the model)"
+    lora: int = option(
+        0,
+        "Train LoRA adapters of this rank instead of every weight (0: full fine-tuning); best/ holds the merged "
+        "model, best/adapter/ the adapter. Memory: --deepspeed configs/ds_zero2_offload.json keeps the optimizer "
+        "states in CPU memory instead.",
+    )
+    lora_alpha: float = option(64.0, "--lora: the adapters' scale α (their update is multiplied by α / rank).")
+    lora_dropout: float = option(0.05, "--lora: dropout on the adapters' input.")
+    lora_targets: str = option("q_proj,v_proj", "--lora: the linear layers that get adapters, by name.")
 
 
 @dataclass
@@ -419,6 +436,7 @@ class TrainOptions(Options):
     augment: AugmentOptions = field(default_factory=AugmentOptions)
     whisper: ModelOptions = field(default_factory=ModelOptions)
     optim: OptimOptions = field(default_factory=OptimOptions)
+    lora: LoraOptions = field(default_factory=LoraOptions)
     validation: ValidationOptions = field(default_factory=ValidationOptions)
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
     checkpoints: CheckpointOptions = field(default_factory=CheckpointOptions)

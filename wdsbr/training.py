@@ -38,6 +38,7 @@ from wdsbr.evaluation import EarlyStopping, gather, run_validation
 from wdsbr.export import export_and_score, require_export_extra
 from wdsbr.lm import LMFusion, load_lm
 from wdsbr.longform import Recording, list_recordings, run_long_form
+from wdsbr.lora import check_lora
 from wdsbr.metrics import MetricsLog
 from wdsbr.model import check_model, language_code, save_model_atomic
 from wdsbr.modelcard import describe_shards, training_command, write_model_card
@@ -62,6 +63,7 @@ class RunState:
     source_samples: dict = field(default_factory=dict)  # utterances shown by source, every rank, earlier jobs
     sources: list = field(default_factory=list)  # the training sources' names (--train-shards NAME=…)
     shown_here: Counter = field(default_factory=Counter)  # utterances this rank showed by source in this job
+    parameters: dict = field(default_factory=dict)  # trainable and total parameters, LoRA's settings (lora.describe)
     start_step: int = 0  # this job's first step (for --stop-after-steps); not saved
     stopped_early: bool = False
     done: bool = False
@@ -215,6 +217,8 @@ class StepMeter:
             repeated_samples=int(repeated),
             repeated_keys=sorted(k for keys in repeated_keys if keys for k in keys),
             data_wait_seconds=[round(wait, 3) for wait in totals[7:].tolist()],
+            trainable_params=state.parameters.get("trainable_params"),
+            total_params=state.parameters.get("total_params"),
         )
         state.train_seconds += elapsed
         self.loss_sum.zero_()
@@ -388,6 +392,7 @@ def finish(
         stopped_early=state.stopped_early,
         train_seconds=round(state.train_seconds, 3),
         total_seconds=round(total_seconds, 3),
+        **state.parameters,
         **({"export": export} if export else {}),
     )
     metrics.log("summary", **summary)
@@ -417,6 +422,7 @@ def finish(
                 normalizer=decoding.text_normalizer,
                 command=training_command(sys.argv),
                 export=export,
+                parameters=state.parameters,
             )
     if state.stopped_early:
         best_so_far = (
@@ -429,6 +435,11 @@ def finish(
     if stopper.best is not None:
         say(f"best {opts.validation.metric} {stopper.best:.4f} at step {stopper.best_step}: {out / 'best'}")
     return summary
+
+
+def _raise_all(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def val_lm_fusion(val, decoding, tokenizer, normalize):
@@ -458,7 +469,7 @@ def resolve_options(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOption
         opts = opts.replace({name: value for name, value in previous.items() if name not in kept})
     elif out and latest_checkpoint(out / "checkpoints") is not None:
         problems.append(f"{out} already holds a run: pass --resume to continue it or choose another --output-dir")
-    data, optim, val = opts.data, opts.optim, opts.validation
+    data, optim, val, lora = opts.data, opts.optim, opts.validation, opts.lora
     if val.metric == "long_wer" and not val.val_long_form:
         problems.append("--metric long_wer: needs --val-long-form DATA, the long recordings to score")
     try:
@@ -487,6 +498,7 @@ def resolve_options(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOption
         ("export", lambda: opts.checkpoints.export and require_export_extra()),
         ("val_long_form", lambda: val.val_long_form and list_recordings(val.val_long_form)),
         ("val_lm", lambda: val.val_lm and load_lm(val.val_lm)),
+        ("lora", lambda: _raise_all(check_lora(lora.lora, lora.lora_alpha, lora.lora_dropout, lora.lora_targets))),
     ):
         try:
             check()
