@@ -296,11 +296,14 @@ class LMFusion(LogitsProcessor):
 # -------------------------------------------------------------------------------------------------- tuning
 @torch.no_grad()
 def decode_all(model, encoded: list, tokenizer, gen_kwargs: dict, fusion: LMFusion | None) -> list[str]:
-    """Transcripts of every batch from its encoder output (computed once for the whole grid)."""
+    """Transcripts of every batch from its encoder output (`encoded`: one hidden-state tensor per batch, computed
+    once for the whole grid)."""
     kwargs = {**gen_kwargs, **({"logits_processor": [fusion]} if fusion is not None else {})}
     texts = []
-    for encoder_outputs in encoded:
-        generated = model.generate(encoder_outputs=encoder_outputs, **with_processors(kwargs, no_timestamps(model)))
+    for hidden in encoded:  # a new output object each time: generate() expands it for the beams in place
+        generated = model.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **with_processors(kwargs, no_timestamps(model))
+        )
         texts += [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]
     return texts
 
@@ -324,12 +327,12 @@ def tune_weights(
     encoded, references, keys = [], [], []
     for batch in batches:
         features = batch["input_features"].to(model.device, dtype=dtype)
-        encoded.append(BaseModelOutput(last_hidden_state=model.get_encoder()(features).last_hidden_state))
+        encoded.append(model.get_encoder()(features).last_hidden_state)
         references += list(batch["texts"])
         keys += list(batch["keys"])
 
     def wer(texts: list[str]) -> float:
-        return score([Prediction(k, r, p) for k, r, p in zip(keys, references, texts)], normalize)["wer"]
+        return score([Prediction(k, r, p) for k, r, p in zip(keys, references, texts, strict=True)], normalize)["wer"]
 
     result = {
         "samples": len(keys),
