@@ -87,3 +87,34 @@ def test_bad_lora_options_are_named(options, message):
 def test_a_target_the_model_does_not_have_is_one_clear_error(tiny_whisper):
     with pytest.raises(ValueError, match="--lora-targets: no linear layer named qkv in this model"):
         apply_lora(load_model(tiny_whisper), 4, 8.0, 0.0, "q_proj,qkv")
+
+
+def test_a_lora_best_exports_to_ctranslate2_and_decodes_as_the_merged_model(tmp_path, tiny_processor):
+    """CTranslate2 refuses a PeftModel; the merged best/ exports like any Whisper, and CTranslate2's greedy tokens
+    on the same features equal transformers' from the merged model."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from conftest import build_wordy_whisper, speech_like
+
+    from wdsbr.evaluation import generate_kwargs
+    from wdsbr.export import export_ct2
+    from wdsbr.features import log_mel_spectrogram
+    from wdsbr.model import load_processor
+
+    base = build_wordy_whisper(tmp_path / "gentle", multilingual=False, scale=3.0)  # far from ties (test_export)
+    adapted, _ = trained_adapter(base, steps=2)
+    processor = load_processor(base, "en")
+    best = save_model_atomic(adapted, processor, tmp_path / "best", None)
+    export_ct2(str(best), tmp_path / "best-ct2")
+    merged = load_model(str(best)).eval()
+    features = log_mel_spectrogram([speech_like(0.5 + 0.5 * i, seed=i) for i in range(4)], n_mels=80)
+    with torch.no_grad():
+        kwargs = generate_kwargs(None, 1, 6)
+        generated = merged.generate(input_features=features, **kwargs, return_dict_in_generate=True)["sequences"]
+    ct2 = ctranslate2.models.Whisper(str(tmp_path / "best-ct2"), device="cpu", compute_type="float32")
+    no_timestamps = processor.tokenizer.convert_tokens_to_ids("<|notimestamps|>")
+    start = generated[0].tolist().index(no_timestamps) + 1
+    view = ctranslate2.StorageView.from_array(features.numpy())
+    results = ct2.generate(view, [generated[0, :start].tolist()] * len(features), beam_size=1, max_length=12)
+    eos = processor.tokenizer.eos_token_id
+    for row, result in zip(generated, results, strict=True):
+        assert result.sequences_ids[0] == [t for t in row[start:].tolist() if t != eos]
