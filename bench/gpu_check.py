@@ -27,6 +27,9 @@ rewritten after every part, so a run cut short still leaves what it measured:
   log_mel                               bench/gpu_features.py   bench_features.py's candidates on 30 s clips
   hf_trainer_small, hf_trainer_large    bench/hf_train.py       `Seq2SeqTrainer` on the same model and clips
   fp16_vs_bf16_loss                     bench/gpu_train.py      fp16's loss curve against bf16's, same weights
+  memory_table                          bench/gpu_memory.py     small, medium, turbo, large-v3: peak memory and
+                                                                samples/s of full FT, offload and LoRA, with and
+                                                                without checkpointing, largest micro-batch
 
 What they share (sizes, the `Check` they fill, models, batches, the DeepSpeed engine, `setup`): bench/gpu_common.py.
 
@@ -63,6 +66,7 @@ from gpu_common import DRY_SIZES, GPU_SIZES, Check, environment, free_memory, se
 from gpu_features import log_mel  # noqa: E402
 from gpu_generate import generate  # noqa: E402
 from gpu_loader import loader_alone, loader_ratio  # noqa: E402
+from gpu_memory import memory_table, table_lines  # noqa: E402
 from gpu_train import LOSS_TOLERANCE, fp16_vs_bf16_loss, train_deepspeed  # noqa: E402
 from hf_train import hf_trainer  # noqa: E402
 
@@ -95,6 +99,7 @@ PARTS = [
     ("hf_trainer_large", hf_trainer, {"name": "large-v3"}, False),
     ("generate_small_compiled", generate, {"name": "small", "variants": ("static+compile",)}, True),
     ("generate_large", generate, {"name": "large-v3", "variants": ("dynamic", "static")}, False),
+    ("memory_table", memory_table, {}, False),
 ]
 
 
@@ -189,6 +194,9 @@ def summary(name: str, rows: dict) -> str:
             f"{short(rows['samples_per_s'])} samples/s, batch {rows['micro_batch']}, {rows['precision']}; "
             f"wdsbr {short(rows['wdsbr_vs_hf_trainer'], 2)}×"
         )
+    if name == "memory_table":
+        measured = [row for row in rows["rows"] if "samples_per_s" in row]
+        return f"{len(measured)} of {len(rows['rows'])} configurations measured (the table below)"
     if name == "fp16_vs_bf16_loss":
         return (
             f"max relative difference {short(rows['max_relative_difference'], 4)} over {rows['compared_steps']} steps, "
@@ -233,6 +241,10 @@ def markdown(report: dict) -> str:
             ],
             "llrl",
         )
+        memory = report["parts"].get("memory_table", {})
+        if memory.get("status") == "ok":
+            print("\n## Memory: full fine-tuning, optimizer offload, LoRA (bf16, ZeRO-2, one device)\n")
+            print("\n".join(table_lines(memory)))
     return out.getvalue()
 
 

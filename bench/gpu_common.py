@@ -102,6 +102,7 @@ GPU_SIZES = Sizes(
         "hf_trainer_small": 35,
         "hf_trainer_large": 60,
         "fp16_vs_bf16_loss": 35,
+        "memory_table": 240,
     },
 )
 DRY_SIZES = Sizes(
@@ -287,7 +288,7 @@ def build_model(check: Check, name: str, seed: int = 0):
         {
             "d_model": spec["d_model"],
             "encoder_layers": spec["layers"],
-            "decoder_layers": spec["layers"],
+            "decoder_layers": spec.get("decoder_layers", spec["layers"]),
             "encoder_attention_heads": spec["heads"],
             "decoder_attention_heads": spec["heads"],
             "encoder_ffn_dim": spec["ffn"],
@@ -311,6 +312,7 @@ def ds_engine(
     lr: float = 1e-5,
     warmup_steps: int = 1,
     max_steps: int = 100_000,
+    ds_config: Path = DS_CONFIG,
 ):
     """A DeepSpeed engine over `build()`'s model from the shipped configs/ds_zero2.json, its "auto" values filled by
     `resolve_ds_config` as launch/train.py fills them (a long schedule: the rate is constant after warm-up).
@@ -332,7 +334,7 @@ def ds_engine(
         "precision": precision,
     }
     config, effective, _ = resolve_ds_config(
-        load_ds_config(DS_CONFIG), settings, {"precision"}, world_size=1, device_type=device_type()
+        load_ds_config(ds_config), settings, {"precision"}, world_size=1, device_type=device_type()
     )
     assert effective["precision"] == precision, (precision, effective["precision"])
     if check.adam == "fused":
