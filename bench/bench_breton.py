@@ -153,7 +153,9 @@ def make_corpus(folder: Path, args: argparse.Namespace) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------------ runs
 
 
-def train(ranks: int, seed: int, shards: dict[str, Path], out: Path, args: argparse.Namespace) -> dict:
+def train(
+    ranks: int, seed: int, shards: dict[str, Path], out: Path, args: argparse.Namespace, extra: tuple[str, ...] = ()
+) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     command = [
         str(BIN / "deepspeed"),
@@ -204,6 +206,7 @@ def train(ranks: int, seed: int, shards: dict[str, Path], out: Path, args: argpa
         str(args.max_new_tokens),
         "--keep-checkpoints",
         "1",
+        *extra,
     ]
     wall = run(command, ranks, out.with_suffix(".log"))
     summary = json.loads((out / "summary.json").read_text())

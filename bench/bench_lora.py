@@ -1,0 +1,115 @@
+"""LoRA against full fine-tuning on the real multilingual base, on bench_breton's synthetic Breton corpus: test WER
+at equal steps and at equal training time, trainable parameters, training seconds, over seeds.
+
+    python tools/fetch_pretrained.py base ~/.cache/wdsbr/base
+    python bench/bench_lora.py --model ~/.cache/wdsbr/base [--seeds 0 1 2] [--rank 32]
+
+Corpus: bench_breton.py's (made once under --cache: 600 training clips of Breton sentences read by Welsh espeak-ng
+voices, 40 validation clips, 80 test sentences read by 3 unseen voices). Variants at each seed, 1 rank, global batch
+8, bf16: `full` (every weight, lr --lr-full, bench_breton's 1e-4), `lora` (`--lora RANK`, α 2 × rank, q_proj and
+v_proj, lr --lr-lora, the peft Whisper example's 1e-3) for the same --max-steps, and `lora_time` (LoRA for as many
+steps as fit the full run's training seconds at that seed, from the two runs' measured step times). Each final
+`best/` (the merged model) is scored by launch/evaluate.py on the test clips, fp32, greedy (bench_breton.score).
+Writes bench/results/lora.json after every run and resumes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_breton import make_corpus, pct, score, spread, train  # noqa: E402
+from common import RESULTS, print_table, save_results  # noqa: E402
+
+VARIANTS = ("full", "lora", "lora_time")
+
+
+def lora_flags(args) -> tuple[str, ...]:
+    return ("--lora", str(args.rank), "--lora-alpha", str(2 * args.rank))
+
+
+def run_variant(variant: str, seed: int, shards: dict, args, done: dict) -> dict:
+    out = args.cache / "runs" / f"{variant}-seed{seed}"
+    steps = args.max_steps
+    if variant == "lora_time":  # the full run's training seconds at LoRA's measured step time
+        full, lora = done["full"], done["lora"]
+        steps = max(1, round(args.max_steps * full["train_seconds"] / lora["train_seconds"]))
+    flags = lora_flags(args) if variant.startswith("lora") else ()
+    lr = args.lr_lora if variant.startswith("lora") else args.lr_full
+    settings = argparse.Namespace(**{**vars(args), "max_steps": steps, "lr": lr})
+    trained = train(1, seed, shards, out, settings, flags)
+    summary = json.loads((out / "summary.json").read_text())
+    scores = score(trained["model"], shards, out / "score", args)
+    return {
+        "seed": seed,
+        "steps": steps,
+        "lr": lr,
+        "trainable_params": summary.get("trainable_params"),
+        "total_params": summary.get("total_params"),
+        **trained,
+        "test_wer": scores["wer"],
+        "voices": scores["voices"],
+    }
+
+
+def make_report(results: dict, args, started: float) -> dict:
+    summary = {
+        variant: {
+            "test_wer": spread([r["test_wer"] for r in runs]),
+            "train_seconds": spread([r["train_seconds"] for r in runs]),
+        }
+        for variant, runs in results.items()
+        if runs
+    }
+    settings = {k: str(v) for k, v in vars(args).items() if k not in ("cache",)}
+    return {**settings, "runs": results, "summary": summary, "bench_seconds": round(time.perf_counter() - started, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="a multilingual Whisper folder (fetch_pretrained)")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "wdsbr" / "bench-breton")
+    parser.add_argument("--sentences", type=Path, default=Path(__file__).parent / "data" / "br_sentences.txt")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--train-clips", type=int, default=600)
+    parser.add_argument("--val-clips", type=int, default=40)
+    parser.add_argument("--test-sentences", type=int, default=80)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-steps", type=int, default=80)
+    parser.add_argument("--lr-full", type=float, default=1e-4)
+    parser.add_argument("--lr-lora", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=8)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--results", default="lora")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    shards = make_corpus(args.cache, args)
+    earlier = RESULTS / f"{args.results}.json"
+    results = json.loads(earlier.read_text())["runs"] if earlier.is_file() else {v: [] for v in VARIANTS}
+    for seed in args.seeds:
+        done = {v: next((r for r in results[v] if r["seed"] == seed), None) for v in VARIANTS}
+        for variant in VARIANTS:
+            if done[variant] is None:
+                done[variant] = run_variant(variant, seed, shards, args, done)
+                results[variant].append(done[variant])
+                save_results(args.results, make_report(results, args, started))
+                print(f"{variant} seed {seed}: test WER {pct(done[variant]['test_wer'])} %", flush=True)
+    report = make_report(results, args, started)
+    save_results(args.results, report)
+    print_table(
+        ["variant", "seeds", "test WER", "train s"],
+        [
+            [v, len(results[v]), pct(s["test_wer"]["mean"]), f"{s['train_seconds']['mean']:.0f}"]
+            for v, s in report["summary"].items()
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
