@@ -11,8 +11,11 @@ copied beside `model.bin`. Then, in Python:
     segments, info = WhisperModel("runs/br-small/best-ct2").transcribe("interview.wav", language="br")
 
 Quantizations: float32 (the default: the WER evaluate.py gives is transformers' within noise), float16 (GPU),
-int8 (CPU: smaller and faster), int8_float16, int8_float32, bfloat16, int8_bfloat16, int16. whisper.cpp (ggml) is
-not offered yet: see docs/deployment.md.
+int8 (CPU: smaller and faster), int8_float16, int8_float32, bfloat16, int8_bfloat16, int16.
+
+    python tools/export.py --model runs/br-small/best --to ggml --output runs/br-small/ggml-model.bin
+
+writes the legacy ggml file whisper.cpp loads (`wdsbr.ggml`: float16 2-D weights by default, `--ftype f32`).
 """
 
 from __future__ import annotations
@@ -38,19 +41,36 @@ from wdsbr.options import QUANTIZATIONS
 @click.option(
     "--to",
     "target",
-    type=click.Choice(["ct2"]),
+    type=click.Choice(["ct2", "ggml"]),
     default="ct2",
     show_default=True,
-    help="Target format: ct2 = CTranslate2 (faster-whisper, WhisperX).",
+    help="Target format: ct2 = CTranslate2 (faster-whisper, WhisperX), a folder; ggml = whisper.cpp, one file.",
 )
-@click.option("--output", required=True, help="The folder to write (its parent must exist or be creatable).")
+@click.option("--output", required=True, help="The folder (ct2) or file (ggml) to write; its parent is created.")
 @click.option(
     "--quantization", default="float32", show_default=True, help=f"CTranslate2 weight type: {', '.join(QUANTIZATIONS)}."
 )
+@click.option(
+    "--ftype",
+    type=click.Choice(["f16", "f32"]),
+    default="f16",
+    show_default=True,
+    help="ggml weight type (2-D weights; the rest stays float32).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def main(model, target, output, quantization, overwrite, debug):
+def main(model, target, output, quantization, ftype, overwrite, debug):
     """Convert --model to --to format in --output; prints one JSON line (the files written, any warning)."""
+    if target == "ggml":
+        from wdsbr.export import check_whisper_folder
+        from wdsbr.ggml import export_ggml
+
+        try:
+            check_whisper_folder(model)
+        except ValueError as error:  # the same one-line errors as --to ct2
+            raise ValueError(f"--model {error}") from None
+        click.echo(json.dumps(export_ggml(model, output, ftype, overwrite=overwrite)))
+        return
     from wdsbr.export import export_ct2  # torch and transformers: only once the options are read
 
     report = export_ct2(model, output, quantization, overwrite=overwrite)  # every problem first, in one line

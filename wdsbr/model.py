@@ -178,11 +178,14 @@ def build_tiny_whisper(
     vocab_size: int = 400,
     multilingual: bool = True,
     seed: int = 0,
+    full_vocabulary: bool = False,
 ) -> Path:
     """Write a tiny randomly-initialised Whisper (model, tokenizer, feature extractor, generation config) to
     `output_dir`, loadable with `from_pretrained`. The tokenizer is a byte-level BPE trained on `texts` plus
     Whisper's special tokens in their real order, so prompts, generate() and pipeline() behave as with a real
-    checkpoint. `max_source_positions=1500` so real 3000-frame features pass through."""
+    checkpoint. `max_source_positions=1500` so real 3000-frame features pass through. `full_vocabulary`: unused
+    tokens pad the BPE to 50,257 so that every special token has its real id (large-v3's layout, 100 languages),
+    as runtimes that number them from the vocabulary size (whisper.cpp) need."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
@@ -200,6 +203,10 @@ def build_tiny_whisper(
     state = json.loads(bpe.to_str())["model"]
     vocab, merges = state["vocab"], [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     vocab = {token: i for i, token in enumerate(sorted(vocab, key=vocab.get))}
+    if full_vocabulary:  # the special tokens at their real ids (whisper.cpp numbers them from the vocabulary size)
+        filler = (f"Ġ<{i}>" for i in range(1_000_000))
+        while len(vocab) < 50257:
+            vocab.setdefault(next(filler), len(vocab))
 
     specials = ["<|endoftext|>", "<|startoftranscript|>"]
     if multilingual:
