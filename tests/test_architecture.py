@@ -41,6 +41,7 @@ LAYERS = {
         "wdsbr.export",
         "wdsbr.transcribe",
         "wdsbr.lm",
+        "wdsbr.ggml",
     },
 }
 ORDER = ["basics", "data", "orchestration", "scripts"]

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wdsbr.model import load_model, load_processor
+
 MAGIC = 0x67676D6C
 HPARAMS = (
     "n_vocab",
@@ -206,8 +208,6 @@ def read_ggml(path: str | Path) -> GgmlModel:
 
 def export_ggml(model_dir: str | Path, output: str | Path, ftype: str = "f16", *, overwrite: bool = False) -> dict:
     """Convert a Whisper folder to `output` (a ggml file), atomically (a temporary sibling renamed into place)."""
-    from wdsbr.model import load_model, load_processor
-
     output = Path(output).expanduser()
     if ftype not in FTYPES:
         raise ValueError(f"--ftype {ftype}: use f16 or f32")
