@@ -28,7 +28,7 @@ from gpu_common import (
     rows_for,
     synchronize,
 )
-from gpu_train import MEMORY_FRACTION, PROBE_BATCHES, micro_batch_for
+from gpu_train import MEMORY_FRACTION, PROBE_BATCHES, size_micro_batch
 
 # The shapes of openai/whisper-{small,medium,large-v3-turbo,large-v3} (their config.json).
 MEMORY_MODELS = {
@@ -98,15 +98,8 @@ def measure(check: Check, name: str, mode: str, checkpointing: bool) -> dict:
         engine, _ = ds_engine(check, build, "bf16", micro, ds_config=MODES[mode])
         start = engine.module.config.decoder_start_token_id
         row["trainable_params"], row["total_params"] = parameter_counts(engine.module)
-        if check.cuda:
-            peaks = {}
-            for size in PROBE_BATCHES:
-                reset_peak_memory()
-                training_step(engine, make_batch(data, size, start))
-                synchronize()
-                peaks[size] = torch.cuda.max_memory_allocated()
-            total = torch.cuda.get_device_properties(engine.device).total_memory
-            micro = micro_batch_for(peaks, total, 0, MAX_MICRO_BATCH)
+        if check.cuda:  # the training parts' two probe steps, extrapolated
+            micro, row["micro_batch_sizing"] = size_micro_batch(engine, data, MAX_MICRO_BATCH, start)
         reset_peak_memory()
         training_step(engine, make_batch(data, micro, start))  # warm-up at the measured size
         synchronize()
