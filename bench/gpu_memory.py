@@ -77,6 +77,7 @@ def measure(check: Check, name: str, mode: str, checkpointing: bool) -> dict:
 
     from wdsbr.engine import training_step
     from wdsbr.lora import apply_lora, parameter_counts
+    from wdsbr.model import enable_checkpointing
 
     spec = check.sizes.models[name]
     row: dict = {"model": name, "mode": mode, "checkpointing": checkpointing}
@@ -86,8 +87,7 @@ def measure(check: Check, name: str, mode: str, checkpointing: bool) -> dict:
         model = build_model(check, name)
         model.config.use_cache = not checkpointing
         if checkpointing:
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable({"use_reentrant": False})
+            enable_checkpointing(model)
         if mode == "lora":
             model = apply_lora(model, LORA["rank"], LORA["alpha"], LORA["dropout"], LORA["targets"])
         return model

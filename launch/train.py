@@ -60,7 +60,14 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
     from wdsbr.lora import apply_lora
     from wdsbr.lora import describe as describe_parameters
     from wdsbr.metrics import MetricsLog, progress_bar
-    from wdsbr.model import is_multilingual, language_code, load_model, load_processor, quiet_libraries
+    from wdsbr.model import (
+        enable_checkpointing,
+        is_multilingual,
+        language_code,
+        load_model,
+        load_processor,
+        quiet_libraries,
+    )
     from wdsbr.scoring import load_normalizer
     from wdsbr.training import (
         RunState,
@@ -92,9 +99,8 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
         language_code(opts.whisper.language) if is_multilingual(opts.whisper.model, model.generation_config) else None
     )
     model.config.use_cache = not optim.gradient_checkpointing
-    if optim.gradient_checkpointing:  # non-reentrant: with LoRA's frozen base the conv input would cut the gradient
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})  # transformers 5 renamed it
+    if optim.gradient_checkpointing:
+        enable_checkpointing(model)
     model.model.encoder.requires_grad_(not optim.freeze_encoder)  # --freeze-encoder: train the decoder only
     if opts.lora.lora:  # --lora: adapters train, the base weights stay frozen; best/ gets the merged model
         lora = opts.lora

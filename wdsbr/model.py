@@ -304,6 +304,13 @@ _DEFAULT_TEXTS = [
 ]
 
 
+def enable_checkpointing(model) -> None:
+    """Gradient (activation) checkpointing, non-reentrant: with LoRA's frozen base the convolution's output needs no
+    gradient, and reentrant checkpointing would then cut the adapters' (peft#617). transformers 5 renamed the call."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+
+
 def save_model_atomic(
     model: WhisperForConditionalGeneration, processor: WhisperProcessor, output_dir: str | Path, language: str | None
 ) -> Path:
