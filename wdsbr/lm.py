@@ -52,7 +52,7 @@ def count_ngrams(sentences: Iterable[Sequence[str]], order: int) -> list[Counter
     return counts
 
 
-def _discounts(adjusted: Counter, order: int) -> tuple[tuple[float, float, float], bool]:
+def _discounts(adjusted: Counter) -> tuple[tuple[float, float, float], bool]:
     """D(1), D(2), D(3+) from the counts of adjusted counts (Chen & Goodman); the fallback where they cannot be
     estimated (a count of counts is 0, or a discount leaves its range). Returns (discounts, fell back)."""
     of = Counter(min(count, 5) for count in adjusted.values())
@@ -105,7 +105,7 @@ def estimate(sentences: Iterable[Sequence[str]], order: int) -> ArpaModel:
     fallback = []
     for n in range(1, order + 1):
         grams = adjusted[n - 1]
-        discounts, fell_back = _discounts(grams, n)
+        discounts, fell_back = _discounts(grams)
         if fell_back:
             fallback.append(n)
         total: dict[tuple[str, ...], float] = defaultdict(float)
