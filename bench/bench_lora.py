@@ -10,7 +10,8 @@ voices, 40 validation clips, 80 test sentences read by 3 unseen voices). Variant
 v_proj, lr --lr-lora, the peft Whisper example's 1e-3) for the same --max-steps, and `lora_time` (LoRA for as many
 steps as fit the full run's training seconds at that seed, from the two runs' measured step times). Each final
 `best/` (the merged model) is scored by launch/evaluate.py on the test clips, fp32, greedy (bench_breton.score).
-Writes bench/results/lora.json after every run and resumes from it.
+`full` is bench_breton's 1-rank run at the seed when bench/results/breton.json holds one trained with these settings
+(the same command; --no-reuse-breton trains it again). --variants measures a subset. Writes bench/results/lora.json after every run and resumes from it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_breton import make_corpus, pct, score, spread, train  # noqa: E402
+from bench_breton import SETTINGS, make_corpus, pct, score, spread, train  # noqa: E402
 from common import RESULTS, print_table, save_results  # noqa: E402
 
 VARIANTS = ("full", "lora", "lora_time")
@@ -30,6 +31,36 @@ VARIANTS = ("full", "lora", "lora_time")
 
 def lora_flags(args) -> tuple[str, ...]:
     return ("--lora", str(args.rank), "--lora-alpha", str(2 * args.rank))
+
+
+def full_from_breton(seed: int, args) -> dict | None:
+    """bench_breton's 1-rank run at this seed when it was trained exactly as `full` would be (same corpus sizes,
+    batch, steps, lr, warmup, precision, token limit): its row, marked with where it came from; else None."""
+    path = RESULTS / "breton.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    ours = {**{name: getattr(args, name, None) for name in SETTINGS}, "lr": args.lr_full}
+    if any(report.get(name) != value for name, value in ours.items()):
+        return None
+    row = next((r for r in report["runs"].get("wdsbr-1", []) if r["seed"] == seed), None)
+    if row is None or not (Path(row["model"]) / "config.json").is_file():
+        return None
+    from transformers import WhisperForConditionalGeneration
+
+    from wdsbr.lora import describe
+
+    counts = describe(WhisperForConditionalGeneration.from_pretrained(row["model"]))  # full FT trains every weight
+    return {
+        "seed": seed,
+        "steps": args.max_steps,
+        "lr": args.lr_full,
+        **counts,
+        **{k: row[k] for k in ("model", "train_seconds", "wall_seconds", "val_wer", "val_loss")},
+        "test_wer": row["wer"],
+        "voices": row["voices"],
+        "from": "bench/results/breton.json (wdsbr-1)",
+    }
 
 
 def run_variant(variant: str, seed: int, shards: dict, args, done: dict) -> dict:
@@ -87,6 +118,15 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--results", default="lora")
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="measure only these (lora_time needs both others)"
+    )
+    parser.add_argument(
+        "--no-reuse-breton",
+        dest="reuse_breton",
+        action="store_false",
+        help="train `full` here even when bench_breton's 1-rank run at the seed was trained the same way",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     shards = make_corpus(args.cache, args)
@@ -94,7 +134,11 @@ def main() -> None:
     results = json.loads(earlier.read_text())["runs"] if earlier.is_file() else {v: [] for v in VARIANTS}
     for seed in args.seeds:
         done = {v: next((r for r in results[v] if r["seed"] == seed), None) for v in VARIANTS}
-        for variant in VARIANTS:
+        for variant in [v for v in VARIANTS if v in args.variants]:
+            if done[variant] is None and variant == "full" and args.reuse_breton:
+                done[variant] = full_from_breton(seed, args)
+                if done[variant] is not None:
+                    results[variant].append(done[variant])
             if done[variant] is None:
                 done[variant] = run_variant(variant, seed, shards, args, done)
                 results[variant].append(done[variant])
