@@ -11,7 +11,8 @@ v_proj, lr --lr-lora, the peft Whisper example's 1e-3) for the same --max-steps,
 steps as fit the full run's training seconds at that seed, from the two runs' measured step times). Each final
 `best/` (the merged model) is scored by launch/evaluate.py on the test clips, fp32, greedy (bench_breton.score).
 `full` is bench_breton's 1-rank run at the seed when bench/results/breton.json holds one trained with these settings
-(the same command; --no-reuse-breton trains it again). --variants measures a subset. Writes bench/results/lora.json after every run and resumes from it.
+(the same command; --no-reuse-breton trains it again). --variants measures a subset. Writes bench/results/lora.json
+after every run and resumes from it.
 """
 
 from __future__ import annotations
@@ -119,7 +120,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--results", default="lora")
     parser.add_argument(
-        "--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="measure only these (lora_time needs both others)"
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="measure only these (lora_time needs both others)",
     )
     parser.add_argument(
         "--no-reuse-breton",

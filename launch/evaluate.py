@@ -5,6 +5,7 @@
     deepspeed --num_gpus 8 launch/evaluate.py --model runs/br-small/best --data shards/test   # same numbers, faster
     python launch/evaluate.py --model openai/whisper-small --data shards/test                 # the un-tuned baseline
     python launch/evaluate.py --model runs/br-small/best-ct2 --engine faster-whisper --data shards/test  # the export
+    python launch/evaluate.py --model runs/br-small/best-ggml.bin --engine whisper.cpp --data shards/test
 
 A progress bar goes to stderr, then one JSON line to stdout:
     {"wer": …, "cer": …, "samples": …, "audio_hours": …, "seconds": …, "rtf": …, "loss": …, "model": …, "data": …,
@@ -23,6 +24,9 @@ and --num-workers too. Under a launcher each rank transcribes an exact share.
 `transcribe()` on the same clips, references and normaliser, decoding as validation does (same beams and new-token
 limit, no temperature fallback, no timestamps, no previous-text prompt, no VAD: wdsbr.export.transcribe_kwargs);
 `--compute-type` picks faster-whisper's (default: the export's quantization). Its row has no loss.
+`--engine whisper.cpp` does the same for a ggml file (tools/export.py --to ggml) through pywhispercpp, clip by clip,
+decoding as validation does (wdsbr.ggml.whisper_cpp_params); the references' tokenizer is the source model's (the
+file's FILE.json names it). Its `precision` is the file's weight type (f16 or f32).
 
 `--long-form` scores long recordings: --data is a folder of ID.wav + ID.txt of any length, or of anaouder .ali
 files (each one recording, its segment texts joined), each transcribed whole by transformers' sequential long-form
@@ -64,7 +68,7 @@ FROM_RUN = {
 }
 MODEL_HELP = (
     "Model folder (runs/NAME/best, any save_pretrained folder) or hub id (openai/whisper-small); with "
-    "--engine faster-whisper, a CTranslate2 folder (tools/export.py)."
+    "--engine faster-whisper, a CTranslate2 folder; with --engine whisper.cpp, a ggml file (tools/export.py)."
 )
 
 

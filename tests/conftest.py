@@ -119,6 +119,14 @@ def tiny_whisper(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def full_whisper(tmp_path_factory) -> str:
+    """A tiny Whisper with the real vocabulary layout (its special tokens at their real ids), as whisper.cpp needs."""
+    from wdsbr.model import build_tiny_whisper
+
+    return str(build_tiny_whisper(tmp_path_factory.mktemp("full-whisper"), full_vocabulary=True))
+
+
+@pytest.fixture(scope="session")
 def tiny_processor(tiny_whisper):
     from wdsbr.model import load_processor
 

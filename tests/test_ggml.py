@@ -1,6 +1,6 @@
 """Export to whisper.cpp (wdsbr.ggml, tools/export.py --to ggml): the file round-trips through a reader written from
 the same layout, a 128-mel model exports, bad input is one line, and whisper.cpp (pywhispercpp) loads the file and
-decodes what transformers decodes."""
+decodes what transformers decodes; `evaluate.py --engine whisper.cpp` scores it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import speech_like
+from conftest import json_line, run_evaluate, speech_like, write_speech_corpus
 
 from wdsbr.evaluation import generate_kwargs, no_timestamps, with_processors
 from wdsbr.ggml import export_ggml, ggml_name, read_ggml
@@ -22,10 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("ftype", ["f16", "f32"])
-def test_the_file_round_trips_through_a_reader_of_the_same_layout(tiny_whisper, tmp_path, ftype):
-    info = export_ggml(tiny_whisper, tmp_path / "ggml-model.bin", ftype)
+def test_the_file_round_trips_through_a_reader_of_the_same_layout(full_whisper, tmp_path, ftype):
+    info = export_ggml(full_whisper, tmp_path / "ggml-model.bin", ftype)
     assert json.loads((tmp_path / "ggml-model.bin.json").read_text()) == info
-    model, processor = load_model(tiny_whisper), load_processor(tiny_whisper, None)
+    assert info["source"] == str(
+        Path(full_whisper).resolve()
+    )  # where evaluate --engine whisper.cpp finds the tokenizer
+    model, processor = load_model(full_whisper), load_processor(full_whisper, None)
     read = read_ggml(tmp_path / "ggml-model.bin")
     config = model.config
     assert read.hparams == {
@@ -52,7 +55,7 @@ def test_the_file_round_trips_through_a_reader_of_the_same_layout(tiny_whisper, 
 
 
 def test_a_128_mel_model_exports(tmp_path):
-    folder = build_tiny_whisper(tmp_path / "large", n_mels=128)
+    folder = build_tiny_whisper(tmp_path / "large", n_mels=128, full_vocabulary=True)
     export_ggml(folder, tmp_path / "large.bin")
     read = read_ggml(tmp_path / "large.bin")
     assert read.hparams["n_mels"] == 128 and read.filters.shape == (128, 201)
@@ -65,19 +68,24 @@ def run_export(*args) -> subprocess.CompletedProcess:
     )
 
 
-def test_export_cli_to_ggml_and_its_one_line_errors(tiny_whisper, tmp_path):
+def test_export_cli_to_ggml_and_its_one_line_errors(full_whisper, tiny_whisper, tmp_path):
     out = tmp_path / "out" / "ggml-model.bin"
-    done = run_export("--model", tiny_whisper, "--to", "ggml", "--output", out)
+    done = run_export("--model", full_whisper, "--to", "ggml", "--output", out)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["ftype"] == "f16" and read_ggml(out).hparams["ftype"] == 1
     assert not list(out.parent.glob(".*.tmp"))  # written beside, renamed into place
     for args, message in (
-        (["--model", tiny_whisper, "--output", out], "already exists (pass --overwrite to replace it)"),
+        (["--model", full_whisper, "--output", out], "already exists (pass --overwrite to replace it)"),
         (["--model", tmp_path / "none", "--output", tmp_path / "x.bin"], "no such model folder"),
+        (  # whisper.cpp numbers the special tokens from the vocabulary's size: a tiny BPE's would be nonsense
+            ["--model", tiny_whisper, "--output", tmp_path / "x.bin"],
+            "is not laid out as whisper.cpp numbers it: <|endoftext|> is id",
+        ),
     ):
         result = run_export(*args[:2], "--to", "ggml", *args[2:])
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert not (tmp_path / "x.bin").exists()
     (tmp_path / "bad.bin").write_bytes(b"GGUF" + bytes(40))
     with pytest.raises(ValueError, match="not a ggml Whisper file"):
         read_ggml(tmp_path / "bad.bin")
@@ -130,3 +138,32 @@ def test_whisper_cpp_loads_the_file_and_decodes_as_transformers(tmp_path):
         assert got == want and len(want) == 3
         firsts.append(tuple(want))
     assert len(set(firsts)) > 1  # the words depend on the audio
+
+
+def test_evaluate_with_whisper_cpp_scores_the_file_as_transformers_scores_its_source(full_whisper, tmp_path):
+    """`--engine whisper.cpp` on the exported file: the same clips and references as transformers on best/, the
+    file's weight type as its precision, no loss; a file it cannot score is one line."""
+    pytest.importorskip("pywhispercpp.model")
+    export_ggml(full_whisper, tmp_path / "ggml-model.bin")
+    corpus = write_speech_corpus(tmp_path / "corpus", 6)
+    common = ["--data", corpus, "--num-workers", "0", "--batch-size", "4", "--generation-max-length", "6"]
+    rows = {}
+    for engine, model in (("whisper.cpp", tmp_path / "ggml-model.bin"), ("transformers", full_whisper)):
+        rows[engine] = json_line(
+            run_evaluate("--model", model, "--engine", engine, "--output", tmp_path / f"{engine}.tsv", *common)
+        )
+    cpp, hf = rows["whisper.cpp"], rows["transformers"]
+    assert (cpp["engine"], cpp["precision"], cpp["loss"], cpp["language"]) == ("whisper.cpp", "f16", None, "br")
+    assert cpp["samples"] == hf["samples"] > 0 and cpp["audio_hours"] == hf["audio_hours"] and cpp["wer"] is not None
+    keys = {engine: sorted(line.split("\t")[0] for line in (tmp_path / f"{engine}.tsv").read_text().splitlines()[1:])
+            for engine in rows}  # fmt: skip
+    assert keys["whisper.cpp"] == keys["transformers"]
+    (tmp_path / "lost").mkdir()
+    (tmp_path / "lost" / "ggml-model.bin").write_bytes((tmp_path / "ggml-model.bin").read_bytes())
+    for model, message in (
+        (full_whisper, f"--model {full_whisper}: --engine whisper.cpp needs a ggml file; make one with"),
+        (tmp_path / "lost" / "ggml-model.bin", "no tokenizer for the references: neither tokenizer.json beside it nor"),
+    ):
+        done = run_evaluate("--model", model, "--engine", "whisper.cpp", *common)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and lines[-1].startswith("error: ") and message in lines[-1], done.stderr

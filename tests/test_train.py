@@ -109,11 +109,12 @@ def rows(output: Path, kind: str) -> list[dict]:
     return [row for row in read_metrics(output) if row["kind"] == kind]
 
 
-def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, tiny_whisper, tmp_path):
+def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, full_whisper, tmp_path):
     # --metric loss with a huge --min-delta: only the first evaluation can be "better", so with patience 2 the
     # run must stop at the third evaluation (step 6) on both ranks, whatever the random model predicts.
     # --grad-accum 2: a step is two micro-batches of 3 on each of 2 ranks; --pack: each holds several utterances.
-    # --export ct2: rank 0 converts best/ at the end and scores the conversion on the validation shards.
+    # --export ct2,ggml: rank 0 converts best/ at the end, for faster-whisper and for whisper.cpp (a model with the
+    # real vocabulary layout, as whisper.cpp needs), and scores each conversion on the validation shards.
     # --val-long-form: three long recordings (one per rank and one more) scored whole at every evaluation.
     out, recordings = tmp_path / "run", tmp_path / "recordings"
     recordings.mkdir()
@@ -123,7 +124,7 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
     sf.write(recordings / "untranscribed.wav", speech_like(1.0), 16_000)
     result = run_training(
         shards,
-        tiny_whisper,
+        full_whisper,
         out,
         "--max-steps",
         "40",
@@ -139,7 +140,7 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
         "2",
         "--pack",
         "--export",
-        "ct2",
+        "ct2,ggml",
         "--val-long-form",
         str(recordings),
     )
@@ -193,6 +194,16 @@ def test_two_ranks_train_stop_early_together_and_save_a_loadable_best(shards, ti
     )
     assert 0 <= export["wer"] and (out / "best-ct2" / "model.bin").is_file() and export["path"] == str(out / "best-ct2")
     assert "## faster-whisper (CTranslate2)" in (best / "README.md").read_text()
+    ggml = json.loads((out / "summary.json").read_text())["export_ggml"]
+    assert (ggml["format"], ggml["engine"], ggml["ftype"], ggml["samples"], ggml["skipped_samples"]) == (
+        "ggml",
+        "whisper.cpp",
+        "f16",
+        8,
+        0,
+    )
+    assert 0 <= ggml["wer"] and ggml["path"] == str(out / "best-ggml.bin") and (out / "best-ggml.bin").is_file()
+    assert "## whisper.cpp (ggml)" in (best / "README.md").read_text()
     generation = json.loads((best / "generation_config.json").read_text())
     assert (generation["language"], generation["task"]) == ("br", "transcribe")
     from transformers import pipeline
@@ -375,6 +386,8 @@ def bad_json(tmp_path) -> Path:
         (["--val-shards", "v={tmp}@2"], "--val-shards: a validation set has no @FACTOR"),
         (["--val-long-form", "{tmp}"], "no recording to transcribe (no audio + .txt pairs, no .ali files)"),
         (["--val-lm", "{tmp}/none.arpa"], "--val-lm: {tmp}/none.arpa: no such language model file"),
+        (["--export", "onnx"], "--export onnx: use ct2, ggml or both, comma-separated (ct2,ggml)"),
+        (["--export", "ct2,ggml"], "--export: the vocabulary (1996 tokens) is not laid out as whisper.cpp numbers it"),
     ],
 )
 def test_bad_configuration_is_one_clear_line_and_exit_2(shards, tiny_whisper, tmp_path, bad_json, args, message):

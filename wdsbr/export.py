@@ -297,10 +297,40 @@ def run_faster_whisper(model, loader, kwargs: dict[str, Any]) -> tuple[list[Pred
     return results, time.perf_counter() - start
 
 
+def score_on_shards(
+    engine: dict[str, Any], run, shards, normalizer: str, batch_size: int, num_workers: int
+) -> dict[str, Any]:
+    """`shards` (every validation set) transcribed by an exported model's runtime and scored as validation scores:
+    `engine` is open_for_scoring's (or wdsbr.ggml.open_whisper_cpp's) dict, `run(model, loader, kwargs)` its
+    transcription loop. The scores, seconds and skipped samples of an export's report."""
+    tokenizer = engine["tokenizer"]
+    loader = make_eval_loader(
+        shards,
+        LoaderOptions(
+            tokenizer,
+            list(tokenizer.prefix_tokens),
+            n_mels=engine["n_mels"],
+            micro_batch_size=batch_size,
+            num_workers=num_workers,
+            normalize=load_normalizer(normalizer),
+            keep_audio=True,
+        ),
+    )
+    results, seconds = run(engine["model"], loader, engine["kwargs"])
+    scores = score_all(results, normalizer)
+    return {
+        "wer": scores["wer"],
+        "cer": scores["cer"],
+        "samples": scores["samples"],
+        "seconds": round(seconds, 3),
+        "skipped_samples": loader.skip_counter.total(),
+    }
+
+
 def export_and_score(
     best: str | Path,
     output: str | Path,
-    shards: str,
+    shards,
     *,
     language: str | None,
     normalizer: str,
@@ -315,30 +345,11 @@ def export_and_score(
     does, so summary.json holds the WER of what will be deployed beside the transformers one."""
     report = export_ct2(best, output, quantization, overwrite=True)
     engine = open_for_scoring(output, language, num_beams, max_new_tokens)
-    tokenizer = engine["tokenizer"]
-    loader = make_eval_loader(
-        shards,
-        LoaderOptions(
-            tokenizer,
-            list(tokenizer.prefix_tokens),
-            n_mels=engine["n_mels"],
-            micro_batch_size=batch_size,
-            num_workers=num_workers,
-            normalize=load_normalizer(normalizer),
-            keep_audio=True,
-        ),
-    )
-    results, seconds = run_faster_whisper(engine["model"], loader, engine["kwargs"])
-    scores = score_all(results, normalizer)
     return {
         "format": "ct2",
         "path": str(output),
         "quantization": quantization,
         "engine": "faster-whisper",
-        "wer": scores["wer"],
-        "cer": scores["cer"],
-        "samples": scores["samples"],
-        "seconds": round(seconds, 3),
-        "skipped_samples": loader.skip_counter.total(),
+        **score_on_shards(engine, run_faster_whisper, shards, normalizer, batch_size, num_workers),
         "warnings": report["warnings"],
     }

@@ -18,6 +18,13 @@ float32; with f32 every tensor is float32 (whisper.cpp's own converter's `use-f3
 pywhispercpp 1.5.1 bundles refuses it: its CPU convolution asserts float16 kernels, so f16 is the default);
 `proj_out` is not written (whisper.cpp ties it to the token embedding, as Whisper does).
 `read_ggml` reads the same layout back (tests round-trip through it).
+
+Scoring (`launch/evaluate.py --engine whisper.cpp`, `launch/train.py --export ggml`): whisper.cpp through
+pywhispercpp, decoding as validation's `generate()` does (`whisper_cpp_params`): the language forced, greedy or the
+same beams, no timestamps, one segment, no previous-text context, one temperature (no fallback), no entropy or
+no-speech rule, the same new-token limit, blank and (when the model's generation config suppresses tokens)
+non-speech tokens suppressed. The references are tokenized with the source model's tokenizer, found beside the file
+(`tokenizer.json`) or from `FILE.json`'s `source` (export_ggml records it).
 """
 
 from __future__ import annotations
@@ -25,12 +32,16 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from wdsbr.export import require_export_extra, score_on_shards
 from wdsbr.model import load_model, load_processor
+from wdsbr.scoring import Prediction
 
 MAGIC = 0x67676D6C
 HPARAMS = (
@@ -112,9 +123,45 @@ def token_bytes(tokenizer) -> list[bytes]:
         raise ValueError(f"the tokenizer is not a byte-level BPE as Whisper's: token character {error}") from None
 
 
+def special_ids(n_vocab: int) -> dict[str, int]:
+    """Where whisper.cpp puts the special tokens of a vocabulary of `n_vocab` (it does not read them from the file):
+    GPT-2's `<|endoftext|>` first, one more for a multilingual vocabulary (51,865 tokens and up), and the task and
+    timestamp tokens after however many language tokens there are."""
+    multilingual = n_vocab >= 51865
+    shift = (n_vocab - 51765 - int(multilingual)) - 98 if multilingual else 0  # languages past base's 99, less 1
+    return {
+        "<|endoftext|>": 50256 + int(multilingual),
+        "<|startoftranscript|>": 50257 + int(multilingual),
+        "<|transcribe|>": 50358 + shift,
+        "<|notimestamps|>": 50362 + shift,
+    }
+
+
+def check_vocabulary(tokenizer, n_vocab: int) -> None:
+    """Refuse a vocabulary whose special tokens are not where whisper.cpp numbers them (a tiny test tokenizer, a
+    resized vocabulary): whisper.cpp would decode nonsense or crash on it."""
+    for token, expected in special_ids(n_vocab).items():
+        found = tokenizer.convert_tokens_to_ids(token)
+        if found != expected:
+            raise ValueError(
+                f"the vocabulary ({n_vocab} tokens) is not laid out as whisper.cpp numbers it: {token} is id "
+                f"{found}, whisper.cpp takes it to be {expected}"
+            )
+
+
+def check_ggml_source(model_dir: str | Path) -> None:
+    """Before training with --export ggml: the model's vocabulary suits whisper.cpp (check_vocabulary)."""
+    from transformers import AutoConfig
+
+    check_vocabulary(
+        load_processor(str(model_dir), None).tokenizer, AutoConfig.from_pretrained(str(model_dir)).vocab_size
+    )
+
+
 def write_ggml(model, feature_extractor, tokenizer, path: Path, ftype: str = "f16") -> None:
     """The ggml file of a transformers Whisper (see the module's docstring)."""
     config = model.config
+    check_vocabulary(tokenizer, config.vocab_size)
     filters = np.asarray(feature_extractor.mel_filters, dtype=np.float32).T  # (n_fft, n_mels) → (n_mels, n_fft)
     if filters.shape != (config.num_mel_bins, feature_extractor.n_fft // 2 + 1):
         raise ValueError(f"mel filters of shape {filters.shape} do not match {config.num_mel_bins} mel bins")
@@ -213,6 +260,7 @@ def export_ggml(model_dir: str | Path, output: str | Path, ftype: str = "f16", *
         raise ValueError(f"--ftype {ftype}: use f16 or f32")
     if output.exists() and not overwrite:
         raise ValueError(f"--output {output}: already exists (pass --overwrite to replace it)")
+    check_ggml_source(model_dir)  # before the weights are read
     model = load_model(str(model_dir))
     processor = load_processor(str(model_dir), None)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +271,153 @@ def export_ggml(model_dir: str | Path, output: str | Path, ftype: str = "f16", *
         temporary.unlink(missing_ok=True)
         raise OSError(f"could not write {output}: {error}") from error
     os.replace(temporary, output)
-    info = {"output": str(output), "ftype": ftype, "bytes": output.stat().st_size, "source": str(model_dir)}
+    source = Path(model_dir).expanduser()
+    info = {
+        "output": str(output),
+        "ftype": ftype,
+        "bytes": output.stat().st_size,
+        "source": str(source.resolve()) if source.is_dir() else str(model_dir),  # a hub id stays one
+    }
     Path(f"{output}.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
+
+
+# ------------------------------------------------------------------------------------------------- whisper.cpp
+def read_hparams(path: str | Path) -> dict[str, int] | None:
+    """The hyper-parameters of a ggml Whisper file (its first 48 bytes), or None when it is not one."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(48)
+    except OSError:
+        return None
+    if len(head) < 48 or struct.unpack("<i", head[:4])[0] != MAGIC:
+        return None
+    return dict(zip(HPARAMS, struct.unpack("<11i", head[4:])))
+
+
+def is_ggml_file(path: str | Path) -> bool:
+    return Path(path).is_file() and read_hparams(path) is not None
+
+
+def tokenizer_folder(path: str | Path) -> str:
+    """Where the references' tokenizer of a ggml file is: its own folder when it holds the source's tokenizer
+    files, else the `source` its FILE.json names (tools/export.py --to ggml writes it)."""
+    path = Path(path)
+    if (path.parent / "tokenizer.json").is_file() and (path.parent / "tokenizer_config.json").is_file():
+        return str(path.parent)
+    record = Path(f"{path}.json")
+    source = json.loads(record.read_text(encoding="utf-8")).get("source") if record.is_file() else None
+    if source is None:
+        raise ValueError(
+            f"{path}: no tokenizer for the references: neither tokenizer.json beside it nor {record.name} naming "
+            "the model it was exported from (export it with tools/export.py --to ggml)"
+        )
+    if Path(source).is_dir() and not (Path(source) / "tokenizer.json").is_file():
+        raise ValueError(f"{path}: its source {source} (from {record.name}) holds no tokenizer.json")
+    if not Path(source).is_dir() and Path(source).is_absolute():
+        raise ValueError(f"{path}: its source {source} (from {record.name}) is gone; export it again")
+    return source
+
+
+def whisper_cpp_params(
+    language: str | None, num_beams: int, max_new_tokens: int, suppress_non_speech: bool, threads: int = 0
+) -> dict[str, Any]:
+    """pywhispercpp `Model` parameters equal to validation's `generate()` (the module's docstring): whisper.cpp's
+    defaults differ in a temperature fallback (0.2 steps) driven by entropy and log-prob thresholds, a no-speech
+    rule, timestamps, the previous window's text as context, and no new-token limit."""
+    params: dict[str, Any] = dict(
+        language=language or "en",  # an English-only model ignores it
+        translate=False,
+        no_timestamps=True,
+        single_segment=True,
+        no_context=True,
+        temperature=0.0,
+        temperature_inc=0.0,
+        entropy_thold=0.0,  # a decode fails when its entropy is below this: never
+        logprob_thold=-1e9,
+        no_speech_thold=1.0,
+        max_tokens=max_new_tokens,
+        suppress_blank=True,
+        suppress_nst=suppress_non_speech,
+        print_progress=False,
+        print_realtime=False,
+        print_timestamps=False,
+    )
+    if threads > 0:
+        params["n_threads"] = threads
+    if num_beams > 1:
+        params["beam_search"] = {"beam_size": num_beams, "patience": -1.0}
+    return params
+
+
+def open_whisper_cpp(
+    path: str | Path, language: str | None, num_beams: int, max_new_tokens: int, threads: int = 0
+) -> dict[str, Any]:
+    """What scoring a ggml file needs, for evaluate.py --engine whisper.cpp and --export ggml alike (the shape of
+    wdsbr.export.open_for_scoring's): the model, the references' tokenizer, the language it decodes (None for an
+    English-only model), its mel bins and the transcribe() arguments."""
+    require_export_extra()
+    from pywhispercpp.model import Model
+    from transformers import GenerationConfig
+
+    hparams = read_hparams(path)
+    if hparams is None:
+        raise ValueError(f"{path}: not a ggml Whisper file (make one with tools/export.py --to ggml)")
+    source = tokenizer_folder(path)
+    multilingual = hparams["n_vocab"] >= 51865
+    language = language if multilingual else None
+    tokenizer = load_processor(source, language).tokenizer
+    try:
+        suppress = bool(GenerationConfig.from_pretrained(source).suppress_tokens)
+    except OSError:
+        suppress = False
+    params = whisper_cpp_params(language, num_beams, max_new_tokens, suppress, threads)
+    model = Model(str(path), params_sampling_strategy=int(num_beams > 1), redirect_whispercpp_logs_to=None, **params)
+    ftype = {code: name for name, code in FTYPES.items()}.get(hparams["ftype"] % 1000, f"ftype {hparams['ftype']}")
+    return {
+        "model": model,
+        "tokenizer": tokenizer,
+        "language": language,
+        "n_mels": hparams["n_mels"],
+        "ftype": ftype,
+        "kwargs": {},
+    }
+
+
+def run_whisper_cpp(model, loader, kwargs: dict[str, Any]) -> tuple[list[Prediction], float]:
+    """This rank's share of an evaluation loader (`keep_audio` batches) transcribed by whisper.cpp, one clip at a
+    time: (predictions, seconds)."""
+    start = time.perf_counter()
+    results: list[Prediction] = []
+    for batch in loader:
+        for key, reference, clip in zip(batch["keys"], batch["texts"], batch["audio"], strict=True):
+            segments = model.transcribe(np.ascontiguousarray(clip, dtype=np.float32), **kwargs)
+            results.append(Prediction(key, reference, " ".join(s.text.strip() for s in segments).strip()))
+    return results, time.perf_counter() - start
+
+
+def export_ggml_and_score(
+    best: str | Path,
+    output: str | Path,
+    shards,
+    *,
+    language: str | None,
+    normalizer: str,
+    num_beams: int,
+    max_new_tokens: int,
+    batch_size: int,
+    num_workers: int,
+    ftype: str = "f16",
+    threads: int = 0,
+) -> dict:
+    """The end of `launch/train.py --export ggml` (rank 0): best/ written as a ggml file at `output`, then the
+    validation shards transcribed by whisper.cpp as `evaluate.py --engine whisper.cpp` does."""
+    export_ggml(best, output, ftype, overwrite=True)
+    engine = open_whisper_cpp(output, language, num_beams, max_new_tokens, threads)
+    return {
+        "format": "ggml",
+        "path": str(output),
+        "ftype": ftype,
+        "engine": "whisper.cpp",
+        **score_on_shards(engine, run_whisper_cpp, shards, normalizer, batch_size, num_workers),
+    }

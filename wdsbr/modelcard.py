@@ -49,6 +49,7 @@ def write_model_card(
     model_name: str | None = None,
     license: str | None = None,
     export: Mapping[str, Any] | None = None,
+    export_ggml: Mapping[str, Any] | None = None,
     sources: Iterable[Mapping[str, Any]] | None = None,
     parameters: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -59,7 +60,8 @@ def write_model_card(
     `scores`: fractions (0.123 = 12.3 % WER) keyed as `wdsbr.scoring.score_all` keys them (`wer`, `cer`, the
     `SCORE_KEYS` and `normalizers`); they are written as percentages, the Hub's
     convention. `normalizer`: the `--text-normalizer` of the run. `command`: the training command. `export`:
-    `wdsbr.export.export_and_score`'s report (`--export ct2`): a faster-whisper section with its WER.
+    `wdsbr.export.export_and_score`'s report (`--export ct2`): a faster-whisper section with its WER. `export_ggml`:
+    `wdsbr.ggml.export_ggml_and_score`'s (`--export ggml`): a whisper.cpp section with its WER.
     `sources`: the training sources (--train-shards NAME=SPEC@FACTOR), each {"name", "shards", "factor",
     "hours"}: listed with their hours and factor.
     """
@@ -137,6 +139,7 @@ def write_model_card(
         + _sources(sources)
         + _parameters(parameters)
         + _deployment(export, language, scores)
+        + _whisper_cpp(export_ggml, language, scores)
     )
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     path = folder / "README.md"
@@ -265,6 +268,28 @@ def _deployment(export: Mapping[str, Any] | None, language: str, scores: Mapping
             "",
             f'model = WhisperModel("{export["path"]}")',
             f'segments, info = model.transcribe("recording.wav", language="{language}")',
+            "```",
+            "",
+        ]
+    )
+
+
+def _whisper_cpp(export: Mapping[str, Any] | None, language: str, scores: Mapping[str, Any]) -> str:
+    """With --export ggml: where the ggml file is, its WER beside the transformers one, and how to run it."""
+    if not export:
+        return ""
+    transformers_wer = f"{100 * scores['wer']:.2f} % with transformers, " if scores.get("wer") is not None else ""
+    name = Path(export["path"]).name
+    return "\n".join(
+        [
+            "## whisper.cpp (ggml)",
+            "",
+            f"`{name}` beside this folder ({export['ftype']}): validation WER {transformers_wer}"
+            f"{100 * export['wer']:.2f} % with whisper.cpp (decoding as validation does, on {export['samples']} "
+            "samples).",
+            "",
+            "```bash",
+            f"whisper-cli -m {name} -l {language} -f recording.wav",
             "```",
             "",
         ]

@@ -21,7 +21,19 @@ import click
 DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 METRICS = ("wer", "cer", "loss", "long_wer")  # all lower-is-better; long_wer: --val-long-form recordings
 PRECISIONS = ("fp16", "bf16", "fp32")
-ENGINES = ("transformers", "faster-whisper")
+ENGINES = ("transformers", "faster-whisper", "whisper.cpp")
+EXPORTS = ("ct2", "ggml")  # train.py --export: the formats, comma-separated
+
+
+def export_formats(value: str) -> list[str]:
+    """train.py --export's formats (`ct2`, `ggml`, `ct2,ggml`), in the order given; one error naming the unknown."""
+    formats = [part.strip() for part in value.split(",") if part.strip()]
+    unknown = [part for part in formats if part not in EXPORTS]
+    if unknown or not formats:
+        raise ValueError(f"--export {value}: use {', '.join(EXPORTS)} or both, comma-separated (ct2,ggml)")
+    return list(dict.fromkeys(formats))
+
+
 QUANTIZATIONS = ("float32", "float16", "bfloat16", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "int16")
 COMPUTE_TYPES = ("default", "auto", *QUANTIZATIONS)
 
@@ -241,8 +253,8 @@ class CheckpointOptions:
     )
     export: str | None = option(
         None,
-        "At the end, convert best/ to CTranslate2 (best-ct2/, faster-whisper) and record its validation WER.",
-        type=click.Choice(["ct2"]),
+        "At the end, convert best/ and record each export's validation WER: ct2 (best-ct2/, faster-whisper), ggml "
+        "(best-ggml.bin, whisper.cpp), or both: ct2,ggml.",
     )
 
 
@@ -269,7 +281,8 @@ class EngineOptions:
     SECTION: ClassVar[str] = "Engine"
     engine: str = option(
         "transformers",
-        "transformers (a save_pretrained folder) or faster-whisper (a CTranslate2 folder from tools/export.py).",
+        "transformers (a save_pretrained folder), faster-whisper (a CTranslate2 folder) or whisper.cpp (a ggml "
+        "file), the last two from tools/export.py.",
         type=click.Choice(ENGINES),
     )
     compute_type: str = option(

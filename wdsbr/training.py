@@ -36,13 +36,14 @@ from wdsbr.engine import (
 )
 from wdsbr.evaluation import EarlyStopping, gather, run_validation
 from wdsbr.export import export_and_score, require_export_extra
+from wdsbr.ggml import check_ggml_source, export_ggml_and_score
 from wdsbr.lm import LMFusion, load_lm
 from wdsbr.longform import Recording, list_recordings, run_long_form
 from wdsbr.lora import check_lora
 from wdsbr.metrics import MetricsLog
 from wdsbr.model import check_model, language_code, save_model_atomic
 from wdsbr.modelcard import describe_shards, training_command, write_model_card
-from wdsbr.options import METRICS, TrainOptions
+from wdsbr.options import METRICS, TrainOptions, export_formats
 from wdsbr.scoring import SCORE_KEYS, load_normalizer, score_all
 from wdsbr.shards import read_sentences
 from wdsbr.streams import count_samples, is_url, list_shards
@@ -364,15 +365,12 @@ def finish(
     """The summary row and `summary.json` (what a job scheduler reads to decide whether to requeue: a finished
     run is not restarted), and best/'s model card; rank 0 writes, every rank returns the summary."""
     stopper, best, decoding = state.stopper, state.stopper.best_scores or {}, opts.decoding
-    export = None
+    exports = {}
     if (
         opts.checkpoints.export and dist.is_main() and stopper.best is not None and (out / "best").is_dir()
-    ):  # --export ct2
-        say(f"exporting {out / 'best'} to CTranslate2 and scoring it with faster-whisper on the validation shards")
-        export = export_and_score(
-            out / "best",
-            out / "best-ct2",
-            [s.shards for s in validation_sets(opts.data.val_shards)],  # every set: the pooled WER
+    ):  # --export ct2,ggml
+        settings = dict(
+            shards=[s.shards for s in validation_sets(opts.data.val_shards)],  # every set: the pooled WER
             language=language,
             normalizer=decoding.text_normalizer,
             num_beams=decoding.num_beams,
@@ -380,6 +378,15 @@ def finish(
             num_workers=opts.runtime.num_workers,
             batch_size=opts.validation.eval_batch_size or opts.optim.batch_size,
         )
+        formats = export_formats(opts.checkpoints.export)
+        if "ct2" in formats:
+            say(f"exporting {out / 'best'} to CTranslate2 and scoring it with faster-whisper on the validation shards")
+            exports["export"] = export_and_score(out / "best", out / "best-ct2", **settings)
+        if "ggml" in formats:
+            say(f"exporting {out / 'best'} to ggml and scoring it with whisper.cpp on the validation shards")
+            exports["export_ggml"] = export_ggml_and_score(
+                out / "best", out / "best-ggml.bin", **settings, threads=torch.get_num_threads()
+            )
     summary = dict(
         step=state.step,
         finished=state.stopped_early or state.step >= opts.optim.max_steps,
@@ -393,7 +400,7 @@ def finish(
         train_seconds=round(state.train_seconds, 3),
         total_seconds=round(total_seconds, 3),
         **state.parameters,
-        **({"export": export} if export else {}),
+        **exports,
     )
     metrics.log("summary", **summary)
     metrics.close()
@@ -421,7 +428,8 @@ def finish(
                 scores=stopper.best_scores,
                 normalizer=decoding.text_normalizer,
                 command=training_command(sys.argv),
-                export=export,
+                export=exports.get("export"),
+                export_ggml=exports.get("export_ggml"),
                 parameters=state.parameters,
             )
     if state.stopped_early:
@@ -440,6 +448,14 @@ def finish(
 def _raise_all(problems: list[str]) -> None:
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def check_exports(value: str, model: str) -> None:
+    """--export: known formats, their runtimes installed, and for ggml a vocabulary whisper.cpp can number."""
+    formats = export_formats(value)
+    require_export_extra()
+    if "ggml" in formats and Path(model).expanduser().is_dir():  # a hub model is checked when it is read
+        check_ggml_source(model)
 
 
 def val_lm_fusion(val, decoding, tokenizer, normalize):
@@ -495,7 +511,7 @@ def resolve_options(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOption
         ("train_shards", lambda: check_sources(data.train_shards, data.epoch_samples)),
         ("val_shards", lambda: [list_shards(s.shards) for s in validation_sets(data.val_shards)]),
         ("speed_perturb", lambda: parse_speeds(opts.augment.speed_perturb or "1")),
-        ("export", lambda: opts.checkpoints.export and require_export_extra()),
+        ("export", lambda: opts.checkpoints.export and check_exports(opts.checkpoints.export, opts.whisper.model)),
         ("val_long_form", lambda: val.val_long_form and list_recordings(val.val_long_form)),
         ("val_lm", lambda: val.val_lm and load_lm(val.val_lm)),
         ("lora", lambda: _raise_all(check_lora(lora.lora, lora.lora_alpha, lora.lora_dropout, lora.lora_targets))),

@@ -1,5 +1,6 @@
 """What `launch/evaluate.py` does once its options are read: check them (`check_options`), then transcribe a test
-set with a trained Whisper (transformers' generate(), or faster-whisper on a CTranslate2 export), short clips
+set with a trained Whisper (transformers' generate(), faster-whisper on a CTranslate2 export, or whisper.cpp on a
+ggml file), short clips
 batched exactly as validation does or long recordings whole, score it with the trainer's scorer and print one JSON
 row (`transcribe_and_score`). Under a launcher each rank transcribes an exact share."""
 
@@ -25,6 +26,7 @@ from wdsbr.engine import cpu_precision_for_fp16
 from wdsbr.eval_data import eval_data_kind, expected_samples, prepare_shards
 from wdsbr.evaluation import gather, generate_kwargs, run_validation, sum_across_ranks
 from wdsbr.export import compute_type_of, is_ct2_folder, open_for_scoring, run_faster_whisper
+from wdsbr.ggml import is_ggml_file, open_whisper_cpp, run_whisper_cpp, tokenizer_folder
 from wdsbr.lm import LMFusion, load_lm, resolve_weights
 from wdsbr.longform import (
     TEMPERATURE_FALLBACK,
@@ -78,13 +80,20 @@ def check_options(opts: EvaluateOptions) -> Inputs:
     except ValueError as error:
         problems.append(f"--language: {error}")
         language_ok = False
-    ct2 = opts.backend.engine == "faster-whisper"
+    engine_name = opts.backend.engine
+    ct2, cpp = engine_name == "faster-whisper", engine_name == "whisper.cpp"
+    exported = ct2 or cpp  # an export's runtime decodes: no loss, no LM, no long-form here
     if ct2 and not is_ct2_folder(opts.whisper.model):
         problems.append(
             f"--model {opts.whisper.model}: --engine faster-whisper needs a CTranslate2 folder (no model.bin); make "
             "one "
             f"with python tools/export.py --model {opts.whisper.model} --to ct2 --output "
             f"{opts.whisper.model.rstrip('/')}-ct2"
+        )
+    if cpp and not is_ggml_file(opts.whisper.model):
+        problems.append(
+            f"--model {opts.whisper.model}: --engine whisper.cpp needs a ggml file; make one with python "
+            f"tools/export.py --model {opts.whisper.model} --to ggml --output ggml-model.bin"
         )
     if not ct2 and opts.backend.compute_type != "default":
         problems.append(
@@ -94,19 +103,19 @@ def check_options(opts: EvaluateOptions) -> Inputs:
         problems.append("--condition-on-previous: only with --long-form (a short clip has no text before it)")
     if opts.longform.temperature_fallback and not opts.longform.long_form:
         problems.append("--temperature-fallback: only with --long-form (short clips decode as validation does)")
-    if opts.longform.long_form and ct2:
+    if opts.longform.long_form and exported:
         problems.append(
-            "--long-form: only with --engine transformers for now (faster-whisper's own transcribe() "
-            "handles long audio: run it on best-ct2/ directly)"
+            f"--long-form: only with --engine transformers for now ({engine_name}'s own transcribe() "
+            "handles long audio: run it on the export directly)"
         )
 
-    if opts.lm.lm and ct2:
-        problems.append("--lm: only with --engine transformers (faster-whisper's search has no hook for an LM)")
+    if opts.lm.lm and exported:
+        problems.append(f"--lm: only with --engine transformers ({engine_name}'s search has no hook for an LM)")
     if (opts.lm.lm_alpha is not None or opts.lm.lm_beta is not None) and not opts.lm.lm:
         problems.append("--lm-alpha/--lm-beta: only with --lm")
 
     def read_lm() -> None:
-        if opts.lm.lm and not ct2:
+        if opts.lm.lm and not exported:
             resolve_weights(opts.whisper.model, opts.lm.lm_alpha, opts.lm.lm_beta)  # a broken lm.json: said now
             found.lm = load_lm(opts.lm.lm)
 
@@ -117,18 +126,17 @@ def check_options(opts: EvaluateOptions) -> Inputs:
         else:
             found.kind = eval_data_kind(opts.inputs.data)
 
+    def read_model() -> None:
+        if cpp and is_ggml_file(opts.whisper.model):
+            tokenizer_folder(opts.whisper.model)  # the references' tokenizer: found, or said now
+        elif not exported:
+            check_model(opts.whisper.model, opts.whisper.language if language_ok else None, load=not problems)
+
     for name, check in (
         ("--text-normalizer", lambda: load_normalizer(opts.decoding.text_normalizer)),
         ("--data", read_data),
         ("--lm", read_lm),
-        (
-            "--model",
-            lambda: (
-                None
-                if ct2
-                else check_model(opts.whisper.model, opts.whisper.language if language_ok else None, load=not problems)
-            ),
-        ),
+        ("--model", read_model),
     ):  # no network when the rest is wrong
         try:
             check()
@@ -183,7 +191,18 @@ def transcribe_and_score(opts: EvaluateOptions, found: Inputs) -> None:
             raise ValueError(prepared["error"])
 
         # ---------------------------------------------------------------------------------------------- model
-        if opts.backend.engine == "faster-whisper":
+        if opts.backend.engine == "whisper.cpp":
+            engine = open_whisper_cpp(
+                opts.whisper.model,
+                language_code(opts.whisper.language),
+                opts.decoding.num_beams,
+                opts.decoding.generation_max_length,
+                torch.get_num_threads(),
+            )
+            model, tokenizer, language = engine["model"], engine["tokenizer"], engine["language"]
+            precision = engine["ftype"]
+            n_mels, max_label_tokens, start_id = engine["n_mels"], 448, tokenizer.prefix_tokens[0]
+        elif opts.backend.engine == "faster-whisper":
             engine = open_for_scoring(
                 opts.whisper.model,
                 language_code(opts.whisper.language),
@@ -294,7 +313,7 @@ def transcribe_shards(
             normalize=normalize,
             max_label_tokens=max_label_tokens,
             decoder_start_token_id=start_id,
-            keep_audio=opts.backend.engine == "faster-whisper",
+            keep_audio=opts.backend.engine != "transformers",
         ),
     )
     bar = tqdm(
@@ -307,8 +326,9 @@ def transcribe_shards(
     )
     totals = {"audio_seconds": 0.0}
     start = time.perf_counter()
-    if opts.backend.engine == "faster-whisper":  # no loss: CTranslate2 decodes, it does not score labels
-        results, _ = run_faster_whisper(model, metered(loader, bar, totals), engine["kwargs"])
+    if opts.backend.engine != "transformers":  # no loss: the export's runtime decodes, it does not score labels
+        run = run_whisper_cpp if opts.backend.engine == "whisper.cpp" else run_faster_whisper
+        results, _ = run(model, metered(loader, bar, totals), engine["kwargs"])
         loss_sum, tokens = 0.0, 0
     else:
         results, loss_sum, tokens, _ = run_validation(
