@@ -11,12 +11,14 @@ For each: transformers (launch/evaluate.py, fp32, batch 16), faster-whisper (too
 `--engine faster-whisper`), whisper.cpp (tools/export.py --to ggml, f16 and f32, `--engine whisper.cpp`, through
 pywhispercpp, clip by clip). A runtime that fails is recorded with its error, not dropped. Each row: WER, CER and
 the real-time factor (transcription seconds per audio second, model loading left out), this machine, 2 threads,
-side by side in one run. Writes bench/results/ggml.json after every model.
+side by side in one run. Writes bench/results/ggml.json after every model (--append keeps the models measured
+before; --only picks models).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -84,9 +86,10 @@ def main() -> None:
     parser.add_argument("--english-cache", type=Path, default=CACHE / "bench-accuracy")
     parser.add_argument("--breton-cache", type=Path, default=CACHE / "bench-breton")
     parser.add_argument("--work", type=Path, default=CACHE / "bench-ggml")
-    parser.add_argument("--breton-clips", type=int, default=80, help="the first N Breton test clips (by key)")
+    parser.add_argument("--breton-clips", type=int, default=60, help="the first N Breton test clips (by key)")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--only", nargs="+", help="measure only these models (tiny.en, base, base-fine-tuned)")
+    parser.add_argument("--append", action="store_true", help="keep bench/results/ggml.json's other models")
     args = parser.parse_args()
     started = time.perf_counter()
     english = make_corpus(args.english_cache, 1200, 150)["test"]
@@ -99,7 +102,8 @@ def main() -> None:
         "base-fine-tuned": (args.fine_tuned, breton, "br", args.breton_clips),
     }
     report = {"threads": THREADS, "max_new_tokens": args.max_new_tokens, "breton_clips": args.breton_clips}
-    report["models"] = {}
+    earlier = RESULTS / "ggml.json"
+    report["models"] = json.loads(earlier.read_text())["models"] if args.append and earlier.is_file() else {}
     for name, (model, data, language, limit) in models.items():
         if args.only and name not in args.only:
             continue

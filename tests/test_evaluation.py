@@ -70,6 +70,37 @@ def test_validation_step_returns_token_weighted_loss_and_decoded_text(tiny_whisp
     assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)
 
 
+@pytest.mark.parametrize("beams", [1, 2])
+def test_validation_step_runs_the_encoder_once_and_decodes_what_generate_decodes(wordy_whisper, beams):
+    from wdsbr.evaluation import no_timestamps, with_processors
+    from wdsbr.model import load_processor
+
+    model, tokenizer = load_model(wordy_whisper).eval(), load_processor(wordy_whisper, "br").tokenizer
+    samples = [
+        {
+            "audio": speech_like(0.8 + 0.3 * i, seed=i),
+            "labels": tokenizer("demat").input_ids,
+            "key": str(i),
+            "text": "x",
+        }
+        for i in range(4)
+    ]
+    batch = Collator(80, model.config.decoder_start_token_id)(samples)
+    kwargs = generate_kwargs("br", beams, 6)
+    calls = []
+    hook = model.get_encoder().register_forward_hook(lambda *args: calls.append(1))
+    loss_sum, tokens, predictions, _ = validation_step(
+        model, batch, tokenizer, kwargs, torch.float32, torch.device("cpu")
+    )
+    hook.remove()
+    assert len(calls) == 1  # one encoder pass feeds the loss and the search
+    with torch.no_grad():
+        plain = model.generate(input_features=batch["input_features"], **with_processors(kwargs, no_timestamps(model)))
+        loss = model(input_features=batch["input_features"], labels=batch["labels"]).loss.item() * tokens
+    assert predictions == [text.strip() for text in tokenizer.batch_decode(plain, skip_special_tokens=True)]
+    assert len(set(predictions)) > 1 and loss_sum.item() == pytest.approx(loss, rel=1e-6)
+
+
 def test_validation_never_decodes_timestamp_tokens(tiny_whisper, tiny_processor):
     """A model that would rather emit <|0.00|> (as one fine-tuned with --timestamps may, early): transformers'
     segment loop would stop advancing on two in a row; validation's decode keeps timestamps out and ends."""
