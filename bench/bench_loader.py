@@ -3,6 +3,7 @@
     python bench/bench_loader.py [--clips 256] [--batch-size 16] [--repeats 3] [--rss-base 64]
     python bench/bench_loader.py --sections epoch [--before c2b1d01]      # the exact epoch only (~5 min)
     python bench/bench_loader.py --sections sources [--clips 240]          # 3 named sources vs 1 (~3 min)
+    python bench/bench_loader.py --sections boundary [--clips 96 --batch-size 8]  # the epoch-boundary stall (~2 min)
 
 Throughput (samples/s from stored audio to padded batches of [B, 80, 3000] log-mel + labels, torch threads 1 per
 process, candidates interleaved over --repeats repetitions):
@@ -32,6 +33,13 @@ wdsbr/data.py, loaded beside today's package), on the same shards, 2 ranks × 2 
     shards (3,500 clips of 1 s in shards of 1,000, 1,000, 1,000 and 500, so every reader starts mid-shard),
     interleaved over --repeats. Writes bench/results/loader_epoch.json.
 
+The epoch boundary (`--sections boundary`): --clips clips (2-8 s, flac), micro-batch --batch-size, 2 DataLoader
+workers, --epochs epochs in a row, --step-seconds of sleep after each batch standing in for a training step (a GPU's
+~0.3 s): how long the consumer waits for each batch, as one `make_train_loader` per epoch (the trainer before
+EpochStream) and as `EpochStream` (the next epoch's loader started 16 batches before the current one ends),
+interleaved over --repeats. The wait for the first batch of each later epoch is the stall. Writes
+bench/results/loader_boundary.json.
+
 Several sources (`--sections sources`): the same --clips clips (2-8 s, flac) sharded as three corpora of a third
 each, read by `make_train_loader` as one source (the three folders' shards together) and as three named sources
 at factor 1 (`--train-shards a=… --train-shards b=… --train-shards c=…`): samples/s of one epoch to padded log-mel
@@ -48,6 +56,7 @@ import itertools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,7 +86,7 @@ from common import (
 )
 
 from wdsbr import streams  # noqa: E402
-from wdsbr.data import LoaderOptions, Source, make_train_loader  # noqa: E402
+from wdsbr.data import EpochStream, LoaderOptions, Source, make_train_loader  # noqa: E402
 from wdsbr.model import build_tiny_whisper, load_processor  # noqa: E402
 
 
@@ -378,6 +387,64 @@ def sources_section(args: argparse.Namespace, tmp: Path, processor) -> dict:
     }
 
 
+def boundary_waits(shards, processor, args, stream: bool) -> dict:
+    """--epochs epochs of `make_train_loader` (2 workers, a 256-sample shuffle buffer), each batch followed by
+    --step-seconds of sleep standing in for a training step: how long the consumer waited for each batch, as one
+    loader per epoch (what the trainer did before EpochStream) or as an EpochStream."""
+    tokenizer = processor.tokenizer
+    options = LoaderOptions(
+        tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=args.batch_size, num_workers=2,
+        shuffle_buffer=256,
+    )  # fmt: skip
+
+    def make(epoch: int, start: int = 0):
+        return make_train_loader(shards, options, epoch=epoch, start_batch=start)
+
+    if stream:
+        pairs = iter(EpochStream(make))
+    else:
+        pairs = ((epoch, batch) for epoch in range(args.epochs) for batch in make(epoch))
+    waits: list[tuple[int, int, float]] = []  # (epoch, batch in epoch, seconds waited)
+    index, last = 0, None
+    while True:
+        start = time.perf_counter()
+        epoch, _ = next(pairs, (args.epochs, None))
+        waited = time.perf_counter() - start
+        index = 0 if epoch != last else index + 1
+        if epoch == args.epochs:  # past the last epoch (the stream's next one has started: it is closed below)
+            break
+        waits.append((epoch, index, waited))
+        last = epoch
+        time.sleep(args.step_seconds)
+    if hasattr(pairs, "close"):
+        pairs.close()
+    first = [w for e, i, w in waits if i == 0]
+    return {
+        "first_batch_s": first[0],
+        "boundary_s": first[1:],
+        "mid_epoch_median_s": statistics.median(w for e, i, w in waits if i > 0),
+    }
+
+
+def boundary_section(args: argparse.Namespace, tmp: Path, processor) -> dict:
+    write_corpus(tmp / "boundary", args.clips, audio_format="flac")
+    shards = str(shard_folder(tmp / "boundary", tmp / "boundary-shards"))
+    runs: dict[str, list[dict]] = {"loader per epoch": [], "EpochStream": []}
+    for _ in range(args.repeats):
+        for name in runs:  # interleaved
+            runs[name].append(boundary_waits(shards, processor, args, stream=name == "EpochStream"))
+    return {
+        "clips": args.clips,
+        "batch_size": args.batch_size,
+        "workers": 2,
+        "epochs": args.epochs,
+        "step_seconds": args.step_seconds,
+        "repeats": args.repeats,
+        "runs": runs,
+        "boundary_s": {name: summarize([w for r in rows for w in r["boundary_s"]]) for name, rows in runs.items()},
+    }
+
+
 def print_epoch(report: dict) -> None:
     print("\none epoch at 2 ranks × 2 workers: samples shown once / more than once / never\n")
     print_table(
@@ -412,10 +479,13 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         nargs="+",
-        choices=["pipelines", "epoch", "sources"],
+        choices=["pipelines", "epoch", "sources", "boundary"],
         default=["pipelines", "epoch"],
-        help="pipelines: throughput and memory against the recipe; epoch: the exact epoch; sources: 3 sources vs 1",
+        help="pipelines: throughput and memory against the recipe; epoch: the exact epoch; sources: 3 sources vs 1; "
+        "boundary: the wait for an epoch's first batch, a loader per epoch vs EpochStream",
     )
+    parser.add_argument("--epochs", type=int, default=3, help="boundary: epochs per run")
+    parser.add_argument("--step-seconds", type=float, default=0.3, help="boundary: the stand-in training step")
     parser.add_argument("--before", default="c2b1d01", help="git commit whose loader the exact epoch compares against")
     parser.add_argument("--rss-child", choices=["wdsbr", "hf"], help=argparse.SUPPRESS)
     for hidden in ("--shards", "--rows", "--cache", "--model"):
@@ -431,6 +501,20 @@ def main() -> None:
         tmp = Path(tmp)
         model = build_tiny_whisper(tmp / "tiny")
         processor = load_processor(str(model), language="br")
+        if "boundary" in args.sections:
+            report = boundary_section(args, tmp, processor)
+            out = save_results("loader_boundary", {**report, "bench_seconds": time.perf_counter() - started})
+            print_table(
+                ["training stream", "wait at an epoch boundary, s: median (min-max)", "mid-epoch median, s"],
+                [
+                    [name, fmt(report["boundary_s"][name], 2),
+                     f"{statistics.median(r['mid_epoch_median_s'] for r in rows):.3f}"]
+                    for name, rows in report["runs"].items()
+                ],
+            )  # fmt: skip
+            print(f"\nwrote {out} in {time.perf_counter() - started:.0f} s")
+            if args.sections == ["boundary"]:
+                return
         if "sources" in args.sections:
             report = sources_section(args, tmp, processor)
             out = save_results("loader_sources", {**report, "bench_seconds": time.perf_counter() - started})

@@ -53,7 +53,7 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
     import torch
 
     from wdsbr.augment import stable_seed
-    from wdsbr.data import LoaderOptions, SkipCounter, make_eval_loader, make_train_loader
+    from wdsbr.data import EpochStream, LoaderOptions, SkipCounter, make_eval_loader, make_train_loader
     from wdsbr.engine import build_engine, compute_dtype, init_distributed, load_checkpoint, training_step
     from wdsbr.evaluation import EarlyStopping, generate_kwargs
     from wdsbr.longform import list_recordings, my_share
@@ -163,63 +163,68 @@ def train(opts: TrainOptions, ds_config: dict, notes: list[str]) -> None:
     # ------------------------------------------------------------------------------------------------- loop
     log_every, eval_every, max_steps = opts.logging.log_every, val.eval_every, optim.max_steps
     metrics, meter, bar = MetricsLog(out), StepMeter(engine.device), progress_bar(max_steps, state.step)
-    while not state.done:
-        loader = make_train_loader(sources, stream, epoch=state.epoch, start_batch=state.batch_in_epoch)
-        for batch in meter.timed(loader):
-            torch.manual_seed(stable_seed(optim.seed, dist.rank(), state.epoch, state.batch_in_epoch))  # dropout
-            loss = training_step(engine, batch)  # (LoRA's): drawn by stream position, the same after a resume
-            state.batch_in_epoch += 1
-            if loss is None:  # NaN/inf on some rank: skipped everywhere before touching the weights
-                state.nonfinite_batches += 1
-                dist.say(
-                    f"step {state.step}: non-finite loss, micro-batch skipped ({state.nonfinite_batches} so far): "
-                    f"{', '.join(batch['keys'][:4])}"
-                )
-                continue
-            meter.add(loss, batch)
-            state.shown_here.update(batch["sources"])
-            if engine.global_steps == state.step:
-                continue  # mid-accumulation: DeepSpeed steps the optimizer every --grad-accum micro-batches
-            state.step = engine.global_steps
-            bar.update(1)
-            if state.step % log_every == 0 or state.step == max_steps:
-                row = meter.row(engine, state, skipped, log_every)  # collective: all ranks
-                metrics.log("train", **row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.1f}")
-            signalled = any_rank_signalled(caught, engine.device)  # collective: all ranks
-            if signalled:
-                dist.say(
-                    f"step {state.step}: {caught[0] if caught else 'another rank was signalled'}: checkpointing and "
-                    "stopping"
-                )
-            stop_job = signalled or (
-                saving.stop_after_steps is not None and state.step - state.start_step >= saving.stop_after_steps
+    epochs = EpochStream(  # one exact epoch after another, the next one's workers started before this one ends
+        lambda epoch, start: make_train_loader(sources, stream, epoch=epoch, start_batch=start),
+        state.epoch,
+        state.batch_in_epoch,
+    )
+    batches = meter.timed(epochs)
+    for epoch, batch in batches:
+        if epoch != state.epoch:  # the last epoch's batches are used up: this one reads the shards anew
+            state.epoch, state.batch_in_epoch = epoch, 0
+        torch.manual_seed(stable_seed(optim.seed, dist.rank(), state.epoch, state.batch_in_epoch))  # dropout
+        loss = training_step(engine, batch)  # (LoRA's): drawn by stream position, the same after a resume
+        state.batch_in_epoch += 1
+        if loss is None:  # NaN/inf on some rank: skipped everywhere before touching the weights
+            state.nonfinite_batches += 1
+            dist.say(
+                f"step {state.step}: non-finite loss, micro-batch skipped ({state.nonfinite_batches} so far): "
+                f"{', '.join(batch['keys'][:4])}"
             )
-            state.done = state.step >= max_steps or stop_job
-            if state.step % eval_every == 0 or state.step == max_steps:
-                state.stopped_early = validate(
-                    engine,
-                    val_loaders,
-                    processor,
-                    gen_kwargs,
-                    dtype,
-                    state,
-                    out=out,
-                    normalizer=opts.decoding.text_normalizer,
-                    language=language,
-                    metrics=metrics,
-                    long_form=long_form,
-                )  # collective: all ranks
-                state.done = state.done or state.stopped_early
-            if state.done or state.step % eval_every == 0:
-                save_run_checkpoint(
-                    engine, out, state, skipped, loader.batches_per_rank, saving.keep_checkpoints
-                )  # collective
-                meter.restart()
-            if state.done:
-                break
-        else:  # the epoch's batches are used up: the next epoch reads the shards in a new order
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            continue
+        meter.add(loss, batch)
+        state.shown_here.update(batch["sources"])
+        if engine.global_steps == state.step:
+            continue  # mid-accumulation: DeepSpeed steps the optimizer every --grad-accum micro-batches
+        state.step = engine.global_steps
+        bar.update(1)
+        if state.step % log_every == 0 or state.step == max_steps:
+            row = meter.row(engine, state, skipped, log_every)  # collective: all ranks
+            metrics.log("train", **row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.1f}")
+        signalled = any_rank_signalled(caught, engine.device)  # collective: all ranks
+        if signalled:
+            dist.say(
+                f"step {state.step}: {caught[0] if caught else 'another rank was signalled'}: checkpointing and "
+                "stopping"
+            )
+        stop_job = signalled or (
+            saving.stop_after_steps is not None and state.step - state.start_step >= saving.stop_after_steps
+        )
+        state.done = state.step >= max_steps or stop_job
+        if state.step % eval_every == 0 or state.step == max_steps:
+            state.stopped_early = validate(
+                engine,
+                val_loaders,
+                processor,
+                gen_kwargs,
+                dtype,
+                state,
+                out=out,
+                normalizer=opts.decoding.text_normalizer,
+                language=language,
+                metrics=metrics,
+                long_form=long_form,
+            )  # collective: all ranks
+            state.done = state.done or state.stopped_early
+        if state.done or state.step % eval_every == 0:
+            save_run_checkpoint(
+                engine, out, state, skipped, epochs.batches_per_rank, saving.keep_checkpoints
+            )  # collective
+            meter.restart()
+        if state.done:
+            break
+    batches.close()  # the stream's workers end here
     bar.total = state.step if state.stopped_early else bar.total  # an early stop closes the bar where it stopped
     bar.close()
 

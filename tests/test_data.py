@@ -3,6 +3,7 @@ and bad samples skipped and counted."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -22,6 +23,7 @@ from conftest import WORDS, serve_folder, write_plain_shards, write_speech_corpu
 from wdsbr.corpus import open_corpus
 from wdsbr.data import (
     PACK_GAP_SECONDS,
+    EpochStream,
     LoaderOptions,
     SkipCounter,
     Source,
@@ -254,6 +256,44 @@ def test_successive_epochs_read_the_shards_in_different_orders(issue_shards, tin
     assert orders[0] != orders[1] != orders[2] != orders[0]
     firsts = {tuple(sorted({key.split("_")[0] for key in order[0]})) for order in orders}
     assert len(firsts) > 1  # not only shuffled within the buffer: the shard sequence itself moved
+
+
+def test_the_epoch_stream_is_the_exact_epochs_back_to_back_the_next_started_before_the_last_ends(
+    issue_shards, tiny_processor, prompt
+):
+    """From a resumed position (epoch 1, batch 2) on, three epochs' batches in order, each epoch's exactly what its
+    own loader gives; the next epoch's loader is made `lookahead` batches before the current one ends, its workers
+    spawned (in a thread) and running while the last batches are used; closing the stream ends every worker."""
+    options = LoaderOptions(
+        tiny_processor.tokenizer, prompt, n_mels=80, num_workers=2, micro_batch_size=3, shuffle_buffer=8, seed=4
+    )
+    made, early, yielded = [], [], [0]
+
+    def make(epoch: int, start: int):
+        made.append((epoch, start, yielded[0]))
+        return make_train_loader(issue_shards, options, epoch=epoch, start_batch=start)
+
+    stream = EpochStream(make, epoch=1, start_batch=2, lookahead=3)
+    iterator, got = iter(stream), []
+    for epoch, batch in iterator:
+        got.append((epoch, batch["keys"]))
+        yielded[0] += 1
+        for thread, started in stream.pending.values():  # near a boundary: the next epoch's workers spawn in a thread
+            thread.join()
+            early.append(all(w.is_alive() for w in started[0]._workers) and epoch in stream.running)
+        if epoch == 3:
+            break
+    per_epoch = make_train_loader(issue_shards, options, epoch=1).batches_per_rank
+    one = functools.partial(_epoch, issue_shards, tiny_processor, prompt, world_size=1, micro_batch_size=3, seed=4)
+    expected = [(1, keys) for keys, _ in one(epoch=1, start_batch=2)[0]]
+    expected += [(epoch, keys) for epoch in (2, 3) for keys, _ in one(epoch=epoch)[0]]
+    assert got == expected[: len(got)] and len(got) == 2 * per_epoch - 2 + 1
+    assert made == [(1, 2, 0), (2, 0, per_epoch - 2 - 3), (3, 0, 2 * per_epoch - 2 - 3)]
+    assert early and all(early)  # spawned and alive while the epoch before them still trained
+    workers = [w for batches in stream.running.values() for w in batches._workers]
+    assert workers and all(w.is_alive() for w in workers)
+    iterator.close()
+    assert not stream.running and not any(w.is_alive() for w in workers)
 
 
 def test_bad_samples_are_counted_and_their_places_topped_up_with_named_repeats(

@@ -826,6 +826,91 @@ def make_train_loader(
     return loader
 
 
+LOOKAHEAD_BATCHES = 16  # EpochStream: the next epoch's loader starts this many batches before the current one ends
+
+
+class EpochStream:
+    """The training batches of one epoch after another, as (epoch, batch) pairs without end. `make(epoch,
+    start_batch)` builds one epoch's loader (make_train_loader); the next epoch's is started — its workers spawned,
+    their shuffle buffers filled, their first batches prefetched — `lookahead` batches before the current epoch
+    ends, so that the epoch boundary does not wait for workers to start (2–5 s each time here; on a small corpus
+    on fast GPUs, 10–15 % of the run). Each epoch is still `make`'s exact epoch: the stream only overlaps their
+    start-up. Where the run stands (epoch, batch) is the trainer's to keep and resume from; `batches_per_rank` is
+    the current epoch's."""
+
+    def __init__(
+        self,
+        make: Callable[[int, int], torch.utils.data.DataLoader],
+        epoch: int = 0,
+        start_batch: int = 0,
+        lookahead: int = LOOKAHEAD_BATCHES,
+    ) -> None:
+        self.make, self.epoch, self.start_batch, self.lookahead = make, epoch, start_batch, max(1, lookahead)
+        self.loader: torch.utils.data.DataLoader | None = None
+        self.running: dict[int, Iterator] = {}  # the started epochs' batch iterators (two near a boundary)
+        self.pending: dict[int, tuple[threading.Thread, list]] = {}  # an epoch whose workers a thread is spawning
+
+    @property
+    def batches_per_rank(self) -> int:
+        return self.loader.batches_per_rank
+
+    def _start(self, epoch: int, start: int, background: bool = False) -> torch.utils.data.DataLoader:
+        """Make an epoch's loader and its iterator: a multi-worker loader spawns its workers when iterated, which
+        blocks for as long as the forkserver takes to fork them (0.5–1.5 s each here, under load); in
+        `background`, a thread does that while the current epoch trains on (`_started` waits for it)."""
+        loader = self.make(epoch, start)
+        if not background:
+            self.running[epoch] = iter(loader)
+            return loader
+        result: list = []
+
+        def spawn() -> None:
+            try:
+                result.append(iter(loader))
+            except BaseException as error:  # noqa: BLE001 - raised again in the trainer's thread by _started
+                result.append(error)
+
+        thread = threading.Thread(target=spawn, name=f"wdsbr-epoch-{epoch}", daemon=True)
+        thread.start()
+        self.pending[epoch] = (thread, result)
+        return loader
+
+    def _started(self, epoch: int) -> Iterator:
+        if epoch in self.pending:
+            thread, result = self.pending.pop(epoch)
+            thread.join()
+            if isinstance(result[0], BaseException):
+                raise result[0]
+            self.running[epoch] = result[0]
+        return self.running[epoch]
+
+    def __iter__(self) -> Iterator[tuple[int, dict]]:
+        epoch, start = self.epoch, self.start_batch
+        loader = self._start(epoch, start)
+        try:
+            while True:
+                self.loader, remaining, upcoming = loader, loader.batches_per_rank - start, None
+                for index, batch in enumerate(self._started(epoch)):
+                    if upcoming is None and remaining - index <= self.lookahead:
+                        upcoming = self._start(epoch + 1, 0, background=True)  # started while this epoch trains
+                    yield epoch, batch
+                # an epoch that ended before its count (a loader stopped early) starts the next one now
+                loader = upcoming if upcoming is not None else self._start(epoch + 1, 0)
+                del self.running[epoch]
+                epoch, start = epoch + 1, 0
+        finally:  # the trainer stopped mid-stream: end the workers of both epochs now, not at garbage collection
+            for pending in list(self.pending):
+                try:
+                    self._started(pending)
+                except Exception:  # noqa: BLE001 - an epoch never trained on: its error does not matter now
+                    pass
+            for iterator in self.running.values():
+                shutdown = getattr(iterator, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
+            self.running.clear()
+
+
 def make_eval_loader(shards, options: LoaderOptions) -> torch.utils.data.DataLoader:
     """One exact pass over the shards: every sample scored by exactly one (rank, worker); last batch partial.
     `options.keep_audio`: batches carry the waveforms instead of log-mel features (for faster-whisper)."""

@@ -160,13 +160,17 @@ class StepMeter:
     def timed(self, loader) -> Iterator[dict]:
         """The loader's batches, adding the time this rank waits for each one to `data_wait`."""
         batches = iter(loader)
-        while True:
-            start = time.perf_counter()
-            batch = next(batches, None)
-            self.data_wait += time.perf_counter() - start
-            if batch is None:
-                return
-            yield batch
+        try:
+            while True:
+                start = time.perf_counter()
+                batch = next(batches, None)
+                self.data_wait += time.perf_counter() - start
+                if batch is None:
+                    return
+                yield batch
+        finally:  # closed early (the run stopped): so is the loader's stream, and its workers end now
+            if hasattr(batches, "close"):
+                batches.close()
 
     def restart(self) -> None:
         """Open a new timing window (after an evaluation or checkpoint, whose time is not training time)."""
