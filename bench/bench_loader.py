@@ -36,7 +36,7 @@ wdsbr/data.py, loaded beside today's package), on the same shards, 2 ranks × 2 
 The epoch boundary (`--sections boundary`): --clips clips (2-8 s, flac), micro-batch --batch-size, 2 DataLoader
 workers, --epochs epochs in a row, --step-seconds of sleep after each batch standing in for a training step (a GPU's
 ~0.3 s): how long the consumer waits for each batch, as one `make_train_loader` per epoch (the trainer before
-EpochStream) and as `EpochStream` (the next epoch's loader started 16 batches before the current one ends),
+EpochStream) and as `EpochStream` (the next epoch's loader started 64 batches before the current one ends),
 interleaved over --repeats. The wait for the first batch of each later epoch is the stall. Writes
 bench/results/loader_boundary.json.
 

@@ -826,7 +826,7 @@ def make_train_loader(
     return loader
 
 
-LOOKAHEAD_BATCHES = 16  # EpochStream: the next epoch's loader starts this many batches before the current one ends
+LOOKAHEAD_BATCHES = 64  # EpochStream: the next epoch's loader starts this many batches before the current one ends
 
 
 class EpochStream:
