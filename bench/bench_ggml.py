@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="measure only these models (tiny.en, base, base-fine-tuned)")
     parser.add_argument("--append", action="store_true", help="keep bench/results/ggml.json's other models")
     args = parser.parse_args()
+    os.environ["GGML_NO_BACKTRACE"] = "1"  # a whisper.cpp abort ends its evaluate.py at once (no gdb that can hang)
     started = time.perf_counter()
     english = make_corpus(args.english_cache, 1200, 150)["test"]
     breton = args.breton_cache / "shards-test" / "train"
