@@ -357,6 +357,7 @@ def open_whisper_cpp(
     wdsbr.export.open_for_scoring's): the model, the references' tokenizer, the language it decodes (None for an
     English-only model), its mel bins and the transcribe() arguments."""
     require_export_extra()
+    os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # an abort ends the process: its gdb backtrace can hang instead
     from pywhispercpp.model import Model
     from transformers import GenerationConfig
 
