@@ -58,6 +58,7 @@ HPARAMS = (
     "ftype",
 )
 FTYPES = {"f32": 0, "f16": 1}
+MULTILINGUAL_VOCAB = 51865  # whisper.cpp calls a vocabulary of this many tokens or more multilingual
 RENAMES = {
     "self_attn.k_proj": "attn.key",
     "self_attn.q_proj": "attn.query",
@@ -127,7 +128,7 @@ def special_ids(n_vocab: int) -> dict[str, int]:
     """Where whisper.cpp puts the special tokens of a vocabulary of `n_vocab` (it does not read them from the file):
     GPT-2's `<|endoftext|>` first, one more for a multilingual vocabulary (51,865 tokens and up), and the task and
     timestamp tokens after however many language tokens there are."""
-    multilingual = n_vocab >= 51865
+    multilingual = n_vocab >= MULTILINGUAL_VOCAB
     shift = (n_vocab - 51765 - int(multilingual)) - 98 if multilingual else 0  # languages past base's 99, less 1
     return {
         "<|endoftext|>": 50256 + int(multilingual),
@@ -365,7 +366,7 @@ def open_whisper_cpp(
     if hparams is None:
         raise ValueError(f"{path}: not a ggml Whisper file (make one with tools/export.py --to ggml)")
     source = tokenizer_folder(path)
-    multilingual = hparams["n_vocab"] >= 51865
+    multilingual = hparams["n_vocab"] >= MULTILINGUAL_VOCAB
     language = language if multilingual else None
     tokenizer = load_processor(source, language).tokenizer
     try:
