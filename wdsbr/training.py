@@ -458,7 +458,7 @@ def check_exports(value: str, model: str) -> None:
     """--export: known formats, their runtimes installed, and for ggml a vocabulary whisper.cpp can number."""
     formats = export_formats(value)
     require_export_extra()
-    if "ggml" in formats and Path(model).expanduser().is_dir():  # a hub model is checked when it is read
+    if "ggml" in formats and Path(model).expanduser().is_dir():  # a hub id: only checked when best/ is exported
         check_ggml_source(model)
 
 
