@@ -101,6 +101,39 @@ def test_validation_step_runs_the_encoder_once_and_decodes_what_generate_decodes
     assert len(set(predictions)) > 1 and loss_sum.item() == pytest.approx(loss, rel=1e-6)
 
 
+def test_beam_search_cache_decodes_bitwise_as_transformers_and_leaves_the_cross_attention_in_place(
+    wordy_whisper, monkeypatch
+):
+    from transformers.cache_utils import DynamicCache
+
+    from wdsbr.evaluation import BeamSearchCache, generate_from_encoded, no_timestamps, with_processors
+
+    model = load_model(wordy_whisper).eval()
+    batch = Collator(80, model.config.decoder_start_token_id)(
+        [{"audio": speech_like(0.6 + 0.4 * i, seed=i), "labels": [1, 2], "key": str(i), "text": "x"} for i in range(3)]
+    )
+    kwargs = {**generate_kwargs("br", 3, 8), "return_dict_in_generate": True, "output_scores": True}
+    steps, reorder = [], BeamSearchCache.reorder_cache
+    monkeypatch.setattr(BeamSearchCache, "reorder_cache", lambda self, index: steps.append(1) or reorder(self, index))
+    with torch.no_grad():
+        plain = model.generate(input_features=batch["input_features"], **with_processors(kwargs, no_timestamps(model)))
+        hidden = model.get_encoder()(batch["input_features"]).last_hidden_state
+        ours = generate_from_encoded(model, hidden, kwargs)
+    assert steps  # the search went through it
+    assert torch.equal(ours.sequences, plain.sequences)
+    assert torch.equal(ours.sequences_scores, plain.sequences_scores)
+    assert len({tuple(row) for row in ours.sequences.tolist()}) > 1
+
+    cache = BeamSearchCache(DynamicCache(), DynamicCache())  # a step's reorder: self-attention only
+    keys, values = torch.arange(8.0).view(4, 1, 2, 1), torch.arange(8.0).view(4, 1, 2, 1) + 10
+    cache.self_attention_cache.update(keys, values, 0)
+    cache.cross_attention_cache.update(keys.clone(), values.clone(), 0)
+    cross = cache.cross_attention_cache.layers[0].keys
+    cache.reorder_cache(torch.tensor([1, 1, 3, 2]))
+    assert torch.equal(cache.self_attention_cache.layers[0].keys, keys[[1, 1, 3, 2]])
+    assert cache.cross_attention_cache.layers[0].keys is cross
+
+
 def test_validation_never_decodes_timestamp_tokens(tiny_whisper, tiny_processor):
     """A model that would rather emit <|0.00|> (as one fine-tuned with --timestamps may, early): transformers'
     segment loop would stop advancing on two in a row; validation's decode keeps timestamps out and ends."""

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import torch
 from transformers import LogitsProcessor
-from transformers.modeling_outputs import BaseModelOutput
 
-from wdsbr.evaluation import no_timestamps, with_processors
+from wdsbr.evaluation import generate_from_encoded
 from wdsbr.scoring import Prediction, score
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -300,10 +299,8 @@ def decode_all(model, encoded: list, tokenizer, gen_kwargs: dict, fusion: LMFusi
     once for the whole grid)."""
     kwargs = {**gen_kwargs, **({"logits_processor": [fusion]} if fusion is not None else {})}
     texts = []
-    for hidden in encoded:  # a new output object each time: generate() expands it for the beams in place
-        generated = model.generate(
-            encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **with_processors(kwargs, no_timestamps(model))
-        )
+    for hidden in encoded:
+        generated = generate_from_encoded(model, hidden, kwargs)
         texts += [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]
     return texts
 
