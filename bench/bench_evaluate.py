@@ -2,17 +2,19 @@
 is the model's, and how much is ours.
 
     python bench/bench_evaluate.py [--model ~/.cache/wdsbr/bench-breton/runs/wdsbr-1-seed0/best] [--repeats 2]
+    python bench/bench_evaluate.py --num-beams 5 --clips 48      # beam search: writes evaluate-beam5.json
 
 Clips: the first --clips of bench_breton.py's Breton test clips (by file name), sharded once on their own.
-  evaluate.py          `launch/evaluate.py --model M --data SHARDS`, fp32, --batch-size, greedy, --max-new-tokens,
+  evaluate.py          `launch/evaluate.py --model M --data SHARDS`, fp32, --batch-size, --num-beams, --max-new-tokens,
                        --num-workers 1 (a subprocess: its wall time, and its own `seconds`, which leave out start-up
                        and model loading)
   generate() loop      in this process: the same clips read with soundfile in file order, batches of --batch-size
                        through the model's WhisperFeatureExtractor and `model.generate(language="br",
-                       task="transcribe", max_new_tokens=…)`, decoded; timed from the first read to the last
+                       task="transcribe", max_new_tokens=…, num_beams=…)` with
+                       transformers' own cache, decoded; timed from the first read to the last
                        decode (model loading left out, as in evaluate's `seconds`)
 Both use --threads torch threads; they alternate over --repeats. WER of both with the Breton normaliser. Writes
-bench/results/evaluate.json.
+bench/results/evaluate.json (greedy) or evaluate-beamN.json.
 """
 
 from __future__ import annotations
@@ -71,7 +73,11 @@ def plain_loop(model, processor, wavs: list[Path], args) -> dict:
         features = processor.feature_extractor(audio, sampling_rate=16_000, return_tensors="pt").input_features
         with torch.no_grad():
             generated = model.generate(
-                input_features=features, language="br", task="transcribe", max_new_tokens=args.max_new_tokens
+                input_features=features,
+                language="br",
+                task="transcribe",
+                max_new_tokens=args.max_new_tokens,
+                num_beams=args.num_beams,
             )
         texts = processor.tokenizer.batch_decode(generated, skip_special_tokens=True)
         results += [
@@ -99,6 +105,8 @@ def evaluate_py(model: Path, shards: Path, args) -> dict:
         str(args.max_new_tokens),
         "--num-workers",
         "1",
+        "--num-beams",
+        str(args.num_beams),
         threads=args.threads,
     )
     wall = time.perf_counter() - start
@@ -113,6 +121,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--num-beams", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--label", default="", help="a note stored with the results (e.g. the commit measured)")
@@ -138,13 +147,15 @@ def main() -> None:
         "clips": args.clips,
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
+        "num_beams": args.num_beams,
         "threads": args.threads,
         "commit": commit.stdout.strip(),
         "label": args.label,
         "runs": runs,
         "ratio": summary["evaluate.py"] / summary["generate() loop"],
     }
-    save_results("evaluate", report)
+    name = "evaluate" if args.num_beams == 1 else f"evaluate-beam{args.num_beams}"
+    save_results(name, report)
     print_table(
         ["runner", "seconds (each)", "mean", "WER %"],
         [
@@ -152,7 +163,7 @@ def main() -> None:
             for name, rows in runs.items()
         ],
     )
-    print(f"evaluate.py / generate() loop: {report['ratio']:.2f}x; results: {RESULTS / 'evaluate.json'}")
+    print(f"evaluate.py / generate() loop: {report['ratio']:.2f}x; results: {RESULTS / name}.json")
 
 
 if __name__ == "__main__":
