@@ -61,7 +61,7 @@ class BeamSearchCache(EncoderDecoderCache):
     """transformers' encoder-decoder cache, but a beam search step reorders only the decoder's self-attention: the
     cross-attention keys and values of one input's beams are the same rows (its encoder output, repeated), and the
     beams never leave their input, so reordering them (an index_select of 2 × layers × beams × 1,500 frames per
-    step) copied each row onto an equal one. Same tokens, bitwise; beam 5 on the base decodes ~3.8× faster on CPU."""
+    step) copied each row onto an equal one. Same tokens, bitwise; evaluate.py at beam 5 on the base: 0.54× the time."""
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.self_attention_cache.reorder_cache(beam_idx)
