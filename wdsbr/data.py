@@ -615,9 +615,14 @@ def _worker_context():
 
 
 def _loader(pipeline: wds.DataPipeline, num_workers: int) -> torch.utils.data.DataLoader:
+    """The DataLoader of a stream. Its own generator: `iter()` draws the workers' base seed from it, not from torch's
+    global RNG, which dropout (LoRA's among others) draws from. `EpochStream` makes the next epoch's iterator in a
+    thread, at a moment that depends on the machine's load, so a draw from the global RNG there moved the dropout
+    masks between a straight run and a resumed one. The stream's own randomness comes from (seed, epoch, reader)."""
     return torch.utils.data.DataLoader(
         pipeline,
         batch_size=None,
+        generator=torch.Generator().manual_seed(0),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=2 if num_workers else None,
