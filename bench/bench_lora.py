@@ -8,7 +8,9 @@ Corpus: bench_breton.py's (made once under --cache: 600 training clips of Breton
 voices, 40 validation clips, 80 test sentences read by 3 unseen voices). Variants at each seed, 1 rank, global batch
 8, bf16: `full` (every weight, lr --lr-full, bench_breton's 1e-4), `lora` (`--lora RANK`, α 2 × rank, q_proj and
 v_proj, lr --lr-lora, the peft Whisper example's 1e-3) for the same --max-steps, and `lora_time` (LoRA for as many
-steps as fit the full run's training seconds at that seed, from the two runs' measured step times). Each final
+steps as fit the full run's training time: --max-steps × full's step time / LoRA's, both measured once, side by side,
+by a calibration that trains each for --calibrate-steps at seed 0 and times the steps after the 10th; run it on an
+otherwise quiet machine; the lora_time runs themselves only need their WER). Each final
 `best/` (the merged model) is scored by launch/evaluate.py on the test clips, fp32, greedy (bench_breton.score).
 `full` is bench_breton's 1-rank run at the seed when bench/results/breton.json holds one trained with these settings
 (the same command; --no-reuse-breton trains it again). --variants measures a subset. Writes bench/results/lora.json
@@ -64,12 +66,27 @@ def full_from_breton(seed: int, args) -> dict | None:
     }
 
 
-def run_variant(variant: str, seed: int, shards: dict, args, done: dict) -> dict:
+def calibrate(shards: dict, args) -> dict:
+    """Seconds per step of `full` and `lora`, trained one after the other for --calibrate-steps at seed 0: the mean
+    over the steps after the 10th (the first ten hold the engine's warm-up), from the runs' metrics rows."""
+    timing = {"steps": args.calibrate_steps}
+    for variant in ("full", "lora"):
+        out = args.cache / "runs" / f"calibrate-{variant}"
+        lr = args.lr_lora if variant == "lora" else args.lr_full
+        settings = argparse.Namespace(**{**vars(args), "max_steps": args.calibrate_steps, "lr": lr})
+        train(1, 0, shards, out, settings, lora_flags(args) if variant == "lora" else ())
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        steady = [r["step_seconds"] for r in rows if r.get("kind") == "train" and r["step"] > 10]
+        timing[variant] = round(sum(steady) / len(steady), 3)
+        print(f"calibration: {variant} {timing[variant]:.2f} s a step", flush=True)
+    return timing
+
+
+def run_variant(variant: str, seed: int, shards: dict, args, done: dict, timing: dict | None = None) -> dict:
     out = args.cache / "runs" / f"{variant}-seed{seed}"
     steps = args.max_steps
-    if variant == "lora_time":  # the full run's training seconds at LoRA's measured step time
-        full, lora = done["full"], done["lora"]
-        steps = max(1, round(args.max_steps * full["train_seconds"] / lora["train_seconds"]))
+    if variant == "lora_time":  # as many LoRA steps as full's --max-steps take, at the calibrated step times
+        steps = max(1, round(args.max_steps * timing["full"] / timing["lora"]))
     flags = lora_flags(args) if variant.startswith("lora") else ()
     lr = args.lr_lora if variant.startswith("lora") else args.lr_full
     settings = argparse.Namespace(**{**vars(args), "max_steps": steps, "lr": lr})
@@ -88,7 +105,7 @@ def run_variant(variant: str, seed: int, shards: dict, args, done: dict) -> dict
     }
 
 
-def make_report(results: dict, args, started: float) -> dict:
+def make_report(results: dict, args, started: float, timing: dict | None = None) -> dict:
     summary = {
         variant: {
             "test_wer": spread([r["test_wer"] for r in runs]),
@@ -98,7 +115,13 @@ def make_report(results: dict, args, started: float) -> dict:
         if runs
     }
     settings = {k: str(v) for k, v in vars(args).items() if k not in ("cache",)}
-    return {**settings, "runs": results, "summary": summary, "bench_seconds": round(time.perf_counter() - started, 1)}
+    return {
+        **settings,
+        "calibration": timing,
+        "runs": results,
+        "summary": summary,
+        "bench_seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def main() -> None:
@@ -118,6 +141,7 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=8)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--calibrate-steps", type=int, default=20, help="steps of each timing run for lora_time")
     parser.add_argument("--results", default="lora")
     parser.add_argument(
         "--variants",
@@ -136,7 +160,12 @@ def main() -> None:
     started = time.perf_counter()
     shards = make_corpus(args.cache, args)
     earlier = RESULTS / f"{args.results}.json"
-    results = json.loads(earlier.read_text())["runs"] if earlier.is_file() else {v: [] for v in VARIANTS}
+    report = json.loads(earlier.read_text()) if earlier.is_file() else {}
+    results = report.get("runs") or {v: [] for v in VARIANTS}
+    timing = report.get("calibration")
+    if "lora_time" in args.variants and timing is None:
+        timing = calibrate(shards, args)
+        save_results(args.results, make_report(results, args, started, timing))
     for seed in args.seeds:
         done = {v: next((r for r in results[v] if r["seed"] == seed), None) for v in VARIANTS}
         for variant in [v for v in VARIANTS if v in args.variants]:
@@ -145,11 +174,11 @@ def main() -> None:
                 if done[variant] is not None:
                     results[variant].append(done[variant])
             if done[variant] is None:
-                done[variant] = run_variant(variant, seed, shards, args, done)
+                done[variant] = run_variant(variant, seed, shards, args, done, timing)
                 results[variant].append(done[variant])
-                save_results(args.results, make_report(results, args, started))
+                save_results(args.results, make_report(results, args, started, timing))
                 print(f"{variant} seed {seed}: test WER {pct(done[variant]['test_wer'])} %", flush=True)
-    report = make_report(results, args, started)
+    report = make_report(results, args, started, timing)
     save_results(args.results, report)
     print_table(
         ["variant", "seeds", "test WER", "train s"],
