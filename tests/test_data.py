@@ -4,6 +4,8 @@ and bad samples skipped and counted."""
 from __future__ import annotations
 
 import functools
+import io
+import json
 import math
 import os
 import shutil
@@ -18,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import psutil  # DeepSpeed's dependency
 import pytest
-from conftest import WORDS, serve_folder, write_plain_shards, write_speech_corpus
+import soundfile as sf
+from conftest import WORDS, serve_folder, speech_like, write_plain_shards, write_speech_corpus
 
 from wdsbr.corpus import open_corpus
 from wdsbr.data import (
@@ -267,20 +270,22 @@ def test_the_epoch_stream_is_the_exact_epochs_back_to_back_the_next_started_befo
     options = LoaderOptions(
         tiny_processor.tokenizer, prompt, n_mels=80, num_workers=2, micro_batch_size=3, shuffle_buffer=8, seed=4
     )
-    made, early, yielded = [], [], [0]
+    made, early, yielded = [], [], 0
 
-    def make(epoch: int, start: int):
-        made.append((epoch, start, yielded[0]))
+    def make(epoch: int, start: int):  # the next epoch's is made in the stream's thread
+        made.append((epoch, start))
         return make_train_loader(issue_shards, options, epoch=epoch, start_batch=start)
 
     stream = EpochStream(make, epoch=1, start_batch=2, lookahead=3)
-    iterator, got = iter(stream), []
+    iterator, got, begun = iter(stream), [], []
     for epoch, batch in iterator:
         got.append((epoch, batch["keys"]))
-        yielded[0] += 1
-        for thread, started in stream.pending.values():  # near a boundary: the next epoch's workers spawn in a thread
+        for upcoming, (thread, started) in stream.pending.items():  # near a boundary: made and spawned in a thread
+            if upcoming not in dict(begun):
+                begun.append((upcoming, yielded))
             thread.join()
-            early.append(all(w.is_alive() for w in started[0]._workers) and epoch in stream.running)
+            early.append(all(w.is_alive() for w in started[0][1]._workers) and epoch in stream.running)
+        yielded += 1
         if epoch == 3:
             break
     per_epoch = make_train_loader(issue_shards, options, epoch=1).batches_per_rank
@@ -288,9 +293,10 @@ def test_the_epoch_stream_is_the_exact_epochs_back_to_back_the_next_started_befo
     expected = [(1, keys) for keys, _ in one(epoch=1, start_batch=2)[0]]
     expected += [(epoch, keys) for epoch in (2, 3) for keys, _ in one(epoch=epoch)[0]]
     assert got == expected[: len(got)] and len(got) == 2 * per_epoch - 2 + 1
-    assert made == [(1, 2, 0), (2, 0, per_epoch - 2 - 3), (3, 0, 2 * per_epoch - 2 - 3)]
+    assert made == [(1, 2), (2, 0), (3, 0)]
+    assert begun == [(2, per_epoch - 2 - 3), (3, 2 * per_epoch - 2 - 3)]  # `lookahead` batches before the end
     assert early and all(early)  # spawned and alive while the epoch before them still trained
-    workers = [w for batches in stream.running.values() for w in batches._workers]
+    workers = [w for _, batches in stream.running.values() for w in batches._workers]
     assert workers and all(w.is_alive() for w in workers)
     iterator.close()
     assert not stream.running and not any(w.is_alive() for w in workers)
@@ -504,6 +510,135 @@ def test_packed_training_stream_is_deterministic_and_counts_utterances(uneven_sh
     assert first == run()
     assert all(utterances > 2 for _, utterances, _ in first)  # 0.5-1.25 s clips: many per window
     assert len(first) == batches_per_epoch(math.ceil((count_seconds(list_shards(uneven_shards)) + 0.3 * 17) / 27), 2, 1)
+
+
+LONG_CLIPS = [2.0, 3.5, 5.0, 7.5, 9.0]  # seconds, in turn: 3-6 clips a 30 s window
+
+
+def _long_shards(root: Path, n: int, speaker: str = "spk", samples_per_shard: int = 13) -> Path:
+    """n clips of 2-9 s in shards written by shard_corpus (its manifest lists each clip's seconds)."""
+    corpus = root / "corpus"
+    for i in range(n):
+        folder = corpus / f"{speaker}{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / f"utt{i:03d}.wav", speech_like(LONG_CLIPS[i % 5], seed=i), 16000)
+        (folder / f"utt{i:03d}.txt").write_text(f"{WORDS[i % 10]} {WORDS[(i * 7) % 10]}", encoding="utf-8")
+    options = ShardOptions(val_fraction=0.0, test_fraction=0.0, samples_per_shard=samples_per_shard, workers=1)
+    shard_corpus(open_corpus(corpus), root / "shards", options, progress=False)
+    return root / "shards" / "train"
+
+
+@pytest.fixture(scope="module")
+def long_shards(tmp_path_factory) -> Path:
+    """90 clips of 2-9 s (about 500 s) in 7 shards of 13 and one of 12."""
+    return _long_shards(tmp_path_factory.mktemp("long"), 90)
+
+
+def _utterance_keys(shards: Path) -> list[str]:
+    manifest = json.loads((shards.parent / "manifest.json").read_text())
+    return [key for shard in manifest["splits"]["train"]["shards"] for key, _, _ in shard["clips"]]
+
+
+def _check_packed(epoch, expected: Counter, world_size: int, num_workers: int, micro_batch_size: int) -> int:
+    """The exact-epoch contract for packed windows: the same number of full batches on every rank, every
+    utterance in as many windows that are not repeats as `expected` says, the repeats few and named. Returns
+    how many windows were repeats."""
+    assert len({len(rank) for rank in epoch}) == 1
+    assert all(len(keys) == micro_batch_size for rank in epoch for keys, _ in rank)
+    shown = Counter(
+        utterance
+        for rank in epoch
+        for keys, repeated in rank
+        for window in keys
+        if window not in repeated
+        for utterance in window.split("+")
+    )
+    assert shown == expected
+    repeats = sum(len(repeated) for rank in epoch for _, repeated in rank)
+    assert repeats < world_size * max(1, num_workers) * micro_batch_size
+    return repeats
+
+
+@pytest.mark.parametrize("world_size, num_workers, micro_batch_size", [(2, 2, 2), (3, 1, 3)])
+def test_a_packed_epoch_holds_every_utterance_once_and_the_same_batches_on_every_rank(
+    long_shards, tiny_processor, prompt, world_size, num_workers, micro_batch_size
+):
+    epoch = _epoch(
+        long_shards,
+        tiny_processor,
+        prompt,
+        world_size=world_size,
+        num_workers=num_workers,
+        micro_batch_size=micro_batch_size,
+        pack=1.0,
+    )
+    _check_packed(epoch, Counter(_utterance_keys(long_shards)), world_size, num_workers, micro_batch_size)
+    windows = sum(len(keys) for rank in epoch for keys, _ in rank)
+    assert windows <= 90 / 3  # packed for real: 3 or more clips a window on average
+
+
+def test_a_resumed_packed_epoch_is_the_rest_of_the_same_epoch(long_shards, tiny_processor, prompt):
+    straight = _epoch(long_shards, tiny_processor, prompt, epoch=1, pack=1.0, seed=3)
+    resumed = _epoch(long_shards, tiny_processor, prompt, epoch=1, start_batch=2, pack=1.0, seed=3)
+    assert [rank[2:] for rank in straight] == resumed
+
+
+def test_a_packed_epoch_stays_exact_with_speed_perturbation_and_a_pack_fraction(long_shards, tiny_processor, prompt):
+    epoch = _epoch(long_shards, tiny_processor, prompt, pack=0.5, speed_perturb="0.9,1.0,1.1")
+    _check_packed(epoch, Counter(_utterance_keys(long_shards)), 2, 2, 2)
+    sizes = [len(window.split("+")) for rank in epoch for keys, _ in rank for window in keys]
+    assert 1 in sizes and max(sizes) >= 3  # single windows beside packed ones
+
+
+def test_a_bad_clip_in_a_packed_epoch_is_counted_and_every_other_utterance_is_in_one_window(
+    long_shards, tiny_processor, prompt, tmp_path
+):
+    root = tmp_path / "bad"
+    shutil.copytree(long_shards.parent, root)
+    victim = _utterance_keys(long_shards)[20]  # in the second shard
+    path = root / "train" / "shard-000001.tar"
+    with tarfile.open(path) as tar:
+        members = [(info, tar.extractfile(info).read()) for info in tar.getmembers()]
+    with tarfile.open(path, "w") as tar:
+        for info, payload in members:
+            if info.name.startswith(victim + ".") and not info.name.endswith((".txt", ".json")):
+                payload = b"not audio at all" * 8
+                info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    counter = SkipCounter()
+    epoch = _epoch(root / "train", tiny_processor, prompt, pack=1.0, skip_counter=counter)
+    _check_packed(epoch, Counter(_utterance_keys(long_shards)) - Counter([victim]), 2, 2, 2)
+    assert set(counter.as_dict()) == {"bad_audio"}  # counted (again if a top-up reads it as a repeat)
+
+
+def test_packed_sources_show_each_utterance_as_often_as_its_factor_says(tmp_path, tiny_processor, prompt):
+    sources = [
+        Source("a", str(_long_shards(tmp_path / "a", 24, speaker="a", samples_per_shard=7)), 2.0),
+        Source("b", str(_long_shards(tmp_path / "b", 30, speaker="b", samples_per_shard=9)), 0.5),
+    ]
+    epoch = _epoch(sources, tiny_processor, prompt, pack=1.0, seed=7)
+    a_keys = _utterance_keys(Path(sources[0].shards))
+    shown = Counter(
+        u for rank in epoch for keys, repeated in rank for w in keys if w not in repeated for u in w.split("+")
+    )
+    b_shown = {key: n for key, n in shown.items() if key.startswith("b")}
+    assert set(b_shown.values()) == {1} and len(b_shown) == 15  # half of b, each once
+    _check_packed(epoch, Counter(a_keys * 2) + Counter(b_shown), 2, 2, 2)
+
+
+def test_shards_without_per_clip_seconds_pack_about_one_pass_and_say_so(
+    long_shards, tiny_processor, prompt, tmp_path, caplog
+):
+    root = tmp_path / "old"
+    shutil.copytree(long_shards.parent, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    for shard in manifest["splits"]["train"]["shards"]:
+        del shard["clips"]  # as an older shard_corpus wrote it
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="wdsbr.data"):
+        epoch = _epoch(root / "train", tiny_processor, prompt, pack=1.0, seed=11)
+    assert "a packed epoch is about one pass, not an exact one" in caplog.text
+    assert len({len(rank) for rank in epoch}) == 1  # still the same batches on every rank
 
 
 def test_a_pack_fraction_leaves_the_other_windows_single(tiny_processor, prompt):

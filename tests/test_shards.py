@@ -199,6 +199,12 @@ def test_samples_per_shard_gives_several_shards_per_split_readable_by_webdataset
             assert sorted(names) == sorted(f"{key}.{ext}" for key in keys for ext in ("flac", "json", "txt"))
         samples = read_split(output, manifest, split)
         assert len(samples) == summary["samples"] == sum(shard["samples"] for shard in summary["shards"])
+        clips = [clip for shard in summary["shards"] for clip in shard["clips"]]  # what plans a packed epoch
+        assert [key for key, _, _ in clips] == [sample["__key__"] for sample in samples]
+        assert [seconds for _, seconds, _ in clips] == [
+            round(json.loads(sample["json"])["duration"], 3) for sample in samples
+        ]
+        assert [size for _, _, size in clips] == [len(sample["txt"]) for sample in samples]
         seconds = sum(json.loads(sample["json"])["duration"] for sample in samples)
         assert summary["seconds"] == pytest.approx(seconds, abs=0.01)
         assert summary["hours"] == pytest.approx(seconds / 3600, abs=1e-5)

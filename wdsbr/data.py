@@ -48,7 +48,14 @@ import webdataset as wds
 from wdsbr.audio import SAMPLE_RATE, WINDOW_SECONDS, AudioError, load_audio
 from wdsbr.augment import SpecAugment, parse_speeds, rng_for, speed_perturb, stable_seed
 from wdsbr.collate import Collator
-from wdsbr.streams import count_samples, count_seconds, list_shards, read_shard_range, shard_counts
+from wdsbr.streams import (
+    count_samples,
+    count_seconds,
+    list_shards,
+    manifest_value,
+    read_shard_range,
+    shard_counts,
+)
 from wdsbr.text import clean_text
 from wdsbr.timestamps import check_segments, timed_labels, with_previous_text
 
@@ -68,6 +75,7 @@ SKIP_REASONS = (
     "empty_text",
     "too_long_text",
     "bad_segments",
+    "pack_split",
 )
 
 
@@ -238,12 +246,16 @@ def _planned_train_samples(
     rotation: int,
     bufsize: int,
     on_problem,
+    holes: bool = False,
 ) -> Iterator[dict]:
-    """This reader's raw samples for an epoch, each tagged with its source's name (`names[shard]`): its contiguous
+    """This reader's raw samples for an epoch, each tagged with its source's name (`names[shard]`) and its position
+    in the epoch's sequence (`__position__`): its contiguous
     range of the epoch's sequence (the `segments` of `_epoch_segments`: each sample as often as its source's factor
     says; positions past N wrap around and are marked `__repeat__`), through a
     shuffle buffer flushed at the range's end; then, only if skipped samples left the reader short of its
-    batches, the positions after its range, marked `__repeat__` where another reader's range holds them."""
+    batches, the positions after its range, marked `__repeat__` where another reader's range holds them. With
+    `holes` (packed epochs, whose plan follows this shuffle's order: `PackPlan`), samples lost from the range keep
+    their places in the shuffle buffer, so the others come out in the planned order."""
     slot, _, _ = _reader_slot(rank, world_size, rotation)
     total, cycle = sum(lengths), sum(last - first for _, first, last in segments)
     start = sum(lengths[:slot])
@@ -255,18 +267,23 @@ def _planned_train_samples(
     def read_pieces(pieces: list[tuple[int, int, int, int]], overflow: bool) -> Iterator[dict]:
         for shard, first, stop, position in pieces:
             repeat = position >= cycle or (overflow and position < total)
+            got = 0
             for sample in read_shard_range(shards[shard], first, stop, said if overflow or repeat else on_problem):
-                yield {**sample, "__repeat__": repeat, "__source__": names[shard]}
+                yield {**sample, "__repeat__": repeat, "__source__": names[shard], "__position__": position + got}
+                got += 1
+            if holes and not overflow:  # samples lost at a piece's end: keep their places in the shuffle's order
+                yield from ({"__hole__": True} for _ in range(stop - first - got))
 
     def read(first_position: int, last_position: int, overflow: bool) -> Iterator[dict]:
-        by_source: dict[str, list] = {}
-        for piece in _pieces(segments, first_position, last_position):
-            by_source.setdefault(names[piece[0]], []).append(piece)
-        streams = [(read_pieces(pieces, overflow), sum(p[2] - p[1] for p in pieces)) for pieces in by_source.values()]
+        streams = [
+            (read_pieces(pieces, overflow), sum(p[2] - p[1] for p in pieces))
+            for pieces in _pieces_by_source(segments, names, first_position, last_position)
+        ]
         yield from _interleave(streams)
 
     rng = random.Random(stable_seed(seed, epoch, slot))
-    yield from wds.shuffle(bufsize, initial=min(bufsize, 100), rng=rng)(read(start, end, overflow=False))
+    shuffled = wds.shuffle(bufsize, initial=min(bufsize, 100), rng=rng)(read(start, end, overflow=False))
+    yield from (sample for sample in shuffled if "__hole__" not in sample)
     for position in itertools.count(end, cycle):  # a top-up; ends when the batches are taken (the stage below)
         got = 0
         for sample in read(position, position + cycle, overflow=True):
@@ -274,6 +291,17 @@ def _planned_train_samples(
             yield sample
         if not got:
             raise RuntimeError(f"training shards yield no readable samples (tried all {len(shards)}, from {shards[0]})")
+
+
+def _pieces_by_source(
+    segments: Sequence[tuple[int, int, int]], names: Sequence[str], start: int, stop: int
+) -> list[list[tuple[int, int, int, int]]]:
+    """The pieces (`_pieces`) of positions start..stop-1, grouped by source name in order of first appearance: a
+    reader reads each group as one stream and interleaves them (`_interleave`)."""
+    by_source: dict[str, list] = {}
+    for piece in _pieces(segments, start, stop):
+        by_source.setdefault(names[piece[0]], []).append(piece)
+    return list(by_source.values())
 
 
 def _interleave(streams: list[tuple[Iterator[dict], int]]) -> Iterator[dict]:
@@ -293,6 +321,182 @@ def _interleave(streams: list[tuple[Iterator[dict], int]]) -> Iterator[dict]:
             continue
         given[index] += 1
         yield sample
+
+
+# ----------------------------------------------------------------------------------------- packed epochs
+
+PACK_PLAN_MARGIN_SECONDS = 0.05  # a plan fills a window to 30 s less this: manifest seconds are rounded to 1 ms
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    """An exact packed epoch, planned before it is read: `lengths`, each reader's range of the epoch's sequence
+    (for `_planned_train_samples`), `window` (the window of each position of the sequence, numbered in the order
+    the readers emit them) and `sizes` (the utterances of each window), `windows` the epoch's total."""
+
+    lengths: list[int]
+    window: list[int]
+    sizes: list[int]
+    batches_per_rank: int
+
+    @property
+    def windows(self) -> int:
+        return len(self.sizes)
+
+
+def _clip_table(shards: Sequence[str], counts: Sequence[int]) -> list[list] | None:
+    """Each shard's [key, seconds, transcript bytes] per sample from its manifest row (`clips`); None when a shard
+    has none or it disagrees with the shard's count."""
+    table = []
+    for shard, count in zip(shards, counts):
+        clips = manifest_value(shard, "clips")
+        if not isinstance(clips, list) or len(clips) != count:
+            return None
+        table.append(clips)
+    return table
+
+
+def _reader_order(
+    segments: Sequence[tuple[int, int, int]],
+    names: Sequence[str],
+    start: int,
+    stop: int,
+    seed: int,
+    epoch: int,
+    slot: int,
+    bufsize: int,
+) -> Iterator[int]:
+    """The positions start..stop-1 in the order the reader `slot` yields their samples: its sources interleaved,
+    then its shuffle buffer, with the same rng (`_planned_train_samples`, holes kept)."""
+    streams = [
+        (
+            iter([position + i for _, first, last, position in pieces for i in range(last - first)]),
+            sum(last - first for _, first, last, _ in pieces),
+        )
+        for pieces in _pieces_by_source(segments, names, start, stop)
+    ]
+    rng = random.Random(stable_seed(seed, epoch, slot))
+    return wds.shuffle(bufsize, initial=min(bufsize, 100), rng=rng)(_interleave(streams))
+
+
+def _plan_windows(
+    positions: Iterable[int],
+    seconds: Sequence[float],
+    sizes: Sequence[int],
+    alone: Sequence[bool],
+    *,
+    prompt_tokens: int,
+    max_label_tokens: int,
+    max_seconds: float = MAX_SECONDS,
+    gap_seconds: float = PACK_GAP_SECONDS,
+) -> Iterator[list[int]]:
+    """`_pack`'s windows over positions, from each position's `seconds` (at its --speed-perturb speed) and
+    transcript bytes (`sizes`), which bound its tokens (a byte-level BPE token holds at least one byte): greedy, in
+    order, a window closed when the next utterance would pass 30 s (less a margin) or the decoder's limit, or after
+    an utterance that stays `alone` (--pack-fraction)."""
+    limit = max_seconds - PACK_PLAN_MARGIN_SECONDS
+    group: list[int] = []
+    length = tokens = 0.0
+    for position in positions:
+        more, size = seconds[position], sizes[position]
+        if (
+            group
+            and not alone[group[0]]
+            and length + gap_seconds + more <= limit
+            and tokens + 1 + size <= max_label_tokens
+        ):
+            group.append(position)
+            length, tokens = length + gap_seconds + more, tokens + 1 + size
+            continue
+        if group:
+            yield group
+        group, length, tokens = [position], more, prompt_tokens + size  # labels less the start token, + eos
+    if group:
+        yield group
+
+
+def _pack_plan(
+    segments: Sequence[tuple[int, int, int]],
+    names: Sequence[str],
+    clips: Sequence[Sequence],
+    options: LoaderOptions,
+    epoch: int,
+) -> PackPlan:
+    """The epoch's readers' ranges and windows, so that every reader emits exactly its batch quota of windows
+    (topping up with marked repeats only where its range falls short) and every utterance of the sequence is in
+    exactly one window: starting just under the batches the whole sequence packed as one range would make, each
+    reader in turn takes the longest range whose planned windows fit its quota; while the readers leave positions
+    over, every rank gets one more batch."""
+    o = options
+    speeds = parse_speeds(o.speed_perturb) if isinstance(o.speed_perturb, str) else o.speed_perturb
+    seconds, sizes, alone = [], [], []
+    for shard, first, last in segments:  # each position's clip, as the reader will decode and pack it
+        for key, length, size in clips[shard][first:last]:
+            length = float(length)
+            if speeds:  # the speed _decode draws for (seed, epoch, key)
+                fitting = [speed for speed in speeds if length / speed <= MAX_SECONDS] or [1.0]
+                length /= float(rng_for(o.seed, epoch, key, "speed").choice(fitting))
+            seconds.append(length)
+            sizes.append(int(size))
+            alone.append(o.pack < 1.0 and stable_seed(key) / 2**64 >= o.pack)
+    total = len(seconds)
+    windows_of = functools.partial(
+        _plan_windows,
+        seconds=seconds,
+        sizes=sizes,
+        alone=alone,
+        prompt_tokens=len(o.prompt_ids),
+        max_label_tokens=o.max_label_tokens,
+    )
+
+    def planned(slot: int, start: int, stop: int) -> list[list[int]]:
+        order = _reader_order(segments, names, start, stop, o.seed, epoch, slot, o.shuffle_buffer)
+        return list(windows_of(order))
+
+    workers = max(1, o.num_workers)
+    everything = sum(
+        1 for _ in windows_of(_reader_order(segments, names, 0, total, o.seed, epoch, 0, o.shuffle_buffer))
+    )
+    batches = max(1, batches_per_epoch(everything, o.micro_batch_size, o.world_size) - 1)  # readers' ends add some
+    while True:
+        targets = [
+            _worker_quota(batches, workers, logical) * o.micro_batch_size
+            for _ in range(o.world_size)
+            for logical in range(workers)
+        ]
+        lengths, plans, start = [], [], 0
+        for slot, target in enumerate(targets):
+            good = min(total, start + target)  # a window holds at least one utterance: this many always fit
+            plan = planned(slot, start, good)
+            step = max(1, target)
+            while good < total:  # gallop, then halve: the longest range whose windows fit the quota
+                probe = min(total, good + step)
+                trial = planned(slot, start, probe)
+                if len(trial) > target:
+                    low, high = good, probe
+                    while high - low > 1:
+                        middle = (low + high) // 2
+                        trial = planned(slot, start, middle)
+                        if len(trial) > target:
+                            high = middle
+                        else:
+                            low, plan = middle, trial
+                    good = low
+                    break
+                good, plan, step = probe, trial, step * 2
+            lengths.append(good - start)
+            plans.append(plan)
+            start = good
+        if start >= total:
+            break
+        batches += 1
+    window, sizes = [0] * total, []
+    for plan in plans:
+        for group in plan:
+            for position in group:
+                window[position] = len(sizes)
+            sizes.append(len(group))
+    return PackPlan(lengths, window, sizes, batches)
 
 
 def _exact_eval_samples(
@@ -377,6 +581,7 @@ def _decode(
             "meta": meta,
             "repeat": sample.get("__repeat__", False),
             "source": sample.get("__source__"),
+            "position": sample.get("__position__"),
         }
 
 
@@ -421,6 +626,8 @@ def _pack(
     max_seconds: float = MAX_SECONDS,
     gap_seconds: float = PACK_GAP_SECONDS,
     fraction: float = 1.0,
+    plan: PackPlan | None = None,
+    counter: SkipCounter | None = None,
 ) -> Iterator[dict]:
     """Concatenate consecutive utterances of the (shuffled) stream into one window of at most `max_seconds`,
     `gap_seconds` of silence between them, with their cleaned transcripts joined by a space as one label
@@ -428,7 +635,12 @@ def _pack(
     dropped, never repeated, and at most one window is held in memory.
 
     `fraction` < 1 packs only that share of windows: a window whose first utterance's key hashes above it
-    keeps that utterance alone, so the model also sees single-utterance windows like validation's."""
+    keeps that utterance alone, so the model also sees single-utterance windows like validation's.
+
+    With a `plan` (exact packed epochs), an utterance goes to its planned window (by `position`), which is emitted
+    once it holds all its planned utterances or the next one belongs elsewhere (a skipped utterance leaves it
+    smaller); repeats (a reader's top-up) are packed greedily. A planned window whose real audio or labels do not
+    fit after all (the manifest was wrong) is split, counted as `pack_split`."""
     gap = np.zeros(int(round(gap_seconds * SAMPLE_RATE)), dtype=np.float32)
     max_samples = int(max_seconds * SAMPLE_RATE)
 
@@ -460,20 +672,33 @@ def _pack(
     def packs(sample: dict) -> bool:
         return fraction >= 1.0 or stable_seed(sample["key"]) / 2**64 < fraction
 
+    def fits(group: list[dict], sample: dict) -> list[int] | None:
+        length = sum(len(s["audio"]) for s in group) + len(gap) * len(group) + len(sample["audio"])
+        labels = labels_for(group + [sample]) if length <= max_samples else None
+        return labels if labels is not None and len(labels) - 1 <= max_label_tokens else None
+
     group: list[dict] = []
     group_labels: list[int] = []
+    planned = None  # the planned window `group` fills; None: packed greedily
     for sample in samples:
-        if group and not packs(group[0]):
+        where = None if plan is None or sample.get("repeat") else plan.window[sample["position"]]
+        if group and (where != planned or (planned is None and not packs(group[0]))):
             yield window(group, group_labels)
             group = []
         if group:
-            length = sum(len(s["audio"]) for s in group) + len(gap) * len(group) + len(sample["audio"])
-            labels = labels_for(group + [sample]) if length <= max_samples else None
-            if labels is not None and len(labels) - 1 <= max_label_tokens:
+            labels = fits(group, sample)
+            if labels is not None:
                 group, group_labels = group + [sample], labels
-                continue
+            else:
+                if planned is not None and counter is not None:
+                    counter.add("pack_split", f"{sample['key']}: does not fit its planned window after all")
+                yield window(group, group_labels)
+                group, group_labels = [sample], sample["labels"]
+        else:
+            group, group_labels, planned = [sample], sample["labels"], where
+        if planned is not None and len(group) == plan.sizes[planned]:  # complete: nothing waits for the next one
             yield window(group, group_labels)
-        group, group_labels = [sample], sample["labels"]
+            group = []
     if group:
         yield window(group, group_labels)
 
@@ -554,6 +779,15 @@ def _warn_estimated(first_shard: str, epoch_samples: int, n_shards: int) -> None
         first_shard,
         epoch_samples,
         n_shards,
+    )
+
+
+@functools.cache  # once per process, not every epoch
+def _warn_unplanned(first_shard: str) -> None:
+    log.warning(
+        "%s: no per-clip seconds in manifest.json (shards written by an older tools/shard_corpus.py, or "
+        "--epoch-samples given): a packed epoch is about one pass, not an exact one; shard again for exact ones",
+        first_shard,
     )
 
 
@@ -681,9 +915,10 @@ def make_train_loader(
     `_interleave`); the rest of the contract holds as for one source.
     Each batch's `sources` counts its utterances by source name.
 
-    `pack` (0 to 1): that share of samples are windows of several consecutive utterances (`_pack`); an epoch
-    then holds fewer windows, sized from the shards' audio (manifest seconds / (30 s × PACK_FILL)) for full
-    packing, interpolated for a fraction: about one pass, not an exact one (window counts are not known ahead).
+    `pack` (0 to 1): that share of samples are windows of several consecutive utterances (`_pack`). With the
+    manifest's per-clip seconds the epoch is planned (`_pack_plan`) and exact as above, windows for samples;
+    without them (older shards, or `epoch_samples`), it holds about as many windows as the shards' audio fills
+    (manifest seconds / (30 s × PACK_FILL)), interpolated for a fraction: about one pass, not an exact one.
 
     Augmentation, deterministic for (seed, epoch, key) so a resume stays exact (`wdsbr.augment`): `spec_augment`
     (True: `SpecAugment()`'s defaults) masks the features, `speed_perturb` ("0.9,1.0,1.1") changes each clip's
@@ -716,15 +951,16 @@ def make_train_loader(
     segments = _epoch_segments(counts, factors, o.seed, epoch)
     planned = sum(last - first for _, first, last in segments)  # this epoch's samples, factors applied
     epoch_samples = o.epoch_samples or planned
-    if o.pack:
+    clips = _clip_table(shards, [n for group in counts for n in group]) if o.pack and not o.epoch_samples else None
+    if o.pack and clips is None:
+        _warn_unplanned(shards[0])
+    if o.pack and clips is None:
         parts = [count_seconds(group) for group in listed]
         seconds = None if None in parts else sum(source.factor * part for source, part in zip(sources, parts))
         if seconds is not None:
             windows = math.ceil((seconds + PACK_GAP_SECONDS * epoch_samples) / (MAX_SECONDS * PACK_FILL))
             epoch_samples = min(epoch_samples, math.ceil((1 - o.pack) * epoch_samples + o.pack * windows))
     batches_per_rank = batches_per_epoch(epoch_samples, o.micro_batch_size, o.world_size)
-    if not 0 <= start_batch < batches_per_rank:
-        raise ValueError(f"start_batch {start_batch} is outside the epoch's {batches_per_rank} batches")
     lengths = reader_lengths(
         batches_per_rank, o.world_size, o.num_workers, o.micro_batch_size, planned if o.pack else None
     )
@@ -732,6 +968,11 @@ def make_train_loader(
         segments = _epoch_segments(
             counts, factors, o.seed, epoch, piece=max(1, min((n for n in lengths if n), default=4) // 4)
         )
+    plan = _pack_plan(segments, names, clips, o, epoch) if clips is not None else None
+    if plan is not None:
+        batches_per_rank, lengths = plan.batches_per_rank, plan.lengths
+    if not 0 <= start_batch < batches_per_rank:
+        raise ValueError(f"start_batch {start_batch} is outside the epoch's {batches_per_rank} batches")
     speeds = parse_speeds(o.speed_perturb) if isinstance(o.speed_perturb, str) else o.speed_perturb
     spec_augment = SpecAugment() if o.spec_augment is True else o.spec_augment or None
     counter = o.skip_counter or SkipCounter()
@@ -751,6 +992,7 @@ def make_train_loader(
             start_batch,
             o.shuffle_buffer,
             functools.partial(_count_problem, counter, exact),
+            plan is not None,
         ),
         # decode audio to 16 kHz, drop and count bad samples; --speed-perturb: resample each clip to its speed
         functools.partial(_decode, counter=counter, speeds=speeds, seed=o.seed, epoch=epoch),
@@ -772,6 +1014,8 @@ def make_train_loader(
                     prompt_ids=o.prompt_ids,
                     max_label_tokens=o.max_label_tokens,
                     fraction=o.pack,
+                    plan=plan,
+                    counter=counter,
                 )
             ]
             if o.pack
@@ -852,35 +1096,36 @@ class EpochStream:
     ) -> None:
         self.make, self.epoch, self.start_batch, self.lookahead = make, epoch, start_batch, max(1, lookahead)
         self.loader: torch.utils.data.DataLoader | None = None
-        self.running: dict[int, Iterator] = {}  # the started epochs' batch iterators (two near a boundary)
+        self.running: dict[int, tuple] = {}  # the started epochs' (loader, batch iterator) (two near a boundary)
         self.pending: dict[int, tuple[threading.Thread, list]] = {}  # an epoch whose workers a thread is spawning
 
     @property
     def batches_per_rank(self) -> int:
         return self.loader.batches_per_rank
 
-    def _start(self, epoch: int, start: int, background: bool = False) -> torch.utils.data.DataLoader:
-        """Make an epoch's loader and its iterator: a multi-worker loader spawns its workers when iterated, which
-        blocks for as long as the forkserver takes to fork them (0.5–1.5 s each here, under load); in
-        `background`, a thread does that while the current epoch trains on (`_started` waits for it)."""
-        loader = self.make(epoch, start)
+    def _start(self, epoch: int, start: int, background: bool = False) -> None:
+        """Make an epoch's loader and its iterator: making it plans a packed epoch (about a second per 25,000
+        clips), and a multi-worker loader spawns its workers when iterated, which blocks for as long as the
+        forkserver takes to fork them (0.5–1.5 s each here, under load); in `background`, a thread does both while
+        the current epoch trains on (`_started` waits for it)."""
         if not background:
-            self.running[epoch] = iter(loader)
-            return loader
+            loader = self.make(epoch, start)
+            self.running[epoch] = (loader, iter(loader))
+            return
         result: list = []
 
         def spawn() -> None:
             try:
-                result.append(iter(loader))
+                loader = self.make(epoch, start)
+                result.append((loader, iter(loader)))
             except BaseException as error:  # noqa: BLE001 - raised again in the trainer's thread by _started
                 result.append(error)
 
         thread = threading.Thread(target=spawn, name=f"wdsbr-epoch-{epoch}", daemon=True)
         thread.start()
         self.pending[epoch] = (thread, result)
-        return loader
 
-    def _started(self, epoch: int) -> Iterator:
+    def _started(self, epoch: int) -> tuple[torch.utils.data.DataLoader, Iterator]:
         if epoch in self.pending:
             thread, result = self.pending.pop(epoch)
             thread.join()
@@ -891,16 +1136,18 @@ class EpochStream:
 
     def __iter__(self) -> Iterator[tuple[int, dict]]:
         epoch, start = self.epoch, self.start_batch
-        loader = self._start(epoch, start)
+        self._start(epoch, start)
         try:
             while True:
-                self.loader, remaining, upcoming = loader, loader.batches_per_rank - start, None
-                for index, batch in enumerate(self._started(epoch)):
-                    if upcoming is None and remaining - index <= self.lookahead:
-                        upcoming = self._start(epoch + 1, 0, background=True)  # started while this epoch trains
+                self.loader, batches = self._started(epoch)
+                remaining, upcoming = self.loader.batches_per_rank - start, False
+                for index, batch in enumerate(batches):
+                    if not upcoming and remaining - index <= self.lookahead:
+                        self._start(epoch + 1, 0, background=True)  # started while this epoch trains
+                        upcoming = True
                     yield epoch, batch
-                # an epoch that ended before its count (a loader stopped early) starts the next one now
-                loader = upcoming if upcoming is not None else self._start(epoch + 1, 0)
+                if not upcoming:  # an epoch that ended before its count (a loader stopped early)
+                    self._start(epoch + 1, 0)
                 del self.running[epoch]
                 epoch, start = epoch + 1, 0
         finally:  # the trainer stopped mid-stream: end the workers of both epochs now, not at garbage collection
@@ -909,7 +1156,7 @@ class EpochStream:
                     self._started(pending)
                 except Exception:  # noqa: BLE001 - an epoch never trained on: its error does not matter now
                     pass
-            for iterator in self.running.values():
+            for _, iterator in self.running.values():
                 shutdown = getattr(iterator, "_shutdown_workers", None)
                 if shutdown is not None:
                     shutdown()

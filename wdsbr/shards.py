@@ -310,6 +310,7 @@ class SplitWriter:
         self._samples = 0
         self._seconds = 0.0
         self._bytes = 0
+        self._clips: list[list] = []  # [key, seconds, transcript bytes] of each sample, in tar order: plans packing
         (output_dir / split).mkdir(parents=True, exist_ok=True)
 
     def write(self, sample: Sample) -> None:
@@ -321,6 +322,7 @@ class SplitWriter:
         if self._tar is None:
             self._open_shard()
         self._tar.write({"__key__": sample.key, **sample.fields})
+        self._clips.append([sample.key, round(sample.seconds, 3), len(sample.fields.get("txt", b""))])
         self._samples += 1
         self._seconds += sample.seconds
         self._bytes += size
@@ -339,14 +341,20 @@ class SplitWriter:
         self._name = f"{self.split}/{SHARD_PATTERN % len(self.shards)}"
         # encoder=False: members are already bytes; mtime=0 makes the tar bytes reproducible
         self._tar = webdataset.TarWriter(str(self.output_dir / self._name), encoder=False, mtime=0)
-        self._samples, self._seconds, self._bytes = 0, 0.0, 0
+        self._samples, self._seconds, self._bytes, self._clips = 0, 0.0, 0, []
 
     def _close_shard(self) -> None:
         self._tar.close()
         self._tar = None
         size = (self.output_dir / self._name).stat().st_size
         self.shards.append(
-            {"file": self._name, "samples": self._samples, "seconds": round(self._seconds, 3), "bytes": size}
+            {
+                "file": self._name,
+                "samples": self._samples,
+                "seconds": round(self._seconds, 3),
+                "bytes": size,
+                "clips": self._clips,
+            }
         )
 
     def summary(self) -> dict[str, Any]:
