@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -304,7 +305,17 @@ def parse_candidate(name: str) -> tuple[int, list[str]]:
     return int(parts[1]), AUGMENT[parts[2]] if len(parts) == 3 else []
 
 
-def train_wdsbr(ranks: int, seed: int, shards: dict[str, Path], out: Path, args, extra: list[str] = ()) -> dict:
+def train_wdsbr(
+    ranks: int,
+    seed: int,
+    shards: dict[str, Path],
+    out: Path,
+    args,
+    extra: Sequence[str] = (),
+    overrides: dict[str, str] | None = None,
+) -> dict:
+    """launch/train.py under deepspeed with the bench's settings, `extra` flags added and `overrides` ({flag: value})
+    replacing the value a flag below has (bench_time_to_wer: the test set as validation, every few steps)."""
     shutil.rmtree(out, ignore_errors=True)
     command = [
         str(BIN / "deepspeed"),
@@ -353,12 +364,14 @@ def train_wdsbr(ranks: int, seed: int, shards: dict[str, Path], out: Path, args,
         "1",
         *extra,
     ]
+    for flag, value in (overrides or {}).items():
+        command[command.index(flag) + 1] = value
     wall = run(command, ranks, out.with_suffix(".log"))
     summary = json.loads((out / "summary.json").read_text())
     return {"model": str(out / "best"), "train_seconds": summary["train_seconds"], "wall_seconds": wall}
 
 
-def train_hf(seed: int, dataset: Path, out: Path, args) -> dict:
+def train_hf(seed: int, dataset: Path, out: Path, args, extra: Sequence[str] = ()) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     timings = out.with_suffix(".timings.json")
     command = [
@@ -390,10 +403,16 @@ def train_hf(seed: int, dataset: Path, out: Path, args) -> dict:
         str(out / "final"),
         "--language",
         "en",
+        *extra,
     ]
     wall = run(command, 1, out.with_suffix(".log"))
     report = json.loads(timings.read_text())
-    return {"model": str(out / "final"), "train_seconds": report["train_runtime"], "wall_seconds": wall}
+    return {
+        "model": str(out / "final"),
+        "train_seconds": report["train_runtime"],
+        "wall_seconds": wall,
+        "snapshots": report.get("snapshots", []),
+    }
 
 
 def score(model: str, shards: dict[str, Path], out: Path) -> dict:

@@ -7,7 +7,9 @@ The dataset D is the output of the blog's `map` (input_features + labels, `save_
 from the same clips the wdsbr run reads from its shards. Settings mirror `launch/train.py`'s: AdamW (torch's
 implementation, betas 0.9/0.999, eps 1e-8, no weight decay), clipping 1.0, linear warm-up then linear decay to
 --max-steps, the given precision, no evaluation and no checkpoint during training. Rank 0 writes the wall-clock
-time at the end of every optimizer step to T.json.
+time at the end of every optimizer step to T.json. --snapshot-steps 15,30 saves the model (save_pretrained) at those
+steps under O/snapshots/step-N, for bench_time_to_wer.py to score; T.json's `snapshots` give each one's training
+seconds (from the start of training, the time spent saving the earlier ones left out).
 
 The GPU check's hf_trainer_small and hf_trainer_large parts (bench/gpu_check.py) run the same trainer
 (`seq2seq_trainer`) in their own process:
@@ -125,6 +127,34 @@ def step_end_timer(clock: Callable[[], float] = time.time, wait: Callable[[], No
     return StepEndTimes()
 
 
+def snapshot_saver(steps: set[int], folder: Path, processor):
+    """A TrainerCallback that saves the model at the end of the given optimizer steps (rank 0) and records, per
+    snapshot, the training seconds so far: from the start of training, less the time spent saving."""
+    from transformers import TrainerCallback
+
+    class Snapshots(TrainerCallback):
+        def __init__(self) -> None:
+            self.rows: list[dict] = []
+            self.start, self.saving = time.time(), 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.time()
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step not in steps or int(os.environ.get("RANK", "0")) != 0:
+                return
+            began = time.time()
+            out = folder / f"step-{state.global_step}"
+            model.save_pretrained(out)
+            processor.save_pretrained(out)
+            self.rows.append(
+                {"step": state.global_step, "train_seconds": began - self.start - self.saving, "model": str(out)}
+            )
+            self.saving += time.time() - began
+
+    return Snapshots()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model folder (the same tiny Whisper as the wdsbr run)")
@@ -140,6 +170,7 @@ def main() -> None:
     parser.add_argument("--language", default="br", help="transcript language (ignored by English-only models)")
     parser.add_argument("--seed", type=int, default=0, help="model init of new parts, data order (the trainer's seed)")
     parser.add_argument("--save-model", default=None, help="save the final model and processor here (rank 0)")
+    parser.add_argument("--snapshot-steps", default="", help="comma-separated steps to save the model at (rank 0)")
     args = parser.parse_args()
     import datasets
     import torch
@@ -156,6 +187,8 @@ def main() -> None:
     model = WhisperForConditionalGeneration.from_pretrained(args.model)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     timer = step_end_timer()
+    steps = {int(step) for step in args.snapshot_steps.split(",") if step}
+    snapshots = snapshot_saver(steps, Path(args.output_dir) / "snapshots", processor)
     trainer = seq2seq_trainer(
         model,
         processor,
@@ -170,7 +203,7 @@ def main() -> None:
         seed=args.seed,
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if world_size > 1 else None,
-        callbacks=[timer],
+        callbacks=[timer, snapshots] if steps else [timer],
     )
     result = trainer.train()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -182,6 +215,7 @@ def main() -> None:
                     "train_loss": result.training_loss,
                     "train_runtime": result.metrics["train_runtime"],
                     "global_batch_size": args.batch_size * world_size,
+                    "snapshots": snapshots.rows,
                 }
             )
         )

@@ -1,0 +1,243 @@
+"""Time to a target WER on the real tiny.en: how long each trainer takes to make a model as good as the Hugging Face
+recipe's final one, on bench_accuracy.py's corpus, budget and seeds, one run at a time on the same machine.
+
+    python bench/bench_time_to_wer.py --model ~/.cache/wdsbr/tiny.en [--seeds 0 1 2] [--systems hf wdsbr …]
+
+Systems (each trained for --max-steps at global batch --batch-size, bench_accuracy's lr, warm-up and bf16):
+  hf            bench/hf_train.py (datasets.map + Seq2SeqTrainer), its model saved every --eval-every steps, the
+                saving left out of its training seconds; every snapshot scored afterwards by launch/evaluate.py
+                in bf16 (as DeepSpeed's engine casts it) on the test clips
+  wdsbr         launch/train.py, validating on the test clips every --eval-every steps (its own exact validation,
+                in the engine's bf16: the code launch/evaluate.py runs), evaluation left out of its training seconds
+  wdsbr-pack    the same with --pack
+  wdsbr-tspack  the same with --pack --timestamps 0.2 --prev-text 0.2
+Every score: greedy, at most 48 new tokens, the default normaliser, the same 150 test clips of unseen voices.
+
+Per seed, the target is hf's WER at its last step. A system's time to the target is its training seconds at the
+first evaluation whose WER is at or below it (None: not reached within the budget); the speech seen by then
+(hours of real speech, packing's silence not counted) and each system's ratio to hf's time are reported beside it.
+The training corpus is re-sharded once when its manifest does not list each clip's seconds (packed epochs are
+exact only with them). Writes bench/results/time_to_wer.json after every run and resumes from it (same settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_accuracy import (  # noqa: E402
+    AUGMENT,
+    CORES,
+    make_corpus,
+    rows_of,
+    train_hf,
+    train_wdsbr,
+)
+from common import RESULTS, evaluate_json, hf_map, hf_raw_dataset, print_table, save_results  # noqa: E402
+
+from wdsbr.corpus import open_corpus  # noqa: E402
+from wdsbr.model import load_processor  # noqa: E402
+from wdsbr.shards import ShardOptions, shard_corpus  # noqa: E402
+
+SYSTEMS = {"hf": None, "wdsbr": [], "wdsbr-pack": ["--pack"], "wdsbr-tspack": AUGMENT["tspack"]}
+SETTINGS = ("model", "train_clips", "test_clips", "batch_size", "max_steps", "lr", "warmup_steps", "eval_every")
+
+
+def with_clips(shards: Path, cache: Path) -> None:
+    """Shard the training clips again when the manifest does not list each clip (an older shard_corpus wrote it)."""
+    manifest = json.loads((shards.parent / "manifest.json").read_text())
+    if all("clips" in shard for shard in manifest["splits"]["train"]["shards"]):
+        return
+    print(f"{shards.parent}: sharding again, so that the manifest lists each clip's seconds", flush=True)
+    shard_corpus(
+        open_corpus(cache / "corpus" / "train"),
+        shards.parent,
+        ShardOptions(val_fraction=0.0, test_fraction=0.0, samples_per_shard=200, workers=CORES),
+        overwrite=True,
+        progress=False,
+    )
+
+
+def score(model: str, test: Path, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    return evaluate_json(
+        model,
+        test,
+        "--output",
+        str(out / "scores.tsv"),
+        "--language",
+        "en",
+        "--precision",
+        "bf16",
+        "--batch-size",
+        "16",
+        "--generation-max-length",
+        "48",
+        threads=CORES,
+        log=out / "evaluate.log",
+    )
+
+
+def hf_curve(seed: int, shards: dict, dataset: Path, args) -> dict:
+    out = args.cache / "runs" / f"ttw-hf-seed{seed}"
+    steps = list(range(args.eval_every, args.max_steps + 1, args.eval_every))
+    trained = train_hf(seed, dataset, out, args, ["--snapshot-steps", ",".join(map(str, steps))])
+    mean_clip = args.corpus_seconds / args.train_clips
+    curve = []
+    for snapshot in trained["snapshots"]:
+        scores = score(snapshot["model"], shards["test"], Path(snapshot["model"]) / "score")
+        curve.append(
+            {
+                "step": snapshot["step"],
+                "train_seconds": round(snapshot["train_seconds"], 2),
+                "speech_hours": snapshot["step"] * args.batch_size * mean_clip / 3600,
+                "wer": scores["wer"],
+            }
+        )
+    return {"seed": seed, "train_seconds": trained["train_seconds"], "curve": curve}
+
+
+def wdsbr_curve(system: str, seed: int, shards: dict, args) -> dict:
+    out = args.cache / "runs" / f"ttw-{system}-seed{seed}"
+    overrides = {
+        "--val-shards": f"test={shards['test']}",
+        "--eval-every": str(args.eval_every),
+        "--metric": "wer",
+        "--log-every": str(args.eval_every),
+    }
+    trained = train_wdsbr(1, seed, shards, out, args, [*SYSTEMS[system], "--generation-max-length", "48"], overrides)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    seconds = speech = 0.0
+    done, curve = 0, []
+    for row in rows:
+        if row["kind"] == "train":  # one row per --eval-every steps: its mean step time over them
+            elapsed = row["step_seconds"] * (row["step"] - done)
+            seconds, speech, done = seconds + elapsed, speech + row["speech_seconds_per_s"] * elapsed, row["step"]
+        elif row["kind"] == "eval":
+            curve.append(
+                {
+                    "step": row["step"],
+                    "train_seconds": round(seconds, 2),
+                    "speech_hours": speech / 3600,
+                    "wer": row["wer"],
+                }
+            )
+    return {"seed": seed, "train_seconds": trained["train_seconds"], "curve": curve}
+
+
+def reached(curve: list[dict], target: float) -> dict | None:
+    return next((point for point in curve if point["wer"] <= target + 1e-12), None)
+
+
+def make_report(results: dict, args, started: float) -> dict:
+    targets = {row["seed"]: row["curve"][-1]["wer"] for row in results.get("hf", [])}
+    summary = {}
+    for system, rows in results.items():
+        for row in rows:
+            target = targets.get(row["seed"])
+            hit = reached(row["curve"], target) if target is not None else None
+            hf_hit = (
+                reached(next(r for r in results["hf"] if r["seed"] == row["seed"])["curve"], target) if hit else None
+            )
+            row["target_wer"] = target
+            row["to_target"] = hit
+            row["ratio_to_hf"] = hit["train_seconds"] / hf_hit["train_seconds"] if hit and hf_hit else None
+        ratios = [row["ratio_to_hf"] for row in rows if row["ratio_to_hf"] is not None]
+        summary[system] = {
+            "seeds": len(rows),
+            "reached": sum(row["to_target"] is not None for row in rows),
+            "final_wer": spread([row["curve"][-1]["wer"] for row in rows]),
+            "ratio_to_hf": spread(ratios) if ratios else None,
+        }
+    settings = {name: str(getattr(args, name)) if name == "model" else getattr(args, name) for name in SETTINGS}
+    return {**settings, "runs": results, "summary": summary, "bench_seconds": round(time.perf_counter() - started, 1)}
+
+
+def spread(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values), "min": min(values), "max": max(values), "values": values}
+
+
+def earlier(args) -> dict:
+    path = RESULTS / f"{args.results}.json"
+    if not path.is_file():
+        return {}
+    report = json.loads(path.read_text())
+    mine = {name: str(getattr(args, name)) if name == "model" else getattr(args, name) for name in SETTINGS}
+    changed = [name for name in SETTINGS if report.get(name) != mine[name]]
+    if changed:
+        raise SystemExit(f"{path}: measured with other settings ({', '.join(changed)}); move it away to start again")
+    return report["runs"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path.home() / ".cache" / "wdsbr" / "tiny.en")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "wdsbr" / "bench-accuracy")
+    parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--train-clips", type=int, default=1200)
+    parser.add_argument("--test-clips", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-steps", type=int, default=75)
+    parser.add_argument("--lr", type=float, default=3.75e-5)
+    parser.add_argument("--warmup-steps", type=int, default=10)
+    parser.add_argument("--eval-every", type=int, default=15, help="steps between scores (divides --max-steps)")
+    parser.add_argument("--results", default="time_to_wer")
+    args = parser.parse_args()
+    args.precision = "bf16"
+    if args.max_steps % args.eval_every:
+        raise SystemExit(f"--eval-every {args.eval_every} does not divide --max-steps {args.max_steps}")
+    if "hf" not in args.systems and not earlier(args):
+        raise SystemExit("--systems: hf sets the target; measure it first")
+    started = time.perf_counter()
+    shards = make_corpus(args.cache, args.train_clips, args.test_clips)
+    with_clips(shards["train"], args.cache)
+    args.corpus_seconds = json.loads((shards["train"].parent / "manifest.json").read_text())["splits"]["train"][
+        "seconds"
+    ]
+    dataset = args.cache / "hf-mapped"
+    if "hf" in args.systems and not dataset.is_dir():  # the blog's map, once
+        processor = load_processor(str(args.model), language="en")
+        hf_map(hf_raw_dataset(rows_of(args.cache / "corpus"), args.cache / "hf-raw"), processor).save_to_disk(
+            str(dataset)
+        )
+    results = earlier(args)
+    (args.cache / "runs").mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for system in args.systems:  # hf first: it sets the seed's target
+            if any(row["seed"] == seed for row in results.get(system, [])):
+                continue
+            row = hf_curve(seed, shards, dataset, args) if system == "hf" else wdsbr_curve(system, seed, shards, args)
+            results.setdefault(system, []).append(row)
+            report = make_report(results, args, started)
+            save_results(args.results, report)
+            print(
+                f"{system} seed {seed}: " + ", ".join(f"{p['step']}: {p['wer']:.4f}" for p in row["curve"]), flush=True
+            )
+    report = make_report(results, args, started)
+    save_results(args.results, report)
+    print_table(
+        ["system", "seed", "final WER", "target", "to target (s)", "speech h", "× hf"],
+        [
+            [
+                system,
+                row["seed"],
+                f"{100 * row['curve'][-1]['wer']:.2f}",
+                f"{100 * row['target_wer']:.2f}" if row["target_wer"] is not None else "-",
+                f"{row['to_target']['train_seconds']:.0f}" if row["to_target"] else "not reached",
+                f"{row['to_target']['speech_hours']:.2f}" if row["to_target"] else "-",
+                f"{row['ratio_to_hf']:.2f}" if row["ratio_to_hf"] is not None else "-",
+            ]
+            for system, rows in report["runs"].items()
+            for row in rows
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
