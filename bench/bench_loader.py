@@ -4,6 +4,7 @@
     python bench/bench_loader.py --sections epoch [--before c2b1d01]      # the exact epoch only (~5 min)
     python bench/bench_loader.py --sections sources [--clips 240]          # 3 named sources vs 1 (~3 min)
     python bench/bench_loader.py --sections boundary [--clips 96 --batch-size 8]  # the epoch-boundary stall (~2 min)
+    python bench/bench_loader.py --sections boundary --pack --clips 1000 --batch-size 4  # the same, packed
 
 Throughput (samples/s from stored audio to padded batches of [B, 80, 3000] log-mel + labels, torch threads 1 per
 process, candidates interleaved over --repeats repetitions):
@@ -38,7 +39,8 @@ workers, --epochs epochs in a row, --step-seconds of sleep after each batch stan
 ~0.3 s): how long the consumer waits for each batch, as one `make_train_loader` per epoch (the trainer before
 EpochStream) and as `EpochStream` (the next epoch's loader started 64 batches before the current one ends),
 interleaved over --repeats. The wait for the first batch of each later epoch is the stall. Writes
-bench/results/loader_boundary.json.
+bench/results/loader_boundary.json; with --pack, packed epochs (each planned when its loader is made: in the
+EpochStream's thread, in the consumer's for a loader per epoch), bench/results/loader_boundary_pack.json.
 
 Several sources (`--sections sources`): the same --clips clips (2-8 s, flac) sharded as three corpora of a third
 each, read by `make_train_loader` as one source (the three folders' shards together) and as three named sources
@@ -394,7 +396,7 @@ def boundary_waits(shards, processor, args, stream: bool) -> dict:
     tokenizer = processor.tokenizer
     options = LoaderOptions(
         tokenizer, list(tokenizer.prefix_tokens), n_mels=80, micro_batch_size=args.batch_size, num_workers=2,
-        shuffle_buffer=256,
+        shuffle_buffer=256, pack=1.0 if args.pack else 0.0,
     )  # fmt: skip
 
     def make(epoch: int, start: int = 0):
@@ -436,6 +438,7 @@ def boundary_section(args: argparse.Namespace, tmp: Path, processor) -> dict:
     return {
         "clips": args.clips,
         "batch_size": args.batch_size,
+        "pack": args.pack,
         "workers": 2,
         "epochs": args.epochs,
         "step_seconds": args.step_seconds,
@@ -486,6 +489,9 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=3, help="boundary: epochs per run")
     parser.add_argument("--step-seconds", type=float, default=0.3, help="boundary: the stand-in training step")
+    parser.add_argument(
+        "--pack", action="store_true", help="boundary: packed epochs (each planned when its loader is made)"
+    )
     parser.add_argument("--before", default="c2b1d01", help="git commit whose loader the exact epoch compares against")
     parser.add_argument("--rss-child", choices=["wdsbr", "hf"], help=argparse.SUPPRESS)
     for hidden in ("--shards", "--rows", "--cache", "--model"):
@@ -503,7 +509,8 @@ def main() -> None:
         processor = load_processor(str(model), language="br")
         if "boundary" in args.sections:
             report = boundary_section(args, tmp, processor)
-            out = save_results("loader_boundary", {**report, "bench_seconds": time.perf_counter() - started})
+            name = "loader_boundary_pack" if args.pack else "loader_boundary"
+            out = save_results(name, {**report, "bench_seconds": time.perf_counter() - started})
             print_table(
                 ["training stream", "wait at an epoch boundary, s: median (min-max)", "mid-epoch median, s"],
                 [
