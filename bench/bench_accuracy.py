@@ -415,7 +415,7 @@ def train_hf(seed: int, dataset: Path, out: Path, args, extra: Sequence[str] = (
     }
 
 
-def score(model: str, shards: dict[str, Path], out: Path) -> dict:
+def score(model: str, shards: dict[str, Path], out: Path, precision: str = "fp32") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     return evaluate_json(
         model,
@@ -425,7 +425,7 @@ def score(model: str, shards: dict[str, Path], out: Path) -> dict:
         "--language",
         "en",
         "--precision",
-        "fp32",
+        precision,
         "--batch-size",
         "16",
         "--generation-max-length",

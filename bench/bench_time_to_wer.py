@@ -35,10 +35,11 @@ from bench_accuracy import (  # noqa: E402
     CORES,
     make_corpus,
     rows_of,
+    score,
     train_hf,
     train_wdsbr,
 )
-from common import RESULTS, evaluate_json, hf_map, hf_raw_dataset, print_table, save_results  # noqa: E402
+from common import RESULTS, hf_map, hf_raw_dataset, print_table, save_results  # noqa: E402
 
 from wdsbr.corpus import open_corpus  # noqa: E402
 from wdsbr.model import load_processor  # noqa: E402
@@ -63,26 +64,6 @@ def with_clips(shards: Path, cache: Path) -> None:
     )
 
 
-def score(model: str, test: Path, out: Path) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    return evaluate_json(
-        model,
-        test,
-        "--output",
-        str(out / "scores.tsv"),
-        "--language",
-        "en",
-        "--precision",
-        "bf16",
-        "--batch-size",
-        "16",
-        "--generation-max-length",
-        "48",
-        threads=CORES,
-        log=out / "evaluate.log",
-    )
-
-
 def hf_curve(seed: int, shards: dict, dataset: Path, args) -> dict:
     out = args.cache / "runs" / f"ttw-hf-seed{seed}"
     steps = list(range(args.eval_every, args.max_steps + 1, args.eval_every))
@@ -90,7 +71,7 @@ def hf_curve(seed: int, shards: dict, dataset: Path, args) -> dict:
     mean_clip = args.corpus_seconds / args.train_clips
     curve = []
     for snapshot in trained["snapshots"]:
-        scores = score(snapshot["model"], shards["test"], Path(snapshot["model"]) / "score")
+        scores = score(snapshot["model"], shards, Path(snapshot["model"]) / "score", precision="bf16")
         curve.append(
             {
                 "step": snapshot["step"],
