@@ -92,13 +92,18 @@ def parse_speeds(spec: str) -> tuple[float, ...]:
     return speeds
 
 
+def draw_speed(samples: float, key: str, speeds: tuple[float, ...], seed: int, epoch: int, max_samples: float) -> float:
+    """The speed drawn from `speeds` for (seed, epoch, key) for a clip of `samples` samples: factors that would make
+    it longer than `max_samples` are left out of the draw (1.0 when none is left). The packing plan draws it too."""
+    fitting = [speed for speed in speeds if samples / speed <= max_samples] or [1.0]
+    return float(rng_for(seed, epoch, key, "speed").choice(fitting))
+
+
 def speed_perturb(
     audio: np.ndarray, key: str, speeds: tuple[float, ...], seed: int, epoch: int, max_seconds: float
 ) -> tuple[np.ndarray, float]:
-    """The clip at a speed drawn from `speeds` for (seed, epoch, key); returns (audio, factor). Factors that would
-    make it longer than `max_seconds` are left out of the draw (1.0 when none is left)."""
-    fitting = [speed for speed in speeds if len(audio) / speed <= max_seconds * SAMPLE_RATE] or [1.0]
-    factor = float(rng_for(seed, epoch, key, "speed").choice(fitting))
+    """The clip at a speed drawn from `speeds` for (seed, epoch, key) (`draw_speed`); returns (audio, factor)."""
+    factor = draw_speed(len(audio), key, speeds, seed, epoch, max_seconds * SAMPLE_RATE)
     if factor == 1.0:
         return audio, factor
     return resample(audio, int(round(SAMPLE_RATE * factor)), SAMPLE_RATE), factor

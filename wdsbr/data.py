@@ -46,7 +46,7 @@ import torch
 import webdataset as wds
 
 from wdsbr.audio import SAMPLE_RATE, WINDOW_SECONDS, AudioError, load_audio
-from wdsbr.augment import SpecAugment, parse_speeds, rng_for, speed_perturb, stable_seed
+from wdsbr.augment import SpecAugment, draw_speed, parse_speeds, rng_for, speed_perturb, stable_seed
 from wdsbr.collate import Collator
 from wdsbr.streams import (
     count_samples,
@@ -332,16 +332,12 @@ PACK_PLAN_MARGIN_SECONDS = 0.05  # a plan fills a window to 30 s less this: mani
 class PackPlan:
     """An exact packed epoch, planned before it is read: `lengths`, each reader's range of the epoch's sequence
     (for `_planned_train_samples`), `window` (the window of each position of the sequence, numbered in the order
-    the readers emit them) and `sizes` (the utterances of each window), `windows` the epoch's total."""
+    the readers emit them) and `sizes` (the utterances of each window)."""
 
     lengths: list[int]
     window: list[int]
     sizes: list[int]
     batches_per_rank: int
-
-    @property
-    def windows(self) -> int:
-        return len(self.sizes)
 
 
 def _clip_table(shards: Sequence[str], counts: Sequence[int]) -> list[list] | None:
@@ -421,6 +417,7 @@ def _pack_plan(
     clips: Sequence[Sequence],
     options: LoaderOptions,
     epoch: int,
+    speeds: tuple[float, ...] | None,
 ) -> PackPlan:
     """The epoch's readers' ranges and windows, so that every reader emits exactly its batch quota of windows
     (topping up with marked repeats only where its range falls short) and every utterance of the sequence is in
@@ -428,14 +425,12 @@ def _pack_plan(
     reader in turn takes the longest range whose planned windows fit its quota; while the readers leave positions
     over, every rank gets one more batch."""
     o = options
-    speeds = parse_speeds(o.speed_perturb) if isinstance(o.speed_perturb, str) else o.speed_perturb
     seconds, sizes, alone = [], [], []
     for shard, first, last in segments:  # each position's clip, as the reader will decode and pack it
         for key, length, size in clips[shard][first:last]:
             length = float(length)
             if speeds:  # the speed _decode draws for (seed, epoch, key)
-                fitting = [speed for speed in speeds if length / speed <= MAX_SECONDS] or [1.0]
-                length /= float(rng_for(o.seed, epoch, key, "speed").choice(fitting))
+                length /= draw_speed(length * SAMPLE_RATE, key, speeds, o.seed, epoch, MAX_SECONDS * SAMPLE_RATE)
             seconds.append(length)
             sizes.append(int(size))
             alone.append(o.pack < 1.0 and stable_seed(key) / 2**64 >= o.pack)
@@ -968,12 +963,12 @@ def make_train_loader(
         segments = _epoch_segments(
             counts, factors, o.seed, epoch, piece=max(1, min((n for n in lengths if n), default=4) // 4)
         )
-    plan = _pack_plan(segments, names, clips, o, epoch) if clips is not None else None
+    speeds = parse_speeds(o.speed_perturb) if isinstance(o.speed_perturb, str) else o.speed_perturb
+    plan = _pack_plan(segments, names, clips, o, epoch, speeds) if clips is not None else None
     if plan is not None:
         batches_per_rank, lengths = plan.batches_per_rank, plan.lengths
     if not 0 <= start_batch < batches_per_rank:
         raise ValueError(f"start_batch {start_batch} is outside the epoch's {batches_per_rank} batches")
-    speeds = parse_speeds(o.speed_perturb) if isinstance(o.speed_perturb, str) else o.speed_perturb
     spec_augment = SpecAugment() if o.spec_augment is True else o.spec_augment or None
     counter = o.skip_counter or SkipCounter()
     pipeline = wds.DataPipeline(
