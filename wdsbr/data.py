@@ -531,6 +531,15 @@ def _count_problem(counter: SkipCounter, exact: bool, reason: str, samples: int,
         counter.add(reason, detail, samples)
 
 
+def _skip(counter: SkipCounter, sample: dict, reason: str, detail: str) -> None:
+    """Skip a bad sample: counted once an epoch, by the reader whose range holds it; a repeat of it (a reader's
+    top-up, or a wrap-around) is only logged, as `_reader_samples` does for what a shard could not give."""
+    if sample.get("__repeat__") or sample.get("repeat"):
+        log.info("repeat: skipped (%s) %s", reason, detail)
+    else:
+        counter.add(reason, detail)
+
+
 def _decode(
     samples: Iterable[dict],
     counter: SkipCounter,
@@ -545,7 +554,9 @@ def _decode(
         key = sample.get("__key__", "?")
         audio_field = next((f for f in AUDIO_FIELDS if f in sample), None)
         if audio_field is None or "txt" not in sample:
-            counter.add(
+            _skip(
+                counter,
+                sample,
                 "missing_field",
                 f"{key} in {sample.get('__url__')}: has {sorted(k for k in sample if not k.startswith('__'))}",
             )
@@ -555,10 +566,10 @@ def _decode(
             text = sample["txt"].decode("utf-8").strip()
             meta = json.loads(sample["json"]) if "json" in sample else {}
         except (AudioError, UnicodeDecodeError, ValueError) as error:
-            counter.add("bad_audio", f"{key} in {sample.get('__url__')}: {error}")
+            _skip(counter, sample, "bad_audio", f"{key} in {sample.get('__url__')}: {error}")
             continue
         if len(audio) > max_seconds * 16_000:
-            counter.add("too_long_audio", f"{key}: {len(audio) / 16_000:.1f} s > {max_seconds} s")
+            _skip(counter, sample, "too_long_audio", f"{key}: {len(audio) / 16_000:.1f} s > {max_seconds} s")
             continue
         if speeds:
             before = len(audio)
@@ -593,11 +604,13 @@ def _tokenize(
     for sample in samples:
         cleaned = normalize(sample["text"])
         if not cleaned:
-            counter.add("empty_text", f"{sample['key']}: transcript {sample['text']!r} is empty after cleaning")
+            _skip(
+                counter, sample, "empty_text", f"{sample['key']}: transcript {sample['text']!r} is empty after cleaning"
+            )
             continue
         labels = prompt_ids + tokenizer.encode(cleaned, add_special_tokens=False) + [tokenizer.eos_token_id]
         if len(labels) - 1 > max_label_tokens:  # the decoder sees the labels without the start token
-            counter.add("too_long_text", f"{sample['key']}: {len(labels) - 1} tokens > {max_label_tokens}")
+            _skip(counter, sample, "too_long_text", f"{sample['key']}: {len(labels) - 1} tokens > {max_label_tokens}")
             continue
         meta = sample.get("meta") or {}
         timing = {}
@@ -606,7 +619,8 @@ def _tokenize(
                 segments = [(float(start), float(end), normalize(text)) for start, end, text in meta["segments"]]
                 check_segments(segments)
             except (TypeError, ValueError) as error:
-                counter.add("bad_segments", f"{sample['key']}: KEY.json segments {str(meta['segments'])[:80]}: {error}")
+                detail = f"{sample['key']}: KEY.json segments {str(meta['segments'])[:80]}: {error}"
+                _skip(counter, sample, "bad_segments", detail)
                 continue
             timing = {"segments": [segment for segment in segments if segment[2]]}
         previous = normalize(meta.get("previous_text") or "")
