@@ -371,7 +371,15 @@ def train_wdsbr(
     return {"model": str(out / "best"), "train_seconds": summary["train_seconds"], "wall_seconds": wall}
 
 
-def train_hf(seed: int, dataset: Path, out: Path, args, extra: Sequence[str] = ()) -> dict:
+def train_hf(
+    seed: int,
+    dataset: Path,
+    out: Path,
+    args,
+    extra: Sequence[str] = (),
+    overrides: dict[str, str] | None = None,
+) -> dict:
+    """bench/hf_train.py with the bench's settings, `extra` flags added and `overrides` as in train_wdsbr."""
     shutil.rmtree(out, ignore_errors=True)
     timings = out.with_suffix(".timings.json")
     command = [
@@ -405,6 +413,8 @@ def train_hf(seed: int, dataset: Path, out: Path, args, extra: Sequence[str] = (
         "en",
         *extra,
     ]
+    for flag, value in (overrides or {}).items():
+        command[command.index(flag) + 1] = value
     wall = run(command, 1, out.with_suffix(".log"))
     report = json.loads(timings.read_text())
     return {
@@ -415,7 +425,16 @@ def train_hf(seed: int, dataset: Path, out: Path, args, extra: Sequence[str] = (
     }
 
 
-def score(model: str, shards: dict[str, Path], out: Path, precision: str = "fp32") -> dict:
+def score(
+    model: str,
+    shards: dict[str, Path],
+    out: Path,
+    precision: str = "fp32",
+    language: str = "en",
+    max_new_tokens: int = 48,  # ~15-token sentences: a looping decode stops at 48
+    extra: Sequence[str] = (),
+) -> dict:
+    """launch/evaluate.py on shards["test"], greedy, batch 16: its JSON row (bench_time_to_wer: other languages)."""
     out.mkdir(parents=True, exist_ok=True)
     return evaluate_json(
         model,
@@ -423,16 +442,17 @@ def score(model: str, shards: dict[str, Path], out: Path, precision: str = "fp32
         "--output",
         str(out / "scores.tsv"),
         "--language",
-        "en",
+        language,
         "--precision",
         precision,
         "--batch-size",
         "16",
         "--generation-max-length",
-        "48",  # ~15-token sentences: a
+        str(max_new_tokens),
+        *extra,
         threads=CORES,
         log=out / "evaluate.log",
-    )  # looping decode stops at 48
+    )
 
 
 # ------------------------------------------------------------------------------------------------ main

@@ -1,7 +1,16 @@
-"""Time to a target WER on the real tiny.en: how long each trainer takes to make a model as good as the Hugging Face
-recipe's final one, on bench_accuracy.py's corpus, budget and seeds, one run at a time on the same machine.
+"""Time to a target WER on a real Whisper: how long each trainer takes to make a model as good as the Hugging Face
+recipe's final one, one run at a time on the same machine. Two tasks (--task):
+
+  tiny-en  the real tiny.en on bench_accuracy.py's English corpus, budget and seeds (1,200 clips, batch 16, 75 steps,
+           lr 3.75e-5), scored every 15 steps on its 150 test clips, at most 48 new tokens, the default normaliser
+  breton   the real multilingual base on bench_breton.py's Breton corpus and budget (600 clips, batch 8, 80 steps,
+           lr 1e-4), `--language br`, scored every 20 steps with the Breton normaliser, at most 96 new tokens, on 80
+           of its test clips: each of the 80 unseen test sentences once, read in turn by its three unseen voices
+           (the full 240 clips take 7.5 minutes a score here); wdsbr trains with `--text-normalizer breton`, as
+           bench_breton does, the recipe on the sentences as written, as its users do
 
     python bench/bench_time_to_wer.py --model ~/.cache/wdsbr/tiny.en [--seeds 0 1 2] [--systems hf wdsbr …]
+    python bench/bench_time_to_wer.py --task breton --model ~/.cache/wdsbr/base [--seeds 0 1 2] [--systems …]
 
 Systems (each trained for --max-steps at global batch --batch-size, bench_accuracy's lr, warm-up and bf16):
   hf            bench/hf_train.py (datasets.map + Seq2SeqTrainer), its model saved every --eval-every steps, the
@@ -11,19 +20,21 @@ Systems (each trained for --max-steps at global batch --batch-size, bench_accura
                 in the engine's bf16: the code launch/evaluate.py runs), evaluation left out of its training seconds
   wdsbr-pack    the same with --pack
   wdsbr-tspack  the same with --pack --timestamps 0.2 --prev-text 0.2
-Every score: greedy, at most 48 new tokens, the default normaliser, the same 150 test clips of unseen voices.
+Every score: greedy, the task's token limit and normaliser, the same test clips of unseen voices.
 
 Per seed, the target is hf's WER at its last step. A system's time to the target is its training seconds at the
 first evaluation whose WER is at or below it (None: not reached within the budget); the speech seen by then
 (hours of real speech, packing's silence not counted) and each system's ratio to hf's time are reported beside it.
 The training corpus is re-sharded once when its manifest does not list each clip's seconds (packed epochs are
-exact only with them). Writes bench/results/time_to_wer.json after every run and resumes from it (same settings).
+exact only with them). Writes bench/results/time_to_wer.json (breton: time_to_wer_breton.json) after every run and
+resumes from it (same settings).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -39,6 +50,8 @@ from bench_accuracy import (  # noqa: E402
     train_hf,
     train_wdsbr,
 )
+from bench_breton import SENTENCES, TEST_VOICES  # noqa: E402
+from bench_breton import make_corpus as breton_corpus  # noqa: E402
 from common import RESULTS, hf_map, hf_raw_dataset, print_table, save_results  # noqa: E402
 
 from wdsbr.corpus import open_corpus  # noqa: E402
@@ -46,6 +59,41 @@ from wdsbr.model import load_processor  # noqa: E402
 from wdsbr.shards import ShardOptions, shard_corpus  # noqa: E402
 
 SYSTEMS = {"hf": None, "wdsbr": [], "wdsbr-pack": ["--pack"], "wdsbr-tspack": AUGMENT["tspack"]}
+CACHE = Path.home() / ".cache" / "wdsbr"
+# each task's corpus, budget and decoding: argparse's defaults for --model, --cache, the sizes and the schedule
+TASKS = {
+    "tiny-en": {
+        "model": CACHE / "tiny.en",
+        "cache": CACHE / "bench-accuracy",
+        "train_clips": 1200,
+        "test_clips": 150,
+        "batch_size": 16,
+        "max_steps": 75,
+        "lr": 3.75e-5,
+        "warmup_steps": 10,
+        "eval_every": 15,
+        "results": "time_to_wer",
+        "language": "en",
+        "max_new_tokens": 48,
+        "normalizer": None,
+    },
+    "breton": {
+        "model": CACHE / "base",
+        "cache": CACHE / "bench-breton",
+        "train_clips": 600,
+        "test_clips": 80,
+        "batch_size": 8,
+        "max_steps": 80,
+        "lr": 1e-4,
+        "warmup_steps": 8,
+        "eval_every": 20,
+        "results": "time_to_wer_breton",
+        "language": "br",
+        "max_new_tokens": 96,
+        "normalizer": "breton",
+    },
+}
+BRETON_SIZES = {"val_clips": 40, "test_sentences": 80}  # bench_breton's defaults: its corpus, made once, is shared
 SETTINGS = ("model", "train_clips", "test_clips", "batch_size", "max_steps", "lr", "warmup_steps", "eval_every")
 
 
@@ -67,11 +115,13 @@ def with_clips(shards: Path, cache: Path) -> None:
 def hf_curve(seed: int, shards: dict, dataset: Path, args) -> dict:
     out = args.cache / "runs" / f"ttw-hf-seed{seed}"
     steps = list(range(args.eval_every, args.max_steps + 1, args.eval_every))
-    trained = train_hf(seed, dataset, out, args, ["--snapshot-steps", ",".join(map(str, steps))])
+    trained = train_hf(
+        seed, dataset, out, args, ["--snapshot-steps", ",".join(map(str, steps))], {"--language": args.language}
+    )
     mean_clip = args.corpus_seconds / args.train_clips
     curve = []
     for snapshot in trained["snapshots"]:
-        scores = score(snapshot["model"], shards, Path(snapshot["model"]) / "score", precision="bf16")
+        scores = task_score(snapshot["model"], shards, Path(snapshot["model"]) / "score", args)
         curve.append(
             {
                 "step": snapshot["step"],
@@ -90,8 +140,12 @@ def wdsbr_curve(system: str, seed: int, shards: dict, args) -> dict:
         "--eval-every": str(args.eval_every),
         "--metric": "wer",
         "--log-every": str(args.eval_every),
+        "--language": args.language,
     }
-    trained = train_wdsbr(1, seed, shards, out, args, [*SYSTEMS[system], "--generation-max-length", "48"], overrides)
+    extra = [*SYSTEMS[system], "--generation-max-length", str(args.max_new_tokens)]
+    if args.normalizer:
+        extra += ["--text-normalizer", args.normalizer]
+    trained = train_wdsbr(1, seed, shards, out, args, extra, overrides)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     seconds = speech = 0.0
     done, curve = 0, []
@@ -109,6 +163,45 @@ def wdsbr_curve(system: str, seed: int, shards: dict, args) -> dict:
                 }
             )
     return {"seed": seed, "train_seconds": trained["train_seconds"], "curve": curve}
+
+
+def task_score(model: str, shards: dict, out: Path, args) -> dict:
+    """launch/evaluate.py on the test clips in bf16 (as DeepSpeed's engine casts the model), the task's decoding."""
+    extra = ["--text-normalizer", args.normalizer] if args.normalizer else []
+    return score(model, shards, out, "bf16", args.language, args.max_new_tokens, extra)
+
+
+def task_corpus(args) -> dict:
+    """The task's shard folders {train, validation, test}, made once under --cache."""
+    if args.task == "tiny-en":
+        return make_corpus(args.cache, args.train_clips, args.test_clips)
+    sizes = argparse.Namespace(train_clips=args.train_clips, sentences=SENTENCES, **BRETON_SIZES)
+    shards = breton_corpus(args.cache, sizes)
+    return {**shards, "test": breton_test(args.cache, args.test_clips)}
+
+
+def breton_test(cache: Path, clips: int) -> Path:
+    """bench_breton's test clips cut to `clips`: sentence i read by its (i mod 3)-th test voice, sharded once."""
+    if not 0 < clips <= BRETON_SIZES["test_sentences"]:
+        raise SystemExit(f"--test-clips {clips}: the Breton test has {BRETON_SIZES['test_sentences']} sentences")
+    out = cache / f"shards-ttw-test{clips}"
+    if (out / "manifest.json").is_file():
+        return out / "train"
+    folder = cache / f"corpus-ttw-test{clips}"
+    shutil.rmtree(folder, ignore_errors=True)
+    for index in range(clips):
+        voice = TEST_VOICES[index % len(TEST_VOICES)].replace("+", "_")
+        (folder / voice).mkdir(parents=True, exist_ok=True)
+        for suffix in (".wav", ".txt"):
+            name = f"test{index:05d}{suffix}"
+            shutil.copyfile(cache / "corpus" / "test" / voice / name, folder / voice / name)
+    shard_corpus(
+        open_corpus(folder),
+        out,
+        ShardOptions(val_fraction=0.0, test_fraction=0.0, samples_per_shard=200, workers=CORES),
+        progress=False,
+    )
+    return out / "train"
 
 
 def reached(curve: list[dict], target: float) -> dict | None:
@@ -157,33 +250,37 @@ def earlier(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path.home() / ".cache" / "wdsbr" / "tiny.en")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "wdsbr" / "bench-accuracy")
+    parser.add_argument("--task", choices=list(TASKS), default="tiny-en", help="corpus, budget and decoding (above)")
+    parser.add_argument("--model", type=Path, help="the real Whisper (default: the task's, under ~/.cache/wdsbr)")
+    parser.add_argument("--cache", type=Path, help="corpus, shards and runs (default: the task's bench cache)")
     parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--train-clips", type=int, default=1200)
-    parser.add_argument("--test-clips", type=int, default=150)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-steps", type=int, default=75)
-    parser.add_argument("--lr", type=float, default=3.75e-5)
-    parser.add_argument("--warmup-steps", type=int, default=10)
-    parser.add_argument("--eval-every", type=int, default=15, help="steps between scores (divides --max-steps)")
-    parser.add_argument("--results", default="time_to_wer")
+    parser.add_argument("--train-clips", type=int)
+    parser.add_argument("--test-clips", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--warmup-steps", type=int)
+    parser.add_argument("--eval-every", type=int, help="steps between scores (divides --max-steps)")
+    parser.add_argument("--results", help="bench/results/RESULTS.json")
     args = parser.parse_args()
+    for name, value in TASKS[args.task].items():  # what was not given: the task's
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
     args.precision = "bf16"
     if args.max_steps % args.eval_every:
         raise SystemExit(f"--eval-every {args.eval_every} does not divide --max-steps {args.max_steps}")
     if "hf" not in args.systems and not earlier(args):
         raise SystemExit("--systems: hf sets the target; measure it first")
     started = time.perf_counter()
-    shards = make_corpus(args.cache, args.train_clips, args.test_clips)
+    shards = task_corpus(args)
     with_clips(shards["train"], args.cache)
     args.corpus_seconds = json.loads((shards["train"].parent / "manifest.json").read_text())["splits"]["train"][
         "seconds"
     ]
     dataset = args.cache / "hf-mapped"
     if "hf" in args.systems and not dataset.is_dir():  # the blog's map, once
-        processor = load_processor(str(args.model), language="en")
+        processor = load_processor(str(args.model), language=args.language)
         hf_map(hf_raw_dataset(rows_of(args.cache / "corpus"), args.cache / "hf-raw"), processor).save_to_disk(
             str(dataset)
         )
