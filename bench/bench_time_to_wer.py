@@ -20,6 +20,7 @@ Systems (each trained for --max-steps at global batch --batch-size, bench_accura
                 in the engine's bf16: the code launch/evaluate.py runs), evaluation left out of its training seconds
   wdsbr-pack    the same with --pack
   wdsbr-tspack  the same with --pack --timestamps 0.2 --prev-text 0.2
+  wdsbr-pack-lr3  --pack at 3× the lr: a packed update carries ~9× the clips, and √9 = 3 is the square-root rule
 Every score: greedy, the task's token limit and normaliser, the same test clips of unseen voices.
 
 Per seed, the target is hf's WER at its last step. A system's time to the target is its training seconds at the
@@ -58,7 +59,14 @@ from wdsbr.corpus import open_corpus  # noqa: E402
 from wdsbr.model import load_processor  # noqa: E402
 from wdsbr.shards import ShardOptions, shard_corpus  # noqa: E402
 
-SYSTEMS = {"hf": None, "wdsbr": [], "wdsbr-pack": ["--pack"], "wdsbr-tspack": AUGMENT["tspack"]}
+SYSTEMS = {
+    "hf": None,
+    "wdsbr": [],
+    "wdsbr-pack": ["--pack"],
+    "wdsbr-tspack": AUGMENT["tspack"],
+    "wdsbr-pack-lr3": ["--pack"],
+}
+LR_SCALE = {"wdsbr-pack-lr3": 3.0}  # a system's lr: the task's times this
 CACHE = Path.home() / ".cache" / "wdsbr"
 # each task's corpus, budget and decoding: argparse's defaults for --model, --cache, the sizes and the schedule
 TASKS = {
@@ -141,6 +149,7 @@ def wdsbr_curve(system: str, seed: int, shards: dict, args) -> dict:
         "--metric": "wer",
         "--log-every": str(args.eval_every),
         "--language": args.language,
+        "--lr": str(args.lr * LR_SCALE.get(system, 1.0)),
     }
     extra = [*SYSTEMS[system], "--generation-max-length", str(args.max_new_tokens)]
     if args.normalizer:
